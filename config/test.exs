@@ -1,0 +1,6 @@
+import Config
+
+# Test adapters live beside the tests.
+config :snakepit, python_path: [Path.expand("../test/support/python", __DIR__)]
+
+config :logger, level: :warning

@@ -1,0 +1,204 @@
+defmodule Snakepit do
+  @moduledoc """
+  Run Python from Elixir, in-process: a Rust NIF hosts CPython inside the BEAM, a native thread
+  pool runs the methods of a Python adapter, and each result comes back to the caller as an
+  ordinary message.
+
+      {:ok, result} = Snakepit.execute(:hpc_pool, "compute_intensive", %{data: [1, 2, 3]})
+
+  See the README for the quick start, `Snakepit.Config` for pool options and
+  `Snakepit.Error` for what can go wrong.
+
+  ## Arguments and results
+
+  A map of arguments becomes keyword arguments of the Python method (atom keys become `str`),
+  a list becomes positional arguments, `nil` none. Values map as in the table of the README
+  ("Terms and Python"): strings and binaries, numbers of any size, lists, tuples, maps,
+  `MapSet`s and pids cross both ways; NumPy arrays come back as lists.
+
+  > #### Blocking a pool thread {: .warning}
+  >
+  > A call that times out is cancelled: dropped if still queued, interrupted with
+  > `snakepit_bridge.Cancelled` if running Python code. Code blocked inside a C call (a long
+  > `time.sleep`, a socket read) is only interrupted when that call returns, and holds its
+  > pool thread until then.
+  """
+
+  alias Snakepit.{Config, Error, Native, Pool}
+
+  @default_timeout 60_000
+
+  @typedoc "A pool name, as in `config :snakepit, pools: [%{name: :hpc_pool, ...}]`."
+  @type pool :: atom()
+  @type command :: String.t() | atom()
+  @type args :: map() | list() | nil
+  @type result :: {:ok, term()} | {:error, Error.t()}
+
+  @doc """
+  Runs `command` of the pool's Python adapter with `args` and waits for the result.
+
+  There are two forms:
+
+      Snakepit.execute(:hpc_pool, "compute_intensive", %{data: [1, 2, 3]})
+      Snakepit.execute("compute_intensive", %{data: [1, 2, 3]}, pool_name: :hpc_pool)
+
+  The second (upstream Snakepit's) takes the pool from `:pool_name`, else the default pool
+  (`config :snakepit, default_pool: ...`, else the first configured pool).
+
+  ## Options
+
+    * `:timeout` — milliseconds to wait (default #{@default_timeout}); on expiry the call is
+      cancelled and `{:error, %Snakepit.Error{category: :timeout}}` returned.
+    * `:pool_name` — the pool, in the three-argument form.
+  """
+  @spec execute(pool(), command(), args(), keyword()) :: result()
+  @spec execute(command(), args(), keyword()) :: result()
+  def execute(pool_or_command, command_or_args, args_or_opts \\ [], opts \\ [])
+
+  def execute(command, args, opts, []) when is_binary(command) and is_list(opts) do
+    case Keyword.get(opts, :pool_name) || Config.default_pool() do
+      nil -> {:error, Error.new(:pool, "no :pool_name given and no default pool configured")}
+      pool -> execute(pool, command, args, opts)
+    end
+  end
+
+  def execute(pool, command, args, opts) when is_atom(pool) and is_list(opts) do
+    timeout = Keyword.get(opts, :timeout, @default_timeout)
+
+    with {:ok, ref} <- Pool.lookup(pool),
+         {:ok, command} <- command_name(command) do
+      call(ref, command, normalize_args(args), timeout)
+    end
+  end
+
+  @doc "Like `execute/4`, but returns the result or raises `Snakepit.Error`."
+  @spec execute!(pool() | command(), command() | args(), args() | keyword(), keyword()) ::
+          term()
+  def execute!(a, b, c \\ [], opts \\ []) do
+    case execute(a, b, c, opts) do
+      {:ok, value} -> value
+      {:error, %Error{} = e} -> raise e
+    end
+  end
+
+  defp command_name(command) when is_binary(command), do: {:ok, command}
+  defp command_name(command) when is_atom(command), do: {:ok, Atom.to_string(command)}
+
+  defp command_name(command),
+    do: {:error, Error.new(:validation, "command must be a string, got: #{inspect(command)}")}
+
+  # A keyword list means keyword arguments, as a map would.
+  defp normalize_args([{k, _} | _] = args) when is_atom(k) do
+    if Keyword.keyword?(args), do: Map.new(args), else: args
+  end
+
+  defp normalize_args(args), do: args
+
+  @compile {:inline, call: 4}
+  defp call(ref, command, args, timeout) do
+    tag = make_ref()
+
+    case Native.submit(ref, tag, command, args) do
+      {:ok, job} ->
+        receive do
+          {^tag, reply} -> reply(reply)
+        after
+          timeout ->
+            case Native.cancel(job) do
+              :cancelled ->
+                {:error,
+                 Error.new(:timeout, "no result within #{timeout} ms; the call was cancelled",
+                   details: %{timeout: timeout, command: command}
+                 )}
+
+              :done ->
+                receive do
+                  {^tag, reply} -> reply(reply)
+                end
+            end
+        end
+
+      {:error, map} ->
+        {:error, Error.from_native(map)}
+    end
+  end
+
+  defp reply({:ok, _} = ok), do: ok
+  defp reply({:error, map}), do: {:error, Error.from_native(map)}
+
+  @doc """
+  Counters of a pool: `total_requests`, `active_requests`, `queued`, `completed`, `failed`,
+  `cancelled`, `rejected`, `max_workers` (its capacity), `thread_utilization` (one entry per
+  thread: `name`, `worker`, `requests`, `busy_ms`, `busy_share`), `workers`, and `python`
+  (`version`, `free_threaded`, `gil_enabled`).
+  """
+  @spec stats(pool()) :: {:ok, map()} | {:error, Error.t()}
+  def stats(pool) do
+    case Pool.entry(pool) do
+      {_pid, ref, python} ->
+        stats = Native.stats(ref)
+        {:ok, Map.put(stats, :python, Map.take(python, [:version, :free_threaded, :gil_enabled]))}
+
+      nil ->
+        Pool.lookup(pool)
+    end
+  end
+
+  @doc "Alias of `stats/1`, the upstream name."
+  @spec get_stats(pool()) :: {:ok, map()} | {:error, Error.t()}
+  def get_stats(pool), do: stats(pool)
+
+  @doc """
+  The adapter's commands: a list of `%{"name" => ..., "description" => ..., "parameters" => [...]}`
+  (each parameter with `"name"`, `"type"`, `"required"`, `"default"`).
+  """
+  @spec tools(pool()) :: {:ok, [map()]} | {:error, Error.t()}
+  def tools(pool) do
+    with {:ok, ref} <- Pool.lookup(pool) do
+      case Native.tools(ref) do
+        {:ok, tools} -> {:ok, tools}
+        {:error, map} -> {:error, Error.from_native(map)}
+      end
+    end
+  end
+
+  @doc "The Python interpreter in use (started if it was not): version, build, executable."
+  @spec python_info() :: {:ok, map()} | {:error, Error.t()}
+  def python_info, do: Snakepit.Runtime.info()
+
+  @doc """
+  Starts a pool under Snakepit's supervisor. `config` as in `Snakepit.Config`; a bad key or
+  value returns `{:error, %Snakepit.Error{category: :validation}}` naming it.
+  """
+  @spec start_pool(Config.pool_config()) :: {:ok, pid()} | {:error, Error.t()}
+  def start_pool(config) do
+    case DynamicSupervisor.start_child(Snakepit.PoolSupervisor, {Pool, config}) do
+      {:ok, pid} -> {:ok, pid}
+      {:error, %Error{} = e} -> {:error, e}
+      {:error, {%Error{} = e, _child}} -> {:error, e}
+      {:error, other} -> {:error, Error.new(:pool, "pool failed to start: #{inspect(other)}")}
+    end
+  end
+
+  @doc """
+  Stops a pool started with `start_pool/1` or from config: running calls finish (bounded),
+  queued calls get a `:pool` error, threads are joined.
+  """
+  @spec stop_pool(pool()) :: :ok | {:error, Error.t()}
+  def stop_pool(name) do
+    case Pool.entry(name) do
+      {pid, _ref, _} ->
+        case DynamicSupervisor.terminate_child(Snakepit.PoolSupervisor, pid) do
+          :ok ->
+            :ok
+
+          {:error, :not_found} ->
+            {:error,
+             Error.new(:pool, "pool #{inspect(name)} is not supervised by Snakepit; stop it through its own supervisor")}
+        end
+
+      nil ->
+        Pool.lookup(name) |> elem(1) |> then(&{:error, &1})
+    end
+  end
+end

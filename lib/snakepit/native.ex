@@ -1,0 +1,29 @@
+defmodule Snakepit.Native do
+  @moduledoc false
+  # NIF stubs. The only caller is Snakepit.Runtime / Snakepit.Pool / Snakepit.
+
+  @on_load :load_nif
+
+  def load_nif do
+    path = Path.join(:code.priv_dir(:snakepit), "native/libsnakepit")
+
+    case :erlang.load_nif(String.to_charlist(path), 0) do
+      :ok ->
+        :ok
+
+      {:error, {reason, text}} ->
+        IO.warn("snakepit: cannot load the NIF at #{path}.so (#{reason}): #{text}", [])
+        :ok
+    end
+  end
+
+  def start_runtime(_config), do: :erlang.nif_error(:nif_not_loaded)
+  def python_info, do: :erlang.nif_error(:nif_not_loaded)
+  def start_pool(_config), do: :erlang.nif_error(:nif_not_loaded)
+  def stop_pool(_pool, _grace_ms), do: :erlang.nif_error(:nif_not_loaded)
+  def submit(_pool, _ref, _command, _args), do: :erlang.nif_error(:nif_not_loaded)
+  def cancel(_job), do: :erlang.nif_error(:nif_not_loaded)
+  def stats(_pool), do: :erlang.nif_error(:nif_not_loaded)
+  def tools(_pool), do: :erlang.nif_error(:nif_not_loaded)
+  def build_info, do: :erlang.nif_error(:nif_not_loaded)
+end

@@ -1,0 +1,148 @@
+//! A job: one call of an adapter command, from submit to its one reply.
+//!
+//! Every job gets exactly one reply `{ref, {:ok, term} | {:error, map}}`, unless its caller
+//! cancelled it (timeout) or died first. The state machine makes that race-free:
+//! `QUEUED -> RUNNING -> DONE`, and `QUEUED | RUNNING -> CANCELLED`. Only the thread that wins
+//! `RUNNING -> DONE` sends a reply.
+
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::Weak;
+
+use parking_lot::Mutex;
+use rustler::env::SavedTerm;
+use rustler::{Env, LocalPid, Monitor, OwnedEnv, Resource, ResourceArc};
+
+use crate::pool::PoolInner;
+
+const QUEUED: u8 = 0;
+const RUNNING: u8 = 1;
+const DONE: u8 = 2;
+const CANCELLED: u8 = 3;
+
+/// The part of a job Elixir holds (as a resource) to cancel it; also the target of the
+/// caller monitor.
+pub struct JobCtl {
+    state: AtomicU8,
+    /// 1 + index of the pool thread running the job, 0 while queued.
+    running_on: AtomicUsize,
+    monitor: Mutex<Option<Monitor>>,
+    pool: Weak<PoolInner>,
+}
+
+// Monitor is plain data (ErlNifMonitor); it is only touched under the mutex.
+unsafe impl Send for JobCtl {}
+unsafe impl Sync for JobCtl {}
+
+#[rustler::resource_impl]
+impl Resource for JobCtl {
+    fn down<'a>(&'a self, _env: Env<'a>, _pid: LocalPid, _monitor: Monitor) {
+        // The caller died: nobody wants the answer.
+        self.monitor.lock().take();
+        self.cancel();
+    }
+}
+
+/// What `cancel` found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The job will never reply.
+    Cancelled,
+    /// The reply has been (or is being) sent: receive it.
+    Done,
+}
+
+impl JobCtl {
+    pub fn new(pool: Weak<PoolInner>) -> Self {
+        JobCtl {
+            state: AtomicU8::new(QUEUED),
+            running_on: AtomicUsize::new(0),
+            monitor: Mutex::new(None),
+            pool,
+        }
+    }
+
+    pub fn set_monitor(&self, monitor: Option<Monitor>) {
+        *self.monitor.lock() = monitor;
+    }
+
+    pub fn take_monitor(&self) -> Option<Monitor> {
+        self.monitor.lock().take()
+    }
+
+    /// Drops the caller monitor (from a non-scheduler thread).
+    pub fn demonitor(this: &ResourceArc<JobCtl>) {
+        if let Some(mon) = this.take_monitor() {
+            this.demonitor(None, &mon);
+        }
+    }
+
+    /// QUEUED -> RUNNING on `thread`; false when the job was cancelled while queued.
+    pub fn start(&self, thread: usize) -> bool {
+        self.running_on.store(thread + 1, Ordering::SeqCst);
+        self.state
+            .compare_exchange(QUEUED, RUNNING, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// RUNNING -> DONE; false when the job was cancelled while it ran.
+    pub fn finish(&self) -> bool {
+        self.state
+            .compare_exchange(RUNNING, DONE, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// Marks a queued job done without running it (pool shutdown answers it with an error).
+    pub fn abandon(&self) -> bool {
+        self.state
+            .compare_exchange(QUEUED, DONE, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == CANCELLED
+    }
+
+    /// Cancels the job: a queued job is dropped when a thread dequeues it; a running one gets
+    /// an asynchronous `snakepit_bridge.Cancelled` exception raised in its thread.
+    pub fn cancel(&self) -> CancelOutcome {
+        let mut current = self.state.load(Ordering::SeqCst);
+        loop {
+            match current {
+                DONE => return CancelOutcome::Done,
+                CANCELLED => return CancelOutcome::Cancelled,
+                _ => {}
+            }
+            match self.state.compare_exchange(
+                current,
+                CANCELLED,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(previous) => {
+                    if previous == RUNNING {
+                        if let Some(pool) = self.pool.upgrade() {
+                            let thread = self.running_on.load(Ordering::SeqCst);
+                            if thread > 0 {
+                                pool.interrupt(thread - 1, self as *const JobCtl as usize);
+                            }
+                        }
+                    } else if let Some(pool) = self.pool.upgrade() {
+                        pool.note_cancelled_queued();
+                    }
+                    return CancelOutcome::Cancelled;
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+}
+
+/// The whole job as it travels through the queue.
+pub struct Job {
+    pub ctl: ResourceArc<JobCtl>,
+    pub caller: LocalPid,
+    pub env: OwnedEnv,
+    pub reference: SavedTerm,
+    pub command: SavedTerm,
+    pub args: SavedTerm,
+}

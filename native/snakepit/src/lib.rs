@@ -1,0 +1,28 @@
+//! Snakepit's NIF: CPython hosted in the BEAM, a native thread pool running adapter methods.
+//! Each module matches one Elixir concern: runtime (the interpreter), pool (threads, queue,
+//! stats), job (one call and its cancellation), convert (terms <-> Python), error.
+
+pub mod convert;
+pub mod error;
+pub mod job;
+pub mod nif;
+pub mod pool;
+pub mod runtime;
+
+mod atoms {
+    rustler::atoms! {
+        ok, error, nil, true_ = "true", false_ = "false",
+        bytes, nan, infinity, neg_infinity,
+        __struct__, map, version, mapset_module = "Elixir.MapSet",
+        category, message, python_type, python_traceback, details, available,
+        python_error, conversion, validation, pool, worker, timeout,
+        cancelled, done,
+        free_threaded, gil_enabled, executable, prefix, full_version,
+        name, requests, busy_ms, busy_share, index, adapter, threads,
+        total_requests, active_requests, queued, completed, failed, rejected,
+        max_workers, pool_size, threads_per_worker, max_queue, thread_utilization, workers,
+        uptime_ms, leaked,
+    }
+}
+
+rustler::init!("Elixir.Snakepit.Native");

@@ -1,0 +1,104 @@
+//! The NIFs: decode, delegate, encode. `Snakepit.Native` holds their stubs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustler::{Encoder, Env, OwnedEnv, ResourceArc, Term};
+
+use crate::atoms;
+use crate::error::Error;
+use crate::job::{CancelOutcome, Job, JobCtl};
+use crate::pool::{self, PoolConfig, PoolInner, PoolRef};
+use crate::runtime::{self, RuntimeConfig};
+
+fn error_tuple<'a>(env: Env<'a>, e: &Error) -> Term<'a> {
+    (atoms::error(), e.to_term(env)).encode(env)
+}
+
+#[rustler::nif(schedule = "DirtyIo")]
+fn start_runtime(env: Env<'_>, config: RuntimeConfig) -> Term<'_> {
+    match runtime::ensure_started(&config) {
+        Ok(()) => atoms::ok().encode(env),
+        Err(e) => error_tuple(env, &e),
+    }
+}
+
+#[rustler::nif(schedule = "DirtyIo")]
+fn python_info(env: Env<'_>) -> Term<'_> {
+    match runtime::info(env) {
+        Ok(t) => (atoms::ok(), t).encode(env),
+        Err(e) => error_tuple(env, &e),
+    }
+}
+
+#[rustler::nif(schedule = "DirtyIo")]
+fn start_pool(env: Env<'_>, config: PoolConfig) -> Term<'_> {
+    match PoolInner::start(config) {
+        Ok(inner) => (atoms::ok(), ResourceArc::new(PoolRef(inner))).encode(env),
+        Err(e) => error_tuple(env, &e),
+    }
+}
+
+#[rustler::nif(schedule = "DirtyIo")]
+fn stop_pool(env: Env<'_>, pool: ResourceArc<PoolRef>, grace_ms: u64) -> Term<'_> {
+    let leaked = pool.0.stop(Duration::from_millis(grace_ms));
+    (atoms::ok(), leaked).encode(env)
+}
+
+#[rustler::nif]
+fn submit<'a>(
+    env: Env<'a>,
+    pool: ResourceArc<PoolRef>,
+    reference: Term<'a>,
+    command: Term<'a>,
+    args: Term<'a>,
+) -> Term<'a> {
+    let inner: &Arc<PoolInner> = &pool.0;
+    let ctl = ResourceArc::new(JobCtl::new(Arc::downgrade(inner)));
+    let caller = env.pid();
+    ctl.set_monitor(ctl.monitor(Some(env), &caller));
+    let job_env = OwnedEnv::new();
+    let job = Box::new(Job {
+        reference: job_env.save(reference),
+        command: job_env.save(command),
+        args: job_env.save(args),
+        env: job_env,
+        caller,
+        ctl: ctl.clone(),
+    });
+    match inner.submit(job) {
+        Ok(()) => (atoms::ok(), ctl).encode(env),
+        Err((job, e)) => {
+            if let Some(mon) = job.ctl.take_monitor() {
+                job.ctl.demonitor(Some(env), &mon);
+            }
+            error_tuple(env, &e)
+        }
+    }
+}
+
+#[rustler::nif]
+fn cancel(job: ResourceArc<JobCtl>) -> rustler::Atom {
+    match pool::cancel(&job) {
+        CancelOutcome::Cancelled => atoms::cancelled(),
+        CancelOutcome::Done => atoms::done(),
+    }
+}
+
+#[rustler::nif]
+fn stats(env: Env<'_>, pool: ResourceArc<PoolRef>) -> Term<'_> {
+    pool::stats_term(env, &pool.0)
+}
+
+#[rustler::nif(schedule = "DirtyCpu")]
+fn tools(env: Env<'_>, pool: ResourceArc<PoolRef>) -> Term<'_> {
+    match pool::tools_term(env, &pool.0) {
+        Ok(t) => (atoms::ok(), t).encode(env),
+        Err(e) => error_tuple(env, &e),
+    }
+}
+
+#[rustler::nif]
+fn build_info(env: Env<'_>) -> Term<'_> {
+    (runtime::FREE_THREADED, crate::convert::MAX_DEPTH).encode(env)
+}

@@ -1,0 +1,756 @@
+//! The thread pool: `pool_size` workers (one adapter instance each) × `threads_per_worker`
+//! native threads, one bounded queue, replies sent straight from the pool thread to the caller.
+//!
+//! Scheduling (see PERFORMANCE_NOTES.md): each thread attaches to Python once. A thread that
+//! finds the queue empty spins briefly (a bounded number of threads at a time), then detaches
+//! and parks. `ready` counts the threads that will look at the queue soon without being woken
+//! (spinners, and on GIL builds threads waiting for the GIL); a submit wakes a parked thread only
+//! when nobody is ready, and a thread that takes a job while more are queued and nobody is
+//! ready wakes one more. That keeps wake-ups (the expensive part of a call) rare under load while
+//! a job that blocks in C (NumPy, sleep) never strands the queue.
+
+use std::collections::HashMap;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use parking_lot::{Condvar, Mutex};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
+use rustler::types::tuple::make_tuple;
+use rustler::{Binary, Encoder, Env, Term, TermType};
+
+use crate::atoms;
+use crate::convert;
+use crate::error::{Error, Result};
+use crate::job::{CancelOutcome, Job, JobCtl};
+use crate::runtime::{self, RuntimeConfig};
+
+/// Stack of each pool thread: room for deep conversions and Python code.
+const THREAD_STACK: usize = 16 * 1024 * 1024;
+
+/// The pool configuration the NIF receives (already validated by `Snakepit.Config`).
+#[derive(rustler::NifMap, Debug, Clone)]
+pub struct PoolConfig {
+    pub name: String,
+    pub pool_size: usize,
+    pub threads_per_worker: usize,
+    pub adapter: String,
+    pub max_queue: usize,
+    pub thread_safety_check: bool,
+    pub adapter_env: Vec<(String, String)>,
+    pub runtime: RuntimeConfig,
+}
+
+/// One worker: an adapter instance and its commands.
+pub struct Worker {
+    pub adapter: Py<PyAny>,
+    pub commands: HashMap<String, Py<PyAny>>,
+    pub names: Vec<String>,
+    pub class_name: String,
+}
+
+/// Per-thread bookkeeping, readable by stats and by the interrupter.
+pub struct ThreadSlot {
+    pub name: String,
+    pub worker: usize,
+    /// `threading.get_ident()` of the thread.
+    pub ident: AtomicU64,
+    /// Address of the JobCtl being run, 0 when idle. Locked while an interrupt is delivered.
+    pub current: Mutex<usize>,
+    pub requests: AtomicU64,
+    pub busy_ns: AtomicU64,
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub submitted: AtomicU64,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub rejected: AtomicU64,
+    pub active: AtomicUsize,
+}
+
+/// Wake-up machinery (see module docs).
+struct Idle {
+    ready: AtomicUsize,
+    parked: AtomicUsize,
+    permits: Mutex<usize>,
+    cv: Condvar,
+    max_spinners: usize,
+    spin: Duration,
+}
+
+pub struct PoolInner {
+    pub config: PoolConfig,
+    tx: Sender<Box<Job>>,
+    rx: Receiver<Box<Job>>,
+    pub workers: Vec<Worker>,
+    pub slots: Vec<Arc<ThreadSlot>>,
+    pub counters: Counters,
+    idle: Idle,
+    shutdown: AtomicBool,
+    submitting: AtomicUsize,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    started_at: Instant,
+}
+
+/// The resource Elixir holds for a pool.
+pub struct PoolRef(pub Arc<PoolInner>);
+
+#[rustler::resource_impl]
+impl rustler::Resource for PoolRef {}
+
+impl PoolInner {
+    /// Starts the interpreter if needed, creates the adapters and the threads.
+    pub fn start(config: PoolConfig) -> Result<Arc<PoolInner>> {
+        if config.pool_size == 0 || config.threads_per_worker == 0 || config.max_queue == 0 {
+            return Err(Error::Validation {
+                message: "pool_size, threads_per_worker and max_queue must be positive".into(),
+                available: vec![],
+            });
+        }
+        runtime::ensure_started(&config.runtime)?;
+        let workers = Python::attach(|py| -> Result<Vec<Worker>> {
+            apply_env(py, &config.adapter_env)?;
+            (0..config.pool_size)
+                .map(|i| create_worker(py, &config, i))
+                .collect()
+        })?;
+        let capacity = config.pool_size * config.threads_per_worker;
+        let (tx, rx) = crossbeam_channel::bounded(config.max_queue);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let max_spinners = if runtime::FREE_THREADED { cores } else { 1 };
+        let spin_us = std::env::var("SNAKEPIT_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(50u64);
+        let slots = (0..capacity)
+            .map(|i| {
+                let worker = i / config.threads_per_worker;
+                let t = i % config.threads_per_worker;
+                Arc::new(ThreadSlot {
+                    name: format!("snakepit-{}-w{}-t{}", config.name, worker, t),
+                    worker,
+                    ident: AtomicU64::new(0),
+                    current: Mutex::new(0),
+                    requests: AtomicU64::new(0),
+                    busy_ns: AtomicU64::new(0),
+                })
+            })
+            .collect();
+        let pool = Arc::new(PoolInner {
+            config,
+            tx,
+            rx,
+            workers,
+            slots,
+            counters: Counters::default(),
+            idle: Idle {
+                ready: AtomicUsize::new(0),
+                parked: AtomicUsize::new(0),
+                permits: Mutex::new(0),
+                cv: Condvar::new(),
+                max_spinners: max_spinners.min(capacity),
+                spin: Duration::from_micros(spin_us),
+            },
+            shutdown: AtomicBool::new(false),
+            submitting: AtomicUsize::new(0),
+            threads: Mutex::new(Vec::with_capacity(capacity)),
+            started_at: Instant::now(),
+        });
+        let (started_tx, started_rx) = crossbeam_channel::bounded::<()>(capacity);
+        for i in 0..capacity {
+            let p = Arc::clone(&pool);
+            let started = started_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(pool.slots[i].name.chars().take(15).collect())
+                .stack_size(THREAD_STACK)
+                .spawn(move || thread_main(p, i, started));
+            match handle {
+                Ok(h) => pool.threads.lock().push(h),
+                Err(e) => {
+                    pool.stop(Duration::from_secs(5));
+                    return Err(Error::Worker(format!("cannot start pool thread: {e}")));
+                }
+            }
+        }
+        drop(started_tx);
+        for _ in 0..capacity {
+            let _ = started_rx.recv();
+        }
+        Ok(pool)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Queues a job; never blocks.
+    pub fn submit(&self, job: Box<Job>) -> std::result::Result<(), (Box<Job>, Error)> {
+        self.submitting.fetch_add(1, Ordering::SeqCst);
+        if self.shutdown.load(Ordering::SeqCst) {
+            self.submitting.fetch_sub(1, Ordering::SeqCst);
+            return Err((job, Error::Pool(format!("pool {} is stopped", self.config.name))));
+        }
+        let pushed = self.tx.try_send(job);
+        self.submitting.fetch_sub(1, Ordering::SeqCst);
+        match pushed {
+            Ok(()) => {
+                self.counters.submitted.fetch_add(1, Ordering::Relaxed);
+                fence(Ordering::SeqCst);
+                if self.idle.ready.load(Ordering::SeqCst) == 0 {
+                    self.wake_one();
+                }
+                Ok(())
+            }
+            Err(TrySendError::Full(job)) => {
+                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                Err((
+                    job,
+                    Error::Pool(format!(
+                        "pool {} is saturated: its queue holds max_queue = {} jobs",
+                        self.config.name, self.config.max_queue
+                    )),
+                ))
+            }
+            Err(TrySendError::Disconnected(job)) => Err((
+                job,
+                Error::Pool(format!("pool {} is stopped", self.config.name)),
+            )),
+        }
+    }
+
+    fn wake_one(&self) {
+        if self.idle.parked.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let mut permits = self.idle.permits.lock();
+        if *permits < self.idle.parked.load(Ordering::SeqCst) {
+            *permits += 1;
+            self.idle.cv.notify_one();
+        }
+    }
+
+    fn wake_all(&self) {
+        let mut permits = self.idle.permits.lock();
+        *permits = self.capacity();
+        self.idle.cv.notify_all();
+    }
+
+    /// Parks the calling (detached) thread until there is work, a wake-up, or shutdown.
+    fn park(&self) {
+        let mut permits = self.idle.permits.lock();
+        self.idle.parked.fetch_add(1, Ordering::SeqCst);
+        loop {
+            if !self.rx.is_empty() || self.shutdown.load(Ordering::SeqCst) {
+                break;
+            }
+            if *permits > 0 {
+                *permits -= 1;
+                break;
+            }
+            self.idle.cv.wait(&mut permits);
+        }
+        self.idle.parked.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// After taking a job: if more are queued and nobody is ready to take them, wake a thread.
+    fn took_job(&self) {
+        if !self.rx.is_empty() && self.idle.ready.load(Ordering::SeqCst) == 0 {
+            self.wake_one();
+        }
+    }
+
+    pub fn note_cancelled_queued(&self) {
+        self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Raises `snakepit_bridge.Cancelled` in pool thread `thread` if it still runs job `job`.
+    pub fn interrupt(&self, thread: usize, job: usize) {
+        if let Some(slot) = self.slots.get(thread) {
+            interrupter().send((Arc::clone(slot), job)).ok();
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.shutdown.load(Ordering::SeqCst)
+    }
+
+    /// Stops the pool: refuses new jobs, lets running jobs finish (cancelling them after
+    /// `grace`), answers queued jobs with a `:pool` error, joins the threads, runs each adapter's
+    /// `cleanup()`. Returns the number of threads that did not exit in time.
+    pub fn stop(&self, grace: Duration) -> usize {
+        if self.shutdown.swap(true, Ordering::SeqCst) {
+            return 0;
+        }
+        while self.submitting.load(Ordering::SeqCst) > 0 {
+            std::hint::spin_loop();
+        }
+        self.wake_all();
+        let deadline = Instant::now() + grace;
+        let mut handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.threads.lock());
+        let mut interrupted = false;
+        loop {
+            handles.retain(|h| !h.is_finished());
+            if handles.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                if interrupted {
+                    break;
+                }
+                // Interrupt whatever still runs, then give it one more grace period.
+                for (i, slot) in self.slots.iter().enumerate() {
+                    let job = *slot.current.lock();
+                    if job != 0 {
+                        self.interrupt(i, job);
+                    }
+                }
+                interrupted = true;
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let leaked = handles.len();
+        for h in handles {
+            // Not joined: the thread exits on its own when its C call returns.
+            drop(h);
+        }
+        self.drain_queue();
+        if leaked == 0 {
+            Python::attach(|py| {
+                for w in &self.workers {
+                    call_runtime(py, "cleanup", (w.adapter.bind(py),)).ok();
+                }
+            });
+        }
+        leaked
+    }
+
+    fn drain_queue(&self) {
+        while let Ok(job) = self.rx.try_recv() {
+            if job.ctl.abandon() {
+                let err = Error::Pool(format!(
+                    "pool {} was stopped before the job ran",
+                    self.config.name
+                ));
+                send_reply(job, Err(err));
+            } else {
+                JobCtl::demonitor(&job.ctl);
+            }
+        }
+    }
+
+    pub fn queued(&self) -> usize {
+        self.rx.len()
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started_at.elapsed()
+    }
+}
+
+fn apply_env(py: Python<'_>, env: &[(String, String)]) -> Result<()> {
+    if env.is_empty() {
+        return Ok(());
+    }
+    (|| -> PyResult<()> {
+        let environ = py.import("os")?.getattr("environ")?;
+        for (k, v) in env {
+            environ.set_item(k, v)?;
+        }
+        Ok(())
+    })()
+    .map_err(|e| Error::from_py(py, e))
+}
+
+fn call_runtime<'py>(
+    py: Python<'py>,
+    func: &str,
+    args: impl pyo3::call::PyCallArgs<'py>,
+) -> PyResult<Bound<'py, PyAny>> {
+    py.import("snakepit_bridge._runtime")?
+        .getattr(func)?
+        .call1(args)
+}
+
+fn create_worker(py: Python<'_>, config: &PoolConfig, index: usize) -> Result<Worker> {
+    (|| -> PyResult<Worker> {
+        let options = PyDict::new(py);
+        options.set_item("threaded", true)?;
+        options.set_item("max_workers", config.threads_per_worker)?;
+        options.set_item("thread_safety_check", config.thread_safety_check)?;
+        options.set_item("pool_name", &config.name)?;
+        let adapter = call_runtime(
+            py,
+            "create_adapter",
+            (&config.adapter, &config.name, index, options),
+        )?;
+        let commands_obj = call_runtime(py, "commands", (&adapter,))?;
+        let dict = commands_obj.cast_into::<PyDict>()?;
+        let mut commands = HashMap::with_capacity(dict.len());
+        for (k, v) in dict.iter() {
+            commands.insert(k.extract::<String>()?, v.unbind());
+        }
+        let mut names: Vec<String> = commands.keys().cloned().collect();
+        names.sort();
+        let class_name = adapter.get_type().qualname()?.to_string();
+        Ok(Worker {
+            adapter: adapter.unbind(),
+            commands,
+            names,
+            class_name,
+        })
+    })()
+    .map_err(|e| Error::from_py(py, e))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pool threads
+// ---------------------------------------------------------------------------------------------
+
+fn thread_main(pool: Arc<PoolInner>, index: usize, started: crossbeam_channel::Sender<()>) {
+    Python::attach(|py| {
+        let slot = Arc::clone(&pool.slots[index]);
+        slot.ident
+            .store(unsafe { ffi::PyThread_get_thread_ident() } as u64, Ordering::SeqCst);
+        call_runtime(py, "set_thread_name", (&slot.name,)).ok();
+        drop(started);
+        let worker = &pool.workers[slot.worker];
+        loop {
+            match pool.rx.try_recv() {
+                Ok(job) => {
+                    pool.took_job();
+                    run_job(py, &pool, worker, &slot, index, job);
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {}
+            }
+            if pool.shutdown.load(Ordering::SeqCst) {
+                break;
+            }
+            if let Some(job) = spin(py, &pool) {
+                pool.took_job();
+                run_job(py, &pool, worker, &slot, index, job);
+                continue;
+            }
+            let idle = &pool.idle;
+            py.detach(|| {
+                pool.park();
+                // Until this thread holds the GIL again it will look at the queue soon.
+                idle.ready.fetch_add(1, Ordering::SeqCst);
+            });
+            idle.ready.fetch_sub(1, Ordering::SeqCst);
+        }
+    });
+}
+
+/// Spins for a job for a short while if fewer than `max_spinners` threads already do.
+/// On GIL builds the spinner keeps the GIL (handing it over costs more than the spin); on
+/// free-threaded builds it detaches so it never holds up a stop-the-world pause.
+fn spin(py: Python<'_>, pool: &PoolInner) -> Option<Box<Job>> {
+    let idle = &pool.idle;
+    if idle.ready.fetch_add(1, Ordering::SeqCst) >= idle.max_spinners {
+        idle.ready.fetch_sub(1, Ordering::SeqCst);
+        return None;
+    }
+    let spin_loop = || {
+        let start = Instant::now();
+        let mut n: u32 = 0;
+        loop {
+            match pool.rx.try_recv() {
+                Ok(job) => return Some(job),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => {}
+            }
+            n = n.wrapping_add(1);
+            if n % 64 == 0
+                && (start.elapsed() >= idle.spin || pool.shutdown.load(Ordering::Relaxed))
+            {
+                return None;
+            }
+            std::hint::spin_loop();
+        }
+    };
+    let job = if runtime::FREE_THREADED {
+        py.detach(spin_loop)
+    } else {
+        spin_loop()
+    };
+    idle.ready.fetch_sub(1, Ordering::SeqCst);
+    if job.is_none() {
+        // A submit may have seen us ready just before we stopped: look once more.
+        fence(Ordering::SeqCst);
+        return pool.rx.try_recv().ok();
+    }
+    job
+}
+
+fn run_job(
+    py: Python<'_>,
+    pool: &PoolInner,
+    worker: &Worker,
+    slot: &ThreadSlot,
+    index: usize,
+    job: Box<Job>,
+) {
+    if !job.ctl.start(index) {
+        // Cancelled while queued (already counted); the caller is gone or timed out.
+        JobCtl::demonitor(&job.ctl);
+        return;
+    }
+    let ctl_addr = &*job.ctl as *const JobCtl as usize;
+    *slot.current.lock() = ctl_addr;
+    pool.counters.active.fetch_add(1, Ordering::Relaxed);
+    let t0 = Instant::now();
+
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        job.env.run(|env| {
+            let command = job.command.load(env);
+            let args = job.args.load(env);
+            call_command(py, worker, env, command, args).map(|t| job.env.save(t))
+        })
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(Error::Worker(format!("internal error in pool thread: {what}")))
+    });
+
+    *slot.current.lock() = 0;
+    let busy = t0.elapsed().as_nanos() as u64;
+    slot.busy_ns.fetch_add(busy, Ordering::Relaxed);
+    slot.requests.fetch_add(1, Ordering::Relaxed);
+    pool.counters.active.fetch_sub(1, Ordering::Relaxed);
+
+    if job.ctl.finish() {
+        if result.is_ok() {
+            pool.counters.completed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            pool.counters.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        send_reply(job, result);
+    } else {
+        // Cancelled while running: an async exception may still be pending for this thread.
+        unsafe {
+            ffi::PyThreadState_SetAsyncExc(
+                slot.ident.load(Ordering::SeqCst) as std::os::raw::c_long,
+                std::ptr::null_mut(),
+            );
+        }
+        pool.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+        JobCtl::demonitor(&job.ctl);
+    }
+}
+
+/// Sends `{ref, {:ok, result}}` or `{ref, {:error, map}}` to the caller.
+fn send_reply(mut job: Box<Job>, result: Result<rustler::env::SavedTerm>) {
+    JobCtl::demonitor(&job.ctl);
+    let reference = job.reference.clone();
+    let caller = job.caller;
+    let _ = job.env.send_and_clear(&caller, |env| {
+        let body = match &result {
+            Ok(saved) => make_tuple(env, &[atoms::ok().encode(env), saved.load(env)]),
+            Err(e) => make_tuple(env, &[atoms::error().encode(env), e.to_term(env)]),
+        };
+        make_tuple(env, &[reference.load(env), body])
+    });
+}
+
+fn call_command<'a>(
+    py: Python<'_>,
+    worker: &Worker,
+    env: Env<'a>,
+    command: Term<'a>,
+    args: Term<'a>,
+) -> Result<Term<'a>> {
+    let bin = Binary::from_term(command)
+        .map_err(|_| Error::conversion("command must be a string"))?;
+    let name = std::str::from_utf8(bin.as_slice())
+        .map_err(|_| Error::conversion("command must be valid UTF-8"))?;
+    let func = worker.commands.get(name).ok_or_else(|| Error::Validation {
+        message: format!(
+            "unknown command {:?} for adapter {}; available commands: {}",
+            name,
+            worker.class_name,
+            worker.names.join(", ")
+        ),
+        available: worker.names.clone(),
+    })?;
+    let func = func.bind(py);
+    let out = match args.get_type() {
+        TermType::Map if args.map_size().unwrap_or(0) == 0 => func.call0(),
+        TermType::Map => {
+            let kwargs = convert::term_to_py(py, args)?;
+            let kwargs = kwargs
+                .cast::<PyDict>()
+                .map_err(|_| Error::conversion("arguments must be a map"))?;
+            for key in kwargs.keys() {
+                if !key.is_instance_of::<pyo3::types::PyString>() {
+                    return Err(Error::conversion(format!(
+                        "argument names must be atoms or strings, got {key}"
+                    )));
+                }
+            }
+            func.call((), Some(kwargs))
+        }
+        TermType::List => {
+            let list = convert::term_to_py(py, args)?;
+            let list = list.cast::<PyList>().map_err(|_| Error::conversion("bad list"))?;
+            func.call1(PyTuple::new(py, list.iter()).map_err(|e| Error::from_py(py, e))?)
+        }
+        TermType::Atom if args.decode::<rustler::Atom>().ok() == Some(atoms::nil()) => {
+            func.call0()
+        }
+        _ => {
+            return Err(Error::conversion(
+                "arguments must be a map (keyword arguments), a list (positional) or nil",
+            ))
+        }
+    };
+    let obj = out.map_err(|e| Error::from_py(py, e))?;
+    convert::py_to_term(env, &obj)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interrupts (cancelling running jobs)
+// ---------------------------------------------------------------------------------------------
+
+type Interrupt = (Arc<ThreadSlot>, usize);
+
+/// One thread per VM delivers async exceptions: it needs to attach to Python, which a
+/// scheduler thread (where cancel and the monitor's `down` run) must not do.
+fn interrupter() -> &'static Sender<Interrupt> {
+    static TX: OnceLock<Sender<Interrupt>> = OnceLock::new();
+    TX.get_or_init(|| {
+        let (tx, rx) = crossbeam_channel::unbounded::<Interrupt>();
+        std::thread::Builder::new()
+            .name("snakepit-intr".into())
+            .spawn(move || {
+                for (slot, job) in rx {
+                    Python::attach(|py| {
+                        let exc = py
+                            .import("snakepit_bridge.errors")
+                            .and_then(|m| m.getattr("Cancelled"))
+                            .map(|c| c.unbind())
+                            .unwrap_or_else(|_| {
+                                py.get_type::<pyo3::exceptions::PyTimeoutError>()
+                                    .into_any()
+                                    .unbind()
+                            });
+                        let current = slot.current.lock();
+                        if *current == job {
+                            unsafe {
+                                ffi::PyThreadState_SetAsyncExc(
+                                    slot.ident.load(Ordering::SeqCst) as std::os::raw::c_long,
+                                    exc.as_ptr(),
+                                );
+                            }
+                        }
+                    });
+                }
+            })
+            .expect("cannot start the snakepit interrupter thread");
+        tx
+    })
+}
+
+/// Cancels a job (timeout or caller exit).
+pub fn cancel(ctl: &JobCtl) -> CancelOutcome {
+    ctl.cancel()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stats
+// ---------------------------------------------------------------------------------------------
+
+pub fn stats_term<'a>(env: Env<'a>, pool: &PoolInner) -> Term<'a> {
+    let c = &pool.counters;
+    let uptime = pool.uptime().as_nanos().max(1) as f64;
+    let threads: Vec<Term<'a>> = pool
+        .slots
+        .iter()
+        .map(|s| {
+            let busy = s.busy_ns.load(Ordering::Relaxed);
+            map(
+                env,
+                &[
+                    (atoms::name(), s.name.encode(env)),
+                    (atoms::worker(), s.worker.encode(env)),
+                    (atoms::requests(), s.requests.load(Ordering::Relaxed).encode(env)),
+                    (atoms::busy_ms(), (busy as f64 / 1e6).encode(env)),
+                    (atoms::busy_share(), (busy as f64 / uptime).encode(env)),
+                ],
+            )
+        })
+        .collect();
+    let workers: Vec<Term<'a>> = pool
+        .workers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let requests: u64 = pool
+                .slots
+                .iter()
+                .filter(|s| s.worker == i)
+                .map(|s| s.requests.load(Ordering::Relaxed))
+                .sum();
+            map(
+                env,
+                &[
+                    (atoms::index(), i.encode(env)),
+                    (atoms::adapter(), w.class_name.encode(env)),
+                    (atoms::requests(), requests.encode(env)),
+                    (atoms::threads(), pool.config.threads_per_worker.encode(env)),
+                ],
+            )
+        })
+        .collect();
+    let completed = c.completed.load(Ordering::Relaxed);
+    let failed = c.failed.load(Ordering::Relaxed);
+    map(
+        env,
+        &[
+            (atoms::total_requests(), c.submitted.load(Ordering::Relaxed).encode(env)),
+            (atoms::active_requests(), c.active.load(Ordering::Relaxed).encode(env)),
+            (atoms::queued(), pool.queued().encode(env)),
+            (atoms::completed(), completed.encode(env)),
+            (atoms::failed(), failed.encode(env)),
+            (atoms::cancelled(), c.cancelled.load(Ordering::Relaxed).encode(env)),
+            (atoms::rejected(), c.rejected.load(Ordering::Relaxed).encode(env)),
+            (atoms::max_workers(), pool.capacity().encode(env)),
+            (atoms::pool_size(), pool.config.pool_size.encode(env)),
+            (atoms::threads_per_worker(), pool.config.threads_per_worker.encode(env)),
+            (atoms::max_queue(), pool.config.max_queue.encode(env)),
+            (atoms::thread_utilization(), threads.encode(env)),
+            (atoms::workers(), workers.encode(env)),
+            (atoms::uptime_ms(), (pool.uptime().as_millis() as u64).encode(env)),
+        ],
+    )
+}
+
+fn map<'a>(env: Env<'a>, pairs: &[(rustler::Atom, Term<'a>)]) -> Term<'a> {
+    let keys: Vec<Term<'a>> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
+    let values: Vec<Term<'a>> = pairs.iter().map(|(_, v)| *v).collect();
+    Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys")
+}
+
+/// `tools/1`: the adapter's commands with descriptions and parameters.
+pub fn tools_term<'a>(env: Env<'a>, pool: &PoolInner) -> Result<Term<'a>> {
+    Python::attach(|py| {
+        let worker = &pool.workers[0];
+        let tools = call_runtime(py, "tools", (worker.adapter.bind(py),))
+            .map_err(|e| Error::from_py(py, e))?;
+        convert::py_to_term(env, &tools)
+    })
+}

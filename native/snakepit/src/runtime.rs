@@ -1,0 +1,206 @@
+//! The one CPython interpreter of this BEAM node: started once, never finalised.
+
+use std::ffi::{CStr, CString};
+use std::sync::OnceLock;
+
+use parking_lot::Mutex;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyModule};
+use rustler::{Encoder, Env, NifMap, OwnedEnv, Term};
+
+use crate::atoms;
+use crate::convert::{self, PyPid};
+use crate::error::{Error, Result};
+
+/// What the Elixir side tells the NIF about the interpreter it was built for.
+#[derive(NifMap, Debug, Clone)]
+pub struct RuntimeConfig {
+    /// `sys.base_prefix` of the build-time interpreter (PYTHONHOME).
+    pub home: String,
+    /// The interpreter or venv python chosen at build time (becomes `sys.executable`).
+    pub executable: String,
+    /// site-packages directories of that interpreter/venv, added with `site.addsitedir`.
+    pub site_packages: Vec<String>,
+    /// Directories put first on `sys.path` (priv/python, the user's `python_path`).
+    pub python_path: Vec<String>,
+}
+
+static STARTED: OnceLock<std::result::Result<(), Error>> = OnceLock::new();
+static START_LOCK: Mutex<()> = Mutex::new(());
+
+/// Starts the interpreter on first use; later calls only add `python_path` entries.
+pub fn ensure_started(config: &RuntimeConfig) -> Result<()> {
+    {
+        let _guard = START_LOCK.lock();
+        STARTED.get_or_init(|| unsafe { start(config) }).clone()?;
+    }
+    Python::attach(|py| add_paths(py, &config.python_path, &config.site_packages))
+}
+
+pub fn is_started() -> bool {
+    matches!(STARTED.get(), Some(Ok(())))
+}
+
+unsafe fn start(config: &RuntimeConfig) -> Result<()> {
+    if ffi::Py_IsInitialized() != 0 {
+        return Err(Error::Worker(
+            "another CPython is already running in this OS process".into(),
+        ));
+    }
+    promote_libpython_to_global();
+    // The BEAM ignores SIGCHLD; subprocess.run needs the default disposition to reap children.
+    libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+
+    let mut cfg: ffi::PyConfig = std::mem::zeroed();
+    ffi::PyConfig_InitPythonConfig(&mut cfg);
+    cfg.install_signal_handlers = 0;
+    cfg.parse_argv = 0;
+    let home = CString::new(config.home.as_str()).map_err(|_| Error::Worker("bad home".into()))?;
+    let exe = CString::new(config.executable.as_str())
+        .map_err(|_| Error::Worker("bad executable".into()))?;
+    let status = ffi::PyConfig_SetBytesString(&mut cfg, &mut cfg.home, home.as_ptr());
+    check_status(status, &mut cfg)?;
+    let status = ffi::PyConfig_SetBytesString(&mut cfg, &mut cfg.program_name, exe.as_ptr());
+    check_status(status, &mut cfg)?;
+    let status = ffi::Py_InitializeFromConfig(&cfg);
+    check_status(status, &mut cfg)?;
+    ffi::PyConfig_Clear(&mut cfg);
+    // Release the thread state this (dirty scheduler) thread got from initialisation.
+    ffi::PyEval_SaveThread();
+
+    Python::attach(|py| -> Result<()> {
+        bootstrap(py, config).map_err(|e| Error::from_py(py, e))
+    })
+}
+
+unsafe fn check_status(status: ffi::PyStatus, cfg: &mut ffi::PyConfig) -> Result<()> {
+    if ffi::PyStatus_Exception(status) == 0 {
+        return Ok(());
+    }
+    ffi::PyConfig_Clear(cfg);
+    let msg = if status.err_msg.is_null() {
+        "unknown error".to_string()
+    } else {
+        CStr::from_ptr(status.err_msg).to_string_lossy().into_owned()
+    };
+    Err(Error::Worker(format!("CPython failed to start: {msg}")))
+}
+
+/// The BEAM loads NIFs with RTLD_LOCAL, so libpython's symbols are invisible to C extensions
+/// such as NumPy's. Re-open the already loaded libpython with RTLD_GLOBAL.
+unsafe fn promote_libpython_to_global() {
+    let mut info: libc::Dl_info = std::mem::zeroed();
+    let sym = ffi::Py_IsInitialized as *const libc::c_void;
+    if libc::dladdr(sym, &mut info) != 0 && !info.dli_fname.is_null() {
+        libc::dlopen(
+            info.dli_fname,
+            libc::RTLD_NOW | libc::RTLD_GLOBAL | libc::RTLD_NOLOAD,
+        );
+    }
+}
+
+fn bootstrap(py: Python<'_>, config: &RuntimeConfig) -> PyResult<()> {
+    let sys = py.import("sys")?;
+    sys.setattr("executable", &config.executable)?;
+    sys.setattr("argv", PyList::new(py, [""])?)?;
+    add_paths(py, &config.python_path, &config.site_packages).map_err(convert::to_py_err)?;
+    let native = PyModule::new(py, "_snakepit_native")?;
+    native.add_class::<PyPid>()?;
+    native.add_function(pyo3::wrap_pyfunction!(send, &native)?)?;
+    sys.getattr("modules")?.set_item("_snakepit_native", native)?;
+    Ok(())
+}
+
+fn add_paths(py: Python<'_>, paths: &[String], site_packages: &[String]) -> Result<()> {
+    (|| -> PyResult<()> {
+        let sys_path = py.import("sys")?.getattr("path")?.cast_into::<PyList>()?;
+        for dir in paths.iter().rev() {
+            if !sys_path.contains(dir)? {
+                sys_path.insert(0, dir)?;
+            }
+        }
+        let site = py.import("site")?;
+        for dir in site_packages {
+            if !sys_path.contains(dir)? {
+                site.call_method1("addsitedir", (dir,))?;
+            }
+        }
+        Ok(())
+    })()
+    .map_err(|e| Error::from_py(py, e))
+}
+
+/// `snakepit_bridge.send(pid, term)`: sends a message to an Erlang process from Python.
+#[pyfunction]
+fn send(pid: &Bound<'_, PyPid>, term: &Bound<'_, PyAny>) -> PyResult<()> {
+    if unsafe { rustler::sys::enif_thread_type() } > 0 {
+        return Err(pyo3::exceptions::PyRuntimeError::new_err(
+            "send cannot be called on a BEAM scheduler thread",
+        ));
+    }
+    let mut env = OwnedEnv::new();
+    let mut failure = None;
+    let target = pid.get().pid;
+    let sent = env.send_and_clear(&target, |env| match convert::py_to_term(env, term) {
+        Ok(t) => t,
+        Err(e) => {
+            failure = Some(e);
+            atoms::nil().encode(env)
+        }
+    });
+    if let Some(e) = failure {
+        return Err(convert::to_py_err(e));
+    }
+    sent.map_err(|_| pyo3::exceptions::PyRuntimeError::new_err("the process is not alive"))
+}
+
+/// `%{version:, free_threaded:, gil_enabled:, executable:, prefix:}` of the running interpreter.
+pub fn info<'a>(env: Env<'a>) -> Result<Term<'a>> {
+    if !is_started() {
+        return Err(Error::Pool("the Python interpreter has not been started".into()));
+    }
+    Python::attach(|py| {
+        let result = (|| -> PyResult<(String, bool, String, String, String)> {
+            let sys = py.import("sys")?;
+            let version: String = sys.getattr("version")?.extract()?;
+            let gil_enabled = match sys.getattr("_is_gil_enabled") {
+                Ok(f) => f.call0()?.extract()?,
+                Err(_) => true,
+            };
+            let exe: String = sys.getattr("executable")?.extract()?;
+            let prefix: String = sys.getattr("prefix")?.extract()?;
+            let vi = sys.getattr("version_info")?;
+            let short = format!(
+                "{}.{}.{}",
+                vi.getattr("major")?,
+                vi.getattr("minor")?,
+                vi.getattr("micro")?
+            );
+            Ok((short, gil_enabled, exe, prefix, version))
+        })();
+        let (version, gil_enabled, exe, prefix, full) =
+            result.map_err(|e| Error::from_py(py, e))?;
+        let keys = [
+            atoms::version().encode(env),
+            atoms::free_threaded().encode(env),
+            atoms::gil_enabled().encode(env),
+            atoms::executable().encode(env),
+            atoms::prefix().encode(env),
+            atoms::full_version().encode(env),
+        ];
+        let values = [
+            version.encode(env),
+            FREE_THREADED.encode(env),
+            gil_enabled.encode(env),
+            exe.encode(env),
+            prefix.encode(env),
+            full.encode(env),
+        ];
+        Term::map_from_term_arrays(env, &keys, &values)
+            .map_err(|_| Error::Worker("cannot build info map".into()))
+    })
+}
+
+/// Whether this NIF was built for a free-threaded (`t`) CPython.
+pub const FREE_THREADED: bool = cfg!(Py_GIL_DISABLED);

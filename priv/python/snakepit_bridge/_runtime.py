@@ -1,0 +1,247 @@
+"""The functions the Snakepit NIF calls. Not a user API.
+
+The Rust side calls, in order: :func:`set_thread_name` on each pool thread as it starts,
+:func:`create_adapter` once per worker (and again when the worker is recycled),
+:func:`commands` once per adapter instance (the dict it dispatches jobs through: the args map
+becomes keyword arguments), :func:`tools` for ``Snakepit.tools/1``, and :func:`cleanup` when
+the worker stops or is recycled. Errors are ordinary Python exceptions; the NIF turns them
+into ``%Snakepit.Error{}`` values.
+
+Which methods are commands:
+
+- the methods marked ``@tool`` or ``@thread_safe_method`` (under the ``@tool`` name when it
+  gives one), inherited ones included; a marked method stays a command when a subclass
+  overrides it without the decorator;
+- for a class that is not a ``BaseAdapter`` and marks nothing: every public method (name not
+  starting with ``_``), except the ``initialize``/``cleanup`` hooks;
+- the base tools ``ping``, ``get_stats`` and ``get_thread_stats``, unless the adapter has
+  commands of those names.
+
+An adapter that overrides ``BaseAdapter.execute_tool`` still gets its commands from its
+marked methods: the pool calls them directly, not through ``execute_tool``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import threading
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from ._tooling import TOOL_ATTR, describe_callable, is_command, tool
+from .base_adapter import BaseAdapter
+from .base_adapter_threaded import ThreadSafeAdapter, collect_stats
+from .thread_safety_checker import (
+    WARNING_PREFIX,
+    ThreadSafetyChecker,
+    get_active_checker,
+    undeclared_adapter_message,
+)
+
+__all__ = ["create_adapter", "commands", "tools", "cleanup", "set_thread_name"]
+
+logger = logging.getLogger("snakepit_bridge")
+
+_HOOKS = frozenset({"initialize", "cleanup"})
+_warned_classes: "set[type]" = set()
+_warned_lock = threading.Lock()
+
+
+def _load_class(class_path: str) -> Any:
+    if not isinstance(class_path, str) or "." not in class_path.strip("."):
+        raise ImportError(
+            f"invalid adapter class path {class_path!r}: expected 'package.module.Class'"
+        )
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (module_name == missing or module_name.startswith(missing + ".")):
+            message = f"cannot load adapter {class_path!r}: no module named {module_name!r}"
+        else:
+            message = (
+                f"cannot load adapter {class_path!r}: importing module {module_name!r} "
+                f"failed: {exc}"
+            )
+        raise ImportError(message, name=module_name) from exc
+    try:
+        cls = getattr(module, class_name)
+    except AttributeError:
+        raise ImportError(
+            f"cannot load adapter {class_path!r}: module {module_name!r} has no "
+            f"attribute {class_name!r}",
+            name=module_name,
+            path=getattr(module, "__file__", None),
+        ) from None
+    if not callable(cls):
+        raise TypeError(f"adapter {class_path!r} is a {type(cls).__name__}, not a class")
+    return cls
+
+
+def _is_declared(cls: type) -> bool:
+    return getattr(cls, "__thread_safe__", False) is True
+
+
+def create_adapter(
+    class_path: str, pool_name: str, worker_index: int, options: Optional[Mapping[str, Any]]
+) -> object:
+    """Import ``package.module.Class``, instantiate it with no arguments and initialise it.
+
+    Args:
+        class_path: the adapter class, for example
+            ``"snakepit_bridge.adapters.threaded_showcase.ThreadedShowcaseAdapter"``.
+        pool_name: the pool the worker belongs to (for log messages).
+        worker_index: the worker's index in the pool (for log messages).
+        options: ``"threaded"`` (bool, several threads call the instance), ``"max_workers"``
+            (int, threads per worker; set as ``adapter.max_workers`` on a
+            ``ThreadSafeAdapter``), ``"thread_safety_check"`` (bool, run a
+            ``ThreadSafetyChecker``), ``"pool_name"`` (str).
+
+    Returns:
+        The adapter instance, after its ``initialize()`` (when it has one) returned.
+
+    Raises:
+        ImportError: the module or the class is missing (the message names the class path).
+        TypeError: the path names something that is not callable.
+        Exception: whatever the class's ``__init__`` or ``initialize()`` raised, unchanged.
+    """
+    opts = dict(options or {})
+    threaded = bool(opts.get("threaded", False))
+    max_workers = int(opts.get("max_workers", 1) or 1)
+    pool = opts.get("pool_name", pool_name)
+    cls = _load_class(class_path)
+
+    try:
+        adapter = cls()
+    except BaseException as exc:
+        if hasattr(exc, "add_note"):
+            exc.add_note(f"while constructing adapter {class_path} (pool {pool})")
+        raise
+    if isinstance(adapter, ThreadSafeAdapter):
+        adapter.max_workers = max_workers
+    initialize = getattr(adapter, "initialize", None)
+    if callable(initialize):
+        initialize()
+
+    adapter_cls = type(adapter)
+    checker: Optional[ThreadSafetyChecker] = None
+    if opts.get("thread_safety_check", False):
+        checker = get_active_checker()
+        if checker is None or not checker.enabled:
+            checker = ThreadSafetyChecker(enabled=True, strict_mode=False)
+    if threaded and not _is_declared(adapter_cls):
+        with _warned_lock:
+            first = adapter_cls not in _warned_classes
+            _warned_classes.add(adapter_cls)
+        if first and checker is None:
+            logger.warning("%s%s", WARNING_PREFIX, undeclared_adapter_message(adapter_cls.__name__))
+    if checker is not None:
+        checker.check_adapter(adapter, threaded=threaded)
+        checker.check_imports()
+    logger.debug(
+        "created adapter %s for pool %s worker %s (threaded=%s, max_workers=%s)",
+        class_path,
+        pool,
+        worker_index,
+        threaded,
+        max_workers,
+    )
+    return adapter
+
+
+def _marked_methods(cls: type) -> Dict[str, str]:
+    """``{command name: attribute name}`` for the marked methods of ``cls`` and its bases."""
+    marked: Dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        for attr, value in vars(klass).items():
+            func = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+            if is_command(func):
+                spec = getattr(func, TOOL_ATTR, None)
+                name = spec["name"] if isinstance(spec, dict) else attr
+                for existing in [k for k, v in marked.items() if v == attr]:
+                    del marked[existing]  # a subclass redefinition replaces the base one
+                marked[name] = attr
+    return marked
+
+
+def _public_methods(cls: type) -> Dict[str, str]:
+    names: Dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is object:
+            continue
+        for attr, value in vars(klass).items():
+            if attr.startswith("_") or attr in _HOOKS:
+                continue
+            if isinstance(value, (staticmethod, classmethod)) or inspect.isfunction(value):
+                names[attr] = attr
+            else:
+                names.pop(attr, None)  # shadowed by a non-method
+    return names
+
+
+def _base_tools(adapter: Any) -> Dict[str, Callable[..., Any]]:
+    @tool(description="Liveness check: returns the message (\"pong\" by default)")
+    def ping(message: str = "pong") -> str:
+        return message
+
+    @tool(description="Adapter statistics (requests, active requests, threads)")
+    def get_stats() -> Dict[str, Any]:
+        method = getattr(adapter, "get_stats", None)
+        if callable(method):
+            return method()
+        return collect_stats(adapter)
+
+    @tool(description="Per-thread request statistics of the adapter")
+    def get_thread_stats() -> Dict[str, Any]:
+        if isinstance(adapter, ThreadSafeAdapter):
+            return ThreadSafeAdapter.get_stats(adapter)
+        return get_stats()
+
+    return {"ping": ping, "get_stats": get_stats, "get_thread_stats": get_thread_stats}
+
+
+def commands(adapter: Any) -> Dict[str, Callable[..., Any]]:
+    """Return ``{command name: callable}`` for an adapter instance (bound methods).
+
+    See the module documentation for which methods count; the base tools ``ping``,
+    ``get_stats`` and ``get_thread_stats`` are added unless the adapter defines them.
+    """
+    cls = type(adapter)
+    names = _marked_methods(cls)
+    if not names and not isinstance(adapter, BaseAdapter):
+        names = _public_methods(cls)
+    result: Dict[str, Callable[..., Any]] = {}
+    for name, attr in names.items():
+        bound = getattr(adapter, attr, None)
+        if callable(bound):
+            result[name] = bound
+    for name, fn in _base_tools(adapter).items():
+        result.setdefault(name, fn)
+    return result
+
+
+def tools(adapter: Any) -> List[Dict[str, Any]]:
+    """Describe every command: ``[{"name", "description", "parameters"}, ...]`` sorted by name.
+
+    Each parameter is ``{"name", "type", "required", "default"}``, with the type as a string
+    such as ``"str"`` or ``"list[float]"``.
+    """
+    described = [describe_callable(fn, name) for name, fn in commands(adapter).items()]
+    return sorted(described, key=lambda item: item["name"])
+
+
+def cleanup(adapter: Any) -> None:
+    """Call the adapter's ``cleanup()`` hook when it has one. Exceptions propagate."""
+    hook = getattr(adapter, "cleanup", None)
+    if callable(hook):
+        hook()
+
+
+def set_thread_name(name: str) -> None:
+    """Name the calling thread, as seen by ``threading.current_thread().name`` and logging.
+
+    Called by each native pool thread when it starts (for example ``"hpc_pool-w0-t3"``).
+    """
+    threading.current_thread().name = str(name)
