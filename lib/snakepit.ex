@@ -194,7 +194,10 @@ defmodule Snakepit do
 
           {:error, :not_found} ->
             {:error,
-             Error.new(:pool, "pool #{inspect(name)} is not supervised by Snakepit; stop it through its own supervisor")}
+             Error.new(
+               :pool,
+               "pool #{inspect(name)} is not supervised by Snakepit; stop it through its own supervisor"
+             )}
         end
 
       nil ->

@@ -8,7 +8,8 @@ defmodule Snakepit.Application do
       {DynamicSupervisor, name: Snakepit.PoolSupervisor, strategy: :one_for_one}
     ]
 
-    with {:ok, sup} <- Supervisor.start_link(children, strategy: :one_for_one, name: Snakepit.Supervisor),
+    with {:ok, sup} <-
+           Supervisor.start_link(children, strategy: :one_for_one, name: Snakepit.Supervisor),
          {:ok, pools} <- Snakepit.Config.pools(),
          :ok <- start_pools(pools) do
       {:ok, sup}

@@ -101,7 +101,9 @@ defmodule Snakepit.Pool do
 
   defp start_native(%Config{worker_profile: :process} = config) do
     {:stop,
-     Error.new(:validation, "pool #{inspect(config.name)}: worker_profile :process is not available yet",
+     Error.new(
+       :validation,
+       "pool #{inspect(config.name)}: worker_profile :process is not available yet",
        details: %{key: :worker_profile, pool: config.name}
      )}
   end

@@ -23,7 +23,10 @@ defmodule Snakepit.Runtime do
 
       {:error, reason} ->
         {:error,
-         Error.new(:worker, "the NIF build record #{path} is missing (#{inspect(reason)}): run mix compile")}
+         Error.new(
+           :worker,
+           "the NIF build record #{path} is missing (#{inspect(reason)}): run mix compile"
+         )}
     end
   end
 

@@ -124,8 +124,12 @@ impl Error {
 /// `"".join(traceback.format_exception(err))`, or None when that itself fails.
 fn format_exception(py: Python<'_>, err: &PyErr) -> Option<String> {
     let tb = py.import("traceback").ok()?;
+    let value = err.value(py);
     let lines = tb
-        .call_method1("format_exception", (err.value(py),))
+        .call_method1(
+            "format_exception",
+            (value.get_type(), value, err.traceback(py)),
+        )
         .ok()?;
     let joined = pyo3::types::PyString::new(py, "").call_method1("join", (lines,)).ok()?;
     joined.extract::<String>().ok()

@@ -232,8 +232,8 @@ impl PoolInner {
         let mut permits = self.idle.permits.lock();
         if *permits < self.idle.parked.load(Ordering::SeqCst) {
             *permits += 1;
-            self.idle.cv.notify_one();
         }
+        self.idle.cv.notify_one();
     }
 
     fn wake_all(&self) {
@@ -247,11 +247,12 @@ impl PoolInner {
         let mut permits = self.idle.permits.lock();
         self.idle.parked.fetch_add(1, Ordering::SeqCst);
         loop {
-            if !self.rx.is_empty() || self.shutdown.load(Ordering::SeqCst) {
-                break;
-            }
+            // Consume a wake-up whenever leaving, so none is left over while threads wait.
             if *permits > 0 {
                 *permits -= 1;
+                break;
+            }
+            if !self.rx.is_empty() || self.shutdown.load(Ordering::SeqCst) {
                 break;
             }
             self.idle.cv.wait(&mut permits);
@@ -322,7 +323,10 @@ impl PoolInner {
             // Not joined: the thread exits on its own when its C call returns.
             drop(h);
         }
-        self.drain_queue();
+        // Replies and demonitors must come from a non-scheduler thread.
+        std::thread::scope(|s| {
+            s.spawn(|| self.drain_queue());
+        });
         if leaked == 0 {
             Python::attach(|py| {
                 for w in &self.workers {
@@ -424,6 +428,9 @@ fn thread_main(pool: Arc<PoolInner>, index: usize, started: crossbeam_channel::S
         drop(started);
         let worker = &pool.workers[slot.worker];
         loop {
+            if pool.shutdown.load(Ordering::Relaxed) {
+                break;
+            }
             match pool.rx.try_recv() {
                 Ok(job) => {
                     pool.took_job();
@@ -432,9 +439,6 @@ fn thread_main(pool: Arc<PoolInner>, index: usize, started: crossbeam_channel::S
                 }
                 Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => {}
-            }
-            if pool.shutdown.load(Ordering::SeqCst) {
-                break;
             }
             if let Some(job) = spin(py, &pool) {
                 pool.took_job();

@@ -90,8 +90,21 @@ def _type_hints(fn: Callable[..., Any]) -> Dict[str, Any]:
     target = inspect.unwrap(fn)
     try:
         return typing.get_type_hints(target)
-    except Exception:  # unresolvable forward references: fall back to the raw annotations
-        return dict(getattr(target, "__annotations__", {}) or {})
+    except Exception:  # an unresolvable forward reference: resolve what can be, one by one
+        pass
+    namespace = getattr(target, "__globals__", {})
+    hints: Dict[str, Any] = {}
+    for key, annotation in dict(getattr(target, "__annotations__", {}) or {}).items():
+        for _ in range(2):  # a quoted annotation under `from __future__ import annotations`
+            if not isinstance(annotation, str):
+                break
+            try:
+                annotation = eval(annotation, namespace)  # noqa: S307 - the function's own text
+            except Exception:
+                annotation = annotation.strip().strip("'\"")
+                break
+        hints[key] = annotation
+    return hints
 
 
 def describe_parameters(fn: Callable[..., Any]) -> List[Dict[str, Any]]:

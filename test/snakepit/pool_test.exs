@@ -1,0 +1,207 @@
+defmodule Snakepit.PoolTest do
+  use Snakepit.PoolCase, async: true
+
+  alias Snakepit.Error
+
+  describe "the guide's :hpc_pool from config/config.exs" do
+    test "both call forms work" do
+      assert {:ok, %{"sum" => 6, "squares" => [1, 4, 9]}} =
+               Snakepit.execute(:hpc_pool, "compute_intensive", %{data: [1, 2, 3]})
+
+      assert {:ok, %{"sum" => 6}} =
+               Snakepit.execute("compute_intensive", %{data: [1, 2, 3]}, pool_name: :hpc_pool)
+
+      assert {:ok, %{"sum" => 6}} = Snakepit.execute("compute_intensive", %{data: [1, 2, 3]}, [])
+    end
+
+    test "matrix_multiply runs NumPy" do
+      assert {:ok, %{"result" => [[19, 22], [43, 50]], "shape" => [2, 2]}} =
+               Snakepit.execute(:hpc_pool, "matrix_multiply", %{
+                 a: [[1, 2], [3, 4]],
+                 b: [[5, 6], [7, 8]]
+               })
+    end
+
+    test "adapter_env reached the Python process" do
+      pool = start_test_pool!(adapter_env: [{"SNAKEPIT_TEST_VAR", "42"}])
+      assert Snakepit.execute(pool, "getenv", %{name: "SNAKEPIT_TEST_VAR"}) == {:ok, "42"}
+      assert Snakepit.execute(pool, "getenv", %{name: "OMP_NUM_THREADS"}) == {:ok, "16"}
+    end
+
+    test "stats reports the configured capacity and the Python build" do
+      assert {:ok, stats} = Snakepit.stats(:hpc_pool)
+      assert stats.max_workers == 64
+      assert length(stats.thread_utilization) == 64
+      assert length(stats.workers) == 4
+      assert %{version: _, free_threaded: ft, gil_enabled: gil} = stats.python
+      assert is_boolean(ft) and is_boolean(gil)
+    end
+  end
+
+  test "1,000 concurrent callers on a 2x16 pool: every reply reaches its caller, none lost" do
+    pool = start_test_pool!(pool_size: 2, threads_per_worker: 16)
+    parent = self()
+
+    pids =
+      for i <- 1..1_000 do
+        spawn_link(fn ->
+          value = %{caller: i, payload: List.duplicate(i, rem(i, 7))}
+          send(parent, {:done, i, Snakepit.execute(pool, "echo", %{value: value})})
+        end)
+      end
+
+    results =
+      for _ <- pids do
+        receive do
+          {:done, i, result} -> {i, result}
+        after
+          30_000 -> flunk("a caller got no reply")
+        end
+      end
+
+    assert length(results) == 1_000
+    assert results |> Enum.map(&elem(&1, 0)) |> Enum.sort() == Enum.to_list(1..1_000)
+
+    for {i, result} <- results do
+      assert result == {:ok, %{"caller" => i, "payload" => List.duplicate(i, rem(i, 7))}}
+    end
+
+    refute_received {:done, _, _}
+    {:ok, stats} = Snakepit.stats(pool)
+    assert stats.completed == 1_000
+    assert stats.total_requests == 1_000
+    assert stats.active_requests == 0
+    assert stats.queued == 0
+    assert Enum.sum(Enum.map(stats.thread_utilization, & &1.requests)) == 1_000
+  end
+
+  test "one adapter instance per worker, shared by its threads; a locked counter is exact" do
+    pool = start_test_pool!(pool_size: 1, threads_per_worker: 8)
+
+    1..16
+    |> Task.async_stream(fn _ -> Snakepit.execute!(pool, "increment", %{times: 250}) end,
+      max_concurrency: 16
+    )
+    |> Stream.run()
+
+    assert %{"counter" => 4_000} = Snakepit.execute!(pool, "state", %{})
+  end
+
+  test "pool threads carry the pool's names" do
+    pool = start_test_pool!(pool_size: 2, threads_per_worker: 2)
+    names = for _ <- 1..50, into: MapSet.new(), do: Snakepit.execute!(pool, "thread_name", %{})
+    assert Enum.all?(names, &String.starts_with?(&1, "snakepit-#{pool}-w"))
+  end
+
+  test "GIL-releasing calls run in parallel on the pool's threads" do
+    pool = start_test_pool!(pool_size: 1, threads_per_worker: 8)
+    # Measure one sleep, then eight at once: with parallel threads eight take about as long.
+    {one, _} = :timer.tc(fn -> Snakepit.execute!(pool, "sleep", %{seconds: 0.2}) end)
+
+    {eight, names} =
+      :timer.tc(fn ->
+        1..8
+        |> Task.async_stream(fn _ -> Snakepit.execute!(pool, "sleep", %{seconds: 0.2}) end,
+          max_concurrency: 8
+        )
+        |> Enum.map(fn {:ok, name} -> name end)
+      end)
+
+    assert MapSet.size(MapSet.new(names)) == 8
+    assert eight < one * 4
+  end
+
+  describe "timeouts and cancellation" do
+    test "a busy Python loop times out in time and is interrupted, freeing the thread" do
+      pool = start_test_pool!(pool_size: 1, threads_per_worker: 1)
+
+      assert {:error, %Error{category: :timeout, message: msg}} =
+               Snakepit.execute(pool, "busy", %{seconds: 30}, timeout: 200)
+
+      assert msg =~ "200 ms"
+      # The only thread is free again: the next call runs (it would wait 30 s otherwise).
+      assert {:ok, "Cancelled"} =
+               Snakepit.execute(pool, "last_interrupt_name", %{}, timeout: 5_000)
+
+      {:ok, stats} = Snakepit.stats(pool)
+      assert stats.cancelled == 1
+      assert stats.active_requests == 0
+    end
+
+    test "a queued job whose caller timed out is dropped, not run" do
+      pool = start_test_pool!(pool_size: 1, threads_per_worker: 1)
+      blocker = Task.async(fn -> Snakepit.execute(pool, "sleep", %{seconds: 0.5}) end)
+      Process.sleep(50)
+
+      assert {:error, %Error{category: :timeout}} =
+               Snakepit.execute(pool, "increment", %{}, timeout: 50)
+
+      assert {:ok, _} = Task.await(blocker)
+      # increment never ran.
+      assert %{"counter" => 0} = Snakepit.execute!(pool, "state", %{})
+      refute_received {_, _}
+    end
+
+    test "a call blocked in C (time.sleep) frees its thread when the C call returns" do
+      pool = start_test_pool!(pool_size: 1, threads_per_worker: 1)
+
+      assert {:error, %Error{category: :timeout}} =
+               Snakepit.execute(pool, "sleep", %{seconds: 0.3}, timeout: 50)
+
+      assert {:ok, 7} = Snakepit.execute(pool, "echo", %{value: 7}, timeout: 5_000)
+    end
+
+    test "a caller that dies cancels its running job" do
+      pool = start_test_pool!(pool_size: 1, threads_per_worker: 1)
+      caller = spawn(fn -> Snakepit.execute(pool, "busy", %{seconds: 30}) end)
+      Process.sleep(100)
+      Process.exit(caller, :kill)
+
+      assert {:ok, "Cancelled"} =
+               Snakepit.execute(pool, "last_interrupt_name", %{}, timeout: 5_000)
+    end
+
+    test "no stray reply reaches a caller after its timeout" do
+      pool = start_test_pool!(pool_size: 1, threads_per_worker: 2)
+
+      for _ <- 1..20 do
+        Snakepit.execute(pool, "sleep", %{seconds: 0.01}, timeout: 10)
+      end
+
+      Process.sleep(100)
+      {:messages, messages} = Process.info(self(), :messages)
+      assert messages == []
+    end
+  end
+
+  test "a full queue answers at once with a :pool error" do
+    pool = start_test_pool!(pool_size: 1, threads_per_worker: 1, max_queue: 2)
+    # Occupy the thread, then fill the queue.
+    busy =
+      for _ <- 1..3, do: Task.async(fn -> Snakepit.execute(pool, "sleep", %{seconds: 0.3}) end)
+
+    Process.sleep(50)
+
+    assert {:error, %Error{category: :pool, message: msg}} =
+             Snakepit.execute(pool, "echo", %{value: 1})
+
+    assert msg =~ "max_queue"
+    assert Enum.all?(Task.await_many(busy), &match?({:ok, _}, &1))
+    {:ok, stats} = Snakepit.stats(pool)
+    assert stats.rejected >= 1
+  end
+
+  test "subprocess.run works inside adapters (SIGCHLD is default)" do
+    assert {:ok, "child ok"} = Snakepit.execute(start_test_pool!(), "run_subprocess", %{})
+  end
+
+  test "tools/1 lists commands with descriptions and parameters" do
+    {:ok, tools} = Snakepit.tools(:hpc_pool)
+    names = Enum.map(tools, & &1["name"])
+    assert "compute_intensive" in names and "ping" in names
+
+    compute = Enum.find(tools, &(&1["name"] == "compute_intensive"))
+    assert is_binary(compute["description"]) and compute["description"] != ""
+    assert Enum.map(compute["parameters"], & &1["name"]) == ["data", "iterations"]
+  end
+end

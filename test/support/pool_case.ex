@@ -1,0 +1,42 @@
+defmodule Snakepit.PoolCase do
+  @moduledoc false
+  # Starts a pool of the test adapter for a test module and stops it afterwards.
+  use ExUnit.CaseTemplate
+
+  using do
+    quote do
+      import Snakepit.PoolCase
+    end
+  end
+
+  @adapter "snakepit_test_adapters.TestAdapter"
+
+  def adapter, do: @adapter
+
+  @doc "Starts a pool with a unique name; stopped when the test ends."
+  def start_test_pool!(opts \\ []) do
+    name =
+      Keyword.get_lazy(opts, :name, fn -> :"test_pool_#{System.unique_integer([:positive])}" end)
+
+    config =
+      [name: name, adapter: @adapter, pool_size: 1, threads_per_worker: 4]
+      |> Keyword.merge(opts)
+
+    {:ok, _pid} = Snakepit.start_pool(config)
+    ExUnit.Callbacks.on_exit(fn -> Snakepit.stop_pool(name) end)
+    name
+  end
+
+  @doc "Number of OS threads of this BEAM process."
+  def os_thread_count do
+    "/proc/self/task" |> File.ls!() |> length()
+  end
+
+  @doc "Names of this OS process's threads that belong to Snakepit pools."
+  def pool_thread_names do
+    for tid <- File.ls!("/proc/self/task"),
+        {:ok, comm} <- [File.read("/proc/self/task/#{tid}/comm")],
+        String.starts_with?(comm, "snakepit-"),
+        do: String.trim(comm)
+  end
+end

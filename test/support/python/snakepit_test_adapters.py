@@ -1,0 +1,148 @@
+"""Adapters the ExUnit suite drives through real pools."""
+
+import os
+import sys
+import threading
+import time
+
+from snakepit_bridge import ThreadSafeAdapter, send, thread_safe_method, tool
+
+
+class TestAdapter(ThreadSafeAdapter):
+    """Echo, failures, blocking and busy work, for the core tests."""
+
+    __thread_safe__ = True
+
+    def __init__(self):
+        super().__init__()
+        self.counter = 0
+        self.instance_id = id(self)
+
+    @tool(description="Return the value unchanged.")
+    def echo(self, value=None):
+        return value
+
+    @tool(description="Return the Python type name and repr of the value.")
+    def inspect(self, value=None):
+        return {"type": type(value).__name__, "repr": repr(value)}
+
+    @tool(description="Return the positional arguments as a list.")
+    def positional(self, *args):
+        return list(args)
+
+    @tool(description="Sleep in C (time.sleep), then return the thread name.")
+    def sleep(self, seconds: float = 0.1):
+        time.sleep(seconds)
+        return threading.current_thread().name
+
+    @tool(description="A pure-Python busy loop that runs until interrupted or seconds pass.")
+    def busy(self, seconds: float = 10.0):
+        deadline = time.monotonic() + seconds
+        n = 0
+        try:
+            while time.monotonic() < deadline:
+                n += 1
+        except BaseException as exc:
+            self.last_interrupt = type(exc).__name__
+            raise
+        return n
+
+    @tool(description="What interrupted the last busy loop.")
+    def last_interrupt_name(self):
+        return getattr(self, "last_interrupt", None)
+
+    @tool(description="Raise ValueError with the message.")
+    def fail(self, message: str = "boom"):
+        def inner():
+            raise ValueError(message)
+
+        inner()
+
+    @tool(description="Raise SystemExit.")
+    def exit(self, code: int = 3):
+        sys.exit(code)
+
+    @tool(description="Raise KeyboardInterrupt.")
+    def interrupt(self):
+        raise KeyboardInterrupt("from adapter")
+
+    @tool(description="Return an object that cannot be converted.")
+    def unconvertible(self):
+        return object()
+
+    @tool(description="Return a list nested depth levels deep.")
+    def nested(self, depth: int = 10):
+        value = []
+        for _ in range(depth):
+            value = [value]
+        return value
+
+    @tool(description="Return special floats.")
+    def floats(self):
+        return [float("nan"), float("inf"), float("-inf"), 1.5]
+
+    @tool(description="Return a Python set, frozenset, tuple and bytes.")
+    def collections(self):
+        return {
+            "set": {1, 2, 3},
+            "frozenset": frozenset(["a"]),
+            "tuple": (1, "two", 3.0),
+            "bytes": b"\x00\xff",
+            "bytearray": bytearray(b"ab"),
+            "int_keys": {1: "one"},
+        }
+
+    @tool(description="Return a NumPy array and scalar.")
+    def numpy_values(self):
+        import numpy as np
+
+        return {"array": np.arange(6).reshape(2, 3), "scalar": np.float64(2.5), "int": np.int64(7)}
+
+    @tool(description="Return an object with __snakepit__.")
+    def custom(self):
+        class Point:
+            def __snakepit__(self):
+                return {"x": 1, "y": 2}
+
+        return Point()
+
+    @tool(description="Send a message to a pid from Python, then return it.")
+    def send_to(self, pid, message):
+        send(pid, message)
+        return pid
+
+    @tool(description="Run a subprocess and return its output.")
+    def run_subprocess(self):
+        import subprocess
+
+        return subprocess.run(
+            [sys.executable, "-c", "print('child ok')"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    @tool(description="The value of an environment variable.")
+    def getenv(self, name: str):
+        return os.environ.get(name)
+
+    @thread_safe_method
+    def increment(self, times: int = 1):
+        for _ in range(times):
+            with self.acquire_lock():
+                self.counter += 1
+        return self.counter
+
+    @tool(description="The counter and this instance's id.")
+    def state(self):
+        with self.acquire_lock():
+            return {"counter": self.counter, "instance": self.instance_id}
+
+    @tool(description="The current thread's name.")
+    def thread_name(self):
+        return threading.current_thread().name
+
+
+class BrokenInit(ThreadSafeAdapter):
+    __thread_safe__ = True
+
+    def __init__(self):
+        super().__init__()
+        raise RuntimeError("cannot load the model")
