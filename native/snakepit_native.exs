@@ -161,6 +161,8 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
       "--release",
       "--manifest-path",
       Path.join(root, "native/snakepit/Cargo.toml"),
+      "--features",
+      "nif",
       "--target-dir",
       target_dir
     ]

@@ -397,7 +397,9 @@ def test_tool_with_unresolvable_forward_reference():
         pass
 
     params = f.__snakepit_tool__["parameters"]
-    assert params[0] == {"name": "x", "type": "NotDefinedAnywhere", "required": True, "default": None}
+    assert params[0] == {
+        "name": "x", "type": "NotDefinedAnywhere", "required": True, "default": None
+    }
 
 
 def test_tool_default_that_is_not_plain_data_is_rendered():

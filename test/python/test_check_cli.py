@@ -81,3 +81,12 @@ def test_undeclared_adapter_warns_and_strict_fails():
     strict = run_check("guide_adapters.UndeclaredAdapter", "--threads", "4", "--calls", "50",
                        "--strict")
     assert strict.returncode == 1
+
+
+def test_guide_adapter_with_overridden_get_stats():
+    proc = run_check("guide_adapters.MyAdapter", "--threads", "20", "--calls", "1000",
+                     "--method", "predict", "--args", '{"input_data": "x"}')
+    assert proc.returncode == 0, proc.stderr
+    assert "succeeded 1000, failed 0" in proc.stdout
+    assert "total_requests=1000 active_requests=0 max_workers=20" in proc.stdout
+    assert "predict  calls=1000" in proc.stdout

@@ -176,7 +176,9 @@ class Marked(BaseAdapter):
 def test_commands_marked_methods_plus_base_tools():
     adapter = Marked()
     cmds = _runtime.commands(adapter)
-    assert set(cmds) == {"add", "tracked", "renamed_command", "ping", "get_stats", "get_thread_stats"}
+    assert set(cmds) == {
+        "add", "tracked", "renamed_command", "ping", "get_stats", "get_thread_stats"
+    }
     assert cmds["add"](a=2, b=3) == 5
     assert cmds["tracked"]() == "tracked"
     assert cmds["renamed_command"]() == "renamed"
@@ -299,7 +301,8 @@ def test_base_adapter_execute_tool_and_get_tools():
     assert adapter.execute_tool("ping", None) == "pong"
     with pytest.raises(SnakepitError, match=r"unknown command 'nope'.*get_stats.*mul.*ping"):
         adapter.execute_tool("nope", {}, None)
-    assert [t["name"] for t in adapter.get_tools()] == ["get_stats", "get_thread_stats", "mul", "ping"]
+    names = [t["name"] for t in adapter.get_tools()]
+    assert names == ["get_stats", "get_thread_stats", "mul", "ping"]
     adapter.initialize()
     adapter.cleanup()
 

@@ -134,7 +134,8 @@ def test_undeclared_adapter_used_threaded(caplog):
     checker = ThreadSafetyChecker(enabled=True, strict_mode=False)
     adapter = MyAdapter()
     adapter.predict("main thread: fine")
-    assert "Adapter MyAdapter does not declare thread safety." not in checker.get_report()["warnings"]
+    undeclared = "Adapter MyAdapter does not declare thread safety."
+    assert undeclared not in checker.get_report()["warnings"]
     t = threading.Thread(target=adapter.predict, args=("second thread",))
     t.start()
     t.join()
@@ -230,7 +231,8 @@ def test_strict_mode_raises_on_concurrent_access():
 
 def test_strict_mode_raises_for_undeclared_adapter_and_unsafe_library(monkeypatch):
     checker = ThreadSafetyChecker(enabled=True, strict_mode=True)
-    with pytest.raises(ThreadSafetyViolation, match=r"^Adapter MyAdapter does not declare thread safety\.$"):
+    undeclared = r"^Adapter MyAdapter does not declare thread safety\.$"
+    with pytest.raises(ThreadSafetyViolation, match=undeclared):
         checker.check_adapter(MyAdapter)
     monkeypatch.setitem(sys.modules, "matplotlib", types.ModuleType("matplotlib"))
     with pytest.raises(ThreadSafetyViolation, match="Unsafe library 'matplotlib' detected"):

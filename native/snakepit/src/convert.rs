@@ -6,8 +6,8 @@
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{
-    PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PyMemoryView,
-    PySet, PyString, PyTuple,
+    PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PyMemoryView, PySet,
+    PyString, PyTuple,
 };
 use rustler::types::tuple::{get_tuple, make_tuple};
 use rustler::{Atom, BigInt, Binary, Encoder, Env, LocalPid, NewBinary, Term, TermType};
@@ -203,7 +203,8 @@ fn map_to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> Result<Bound
         }
     }
     let dict = PyDict::new(py);
-    let iter = rustler::MapIterator::new(term).ok_or_else(|| Error::conversion("cannot decode map"))?;
+    let iter =
+        rustler::MapIterator::new(term).ok_or_else(|| Error::conversion("cannot decode map"))?;
     for (k, v) in iter {
         let key = to_py(py, k, depth + 1)?;
         let value = to_py(py, v, depth + 1)?;
@@ -300,9 +301,7 @@ fn to_term<'a>(env: Env<'a>, obj: &Bound<'_, PyAny>, depth: usize) -> Result<Ter
         return Ok(bytes_to_term(env, &b.to_vec()));
     }
     if obj.cast::<PyMemoryView>().is_ok() {
-        let bytes = obj
-            .call_method0("tobytes")
-            .map_err(|e| py_err(py, e))?;
+        let bytes = obj.call_method0("tobytes").map_err(|e| py_err(py, e))?;
         return to_term(env, &bytes, depth + 1);
     }
     // Objects that describe themselves, then anything with tolist() (NumPy arrays and scalars).
@@ -334,9 +333,9 @@ fn str_to_term<'a>(env: Env<'a>, s: &Bound<'_, PyString>) -> Result<Term<'a>> {
             let encoded = s
                 .call_method1("encode", ("utf-8", "surrogatepass"))
                 .map_err(|e| py_err(py, e))?;
-            let bytes = encoded.cast::<PyBytes>().map_err(|_| {
-                Error::conversion("str.encode did not return bytes")
-            })?;
+            let bytes = encoded
+                .cast::<PyBytes>()
+                .map_err(|_| Error::conversion("str.encode did not return bytes"))?;
             Ok(bytes_to_term(env, bytes.as_bytes()))
         }
     }

@@ -3,8 +3,10 @@
 
 use pyo3::prelude::*;
 use pyo3::types::{PyAnyMethods, PyTracebackMethods, PyTypeMethods};
+#[cfg(feature = "nif")]
 use rustler::{Encoder, Env, Term};
 
+#[cfg(feature = "nif")]
 use crate::atoms;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +65,7 @@ impl Error {
         }
     }
 
+    #[cfg(feature = "nif")]
     pub fn category(&self) -> rustler::Atom {
         match self {
             Error::Python { .. } => atoms::python_error(),
@@ -81,6 +84,7 @@ impl Error {
         }
     }
 
+    #[cfg(feature = "nif")]
     /// The map sent to Elixir: `%{category:, message:, python_type:, python_traceback:, details:}`.
     pub fn to_term<'a>(&self, env: Env<'a>) -> Term<'a> {
         let nil = atoms::nil().encode(env);
@@ -131,7 +135,9 @@ fn format_exception(py: Python<'_>, err: &PyErr) -> Option<String> {
             (value.get_type(), value, err.traceback(py)),
         )
         .ok()?;
-    let joined = pyo3::types::PyString::new(py, "").call_method1("join", (lines,)).ok()?;
+    let joined = pyo3::types::PyString::new(py, "")
+        .call_method1("join", (lines,))
+        .ok()?;
     joined.extract::<String>().ok()
 }
 

@@ -2,13 +2,19 @@
 //! Each module matches one Elixir concern: runtime (the interpreter), pool (threads, queue,
 //! stats), job (one call and its cancellation), convert (terms <-> Python), error.
 
+#[cfg(feature = "nif")]
 pub mod convert;
 pub mod error;
+pub mod idle;
+#[cfg(feature = "nif")]
 pub mod job;
+#[cfg(feature = "nif")]
 pub mod nif;
+#[cfg(feature = "nif")]
 pub mod pool;
 pub mod runtime;
 
+#[cfg(feature = "nif")]
 mod atoms {
     rustler::atoms! {
         ok, error, nil, true_ = "true", false_ = "false",
@@ -25,4 +31,5 @@ mod atoms {
     }
 }
 
+#[cfg(feature = "nif")]
 rustler::init!("Elixir.Snakepit.Native");

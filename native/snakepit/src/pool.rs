@@ -10,13 +10,13 @@
 //! a job that blocks in C (NumPy, sleep) never strands the queue.
 
 use std::collections::HashMap;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
@@ -26,6 +26,7 @@ use rustler::{Binary, Encoder, Env, Term, TermType};
 use crate::atoms;
 use crate::convert;
 use crate::error::{Error, Result};
+use crate::idle::Idle;
 use crate::job::{CancelOutcome, Job, JobCtl};
 use crate::runtime::{self, RuntimeConfig};
 
@@ -73,16 +74,6 @@ pub struct Counters {
     pub cancelled: AtomicU64,
     pub rejected: AtomicU64,
     pub active: AtomicUsize,
-}
-
-/// Wake-up machinery (see module docs).
-struct Idle {
-    ready: AtomicUsize,
-    parked: AtomicUsize,
-    permits: Mutex<usize>,
-    cv: Condvar,
-    max_spinners: usize,
-    spin: Duration,
 }
 
 pub struct PoolInner {
@@ -150,14 +141,7 @@ impl PoolInner {
             workers,
             slots,
             counters: Counters::default(),
-            idle: Idle {
-                ready: AtomicUsize::new(0),
-                parked: AtomicUsize::new(0),
-                permits: Mutex::new(0),
-                cv: Condvar::new(),
-                max_spinners: max_spinners.min(capacity),
-                spin: Duration::from_micros(spin_us),
-            },
+            idle: Idle::new(max_spinners.min(capacity), Duration::from_micros(spin_us)),
             shutdown: AtomicBool::new(false),
             submitting: AtomicUsize::new(0),
             threads: Mutex::new(Vec::with_capacity(capacity)),
@@ -195,17 +179,17 @@ impl PoolInner {
         self.submitting.fetch_add(1, Ordering::SeqCst);
         if self.shutdown.load(Ordering::SeqCst) {
             self.submitting.fetch_sub(1, Ordering::SeqCst);
-            return Err((job, Error::Pool(format!("pool {} is stopped", self.config.name))));
+            return Err((
+                job,
+                Error::Pool(format!("pool {} is stopped", self.config.name)),
+            ));
         }
         let pushed = self.tx.try_send(job);
         self.submitting.fetch_sub(1, Ordering::SeqCst);
         match pushed {
             Ok(()) => {
                 self.counters.submitted.fetch_add(1, Ordering::Relaxed);
-                fence(Ordering::SeqCst);
-                if self.idle.ready.load(Ordering::SeqCst) == 0 {
-                    self.wake_one();
-                }
+                self.idle.after_submit();
                 Ok(())
             }
             Err(TrySendError::Full(job)) => {
@@ -222,48 +206,6 @@ impl PoolInner {
                 job,
                 Error::Pool(format!("pool {} is stopped", self.config.name)),
             )),
-        }
-    }
-
-    fn wake_one(&self) {
-        if self.idle.parked.load(Ordering::SeqCst) == 0 {
-            return;
-        }
-        let mut permits = self.idle.permits.lock();
-        if *permits < self.idle.parked.load(Ordering::SeqCst) {
-            *permits += 1;
-        }
-        self.idle.cv.notify_one();
-    }
-
-    fn wake_all(&self) {
-        let mut permits = self.idle.permits.lock();
-        *permits = self.capacity();
-        self.idle.cv.notify_all();
-    }
-
-    /// Parks the calling (detached) thread until there is work, a wake-up, or shutdown.
-    fn park(&self) {
-        let mut permits = self.idle.permits.lock();
-        self.idle.parked.fetch_add(1, Ordering::SeqCst);
-        loop {
-            // Consume a wake-up whenever leaving, so none is left over while threads wait.
-            if *permits > 0 {
-                *permits -= 1;
-                break;
-            }
-            if !self.rx.is_empty() || self.shutdown.load(Ordering::SeqCst) {
-                break;
-            }
-            self.idle.cv.wait(&mut permits);
-        }
-        self.idle.parked.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    /// After taking a job: if more are queued and nobody is ready to take them, wake a thread.
-    fn took_job(&self) {
-        if !self.rx.is_empty() && self.idle.ready.load(Ordering::SeqCst) == 0 {
-            self.wake_one();
         }
     }
 
@@ -292,7 +234,7 @@ impl PoolInner {
         while self.submitting.load(Ordering::SeqCst) > 0 {
             std::hint::spin_loop();
         }
-        self.wake_all();
+        self.idle.wake_all(self.capacity());
         let deadline = Instant::now() + grace;
         let mut handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.threads.lock());
         let mut interrupted = false;
@@ -422,8 +364,10 @@ fn create_worker(py: Python<'_>, config: &PoolConfig, index: usize) -> Result<Wo
 fn thread_main(pool: Arc<PoolInner>, index: usize, started: crossbeam_channel::Sender<()>) {
     Python::attach(|py| {
         let slot = Arc::clone(&pool.slots[index]);
-        slot.ident
-            .store(unsafe { ffi::PyThread_get_thread_ident() } as u64, Ordering::SeqCst);
+        slot.ident.store(
+            unsafe { ffi::PyThread_get_thread_ident() } as u64,
+            Ordering::SeqCst,
+        );
         call_runtime(py, "set_thread_name", (&slot.name,)).ok();
         drop(started);
         let worker = &pool.workers[slot.worker];
@@ -433,7 +377,7 @@ fn thread_main(pool: Arc<PoolInner>, index: usize, started: crossbeam_channel::S
             }
             match pool.rx.try_recv() {
                 Ok(job) => {
-                    pool.took_job();
+                    pool.idle.took_job(!pool.rx.is_empty());
                     run_job(py, &pool, worker, &slot, index, job);
                     continue;
                 }
@@ -441,17 +385,17 @@ fn thread_main(pool: Arc<PoolInner>, index: usize, started: crossbeam_channel::S
                 Err(TryRecvError::Empty) => {}
             }
             if let Some(job) = spin(py, &pool) {
-                pool.took_job();
+                pool.idle.took_job(!pool.rx.is_empty());
                 run_job(py, &pool, worker, &slot, index, job);
                 continue;
             }
-            let idle = &pool.idle;
             py.detach(|| {
-                pool.park();
+                pool.idle
+                    .park(|| !pool.rx.is_empty() || pool.shutdown.load(Ordering::SeqCst));
                 // Until this thread holds the GIL again it will look at the queue soon.
-                idle.ready.fetch_add(1, Ordering::SeqCst);
+                pool.idle.ready_begin();
             });
-            idle.ready.fetch_sub(1, Ordering::SeqCst);
+            pool.idle.ready_done();
         }
     });
 }
@@ -460,41 +404,17 @@ fn thread_main(pool: Arc<PoolInner>, index: usize, started: crossbeam_channel::S
 /// On GIL builds the spinner keeps the GIL (handing it over costs more than the spin); on
 /// free-threaded builds it detaches so it never holds up a stop-the-world pause.
 fn spin(py: Python<'_>, pool: &PoolInner) -> Option<Box<Job>> {
-    let idle = &pool.idle;
-    if idle.ready.fetch_add(1, Ordering::SeqCst) >= idle.max_spinners {
-        idle.ready.fetch_sub(1, Ordering::SeqCst);
-        return None;
-    }
     let spin_loop = || {
-        let start = Instant::now();
-        let mut n: u32 = 0;
-        loop {
-            match pool.rx.try_recv() {
-                Ok(job) => return Some(job),
-                Err(TryRecvError::Disconnected) => return None,
-                Err(TryRecvError::Empty) => {}
-            }
-            n = n.wrapping_add(1);
-            if n % 64 == 0
-                && (start.elapsed() >= idle.spin || pool.shutdown.load(Ordering::Relaxed))
-            {
-                return None;
-            }
-            std::hint::spin_loop();
-        }
+        pool.idle.spin_for(
+            || pool.rx.try_recv().ok(),
+            || pool.shutdown.load(Ordering::Relaxed),
+        )
     };
-    let job = if runtime::FREE_THREADED {
+    if runtime::FREE_THREADED {
         py.detach(spin_loop)
     } else {
         spin_loop()
-    };
-    idle.ready.fetch_sub(1, Ordering::SeqCst);
-    if job.is_none() {
-        // A submit may have seen us ready just before we stopped: look once more.
-        fence(Ordering::SeqCst);
-        return pool.rx.try_recv().ok();
     }
-    job
 }
 
 fn run_job(
@@ -528,7 +448,9 @@ fn run_job(
             .map(|s| s.to_string())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_default();
-        Err(Error::Worker(format!("internal error in pool thread: {what}")))
+        Err(Error::Worker(format!(
+            "internal error in pool thread: {what}"
+        )))
     });
 
     *slot.current.lock() = 0;
@@ -578,8 +500,8 @@ fn call_command<'a>(
     command: Term<'a>,
     args: Term<'a>,
 ) -> Result<Term<'a>> {
-    let bin = Binary::from_term(command)
-        .map_err(|_| Error::conversion("command must be a string"))?;
+    let bin =
+        Binary::from_term(command).map_err(|_| Error::conversion("command must be a string"))?;
     let name = std::str::from_utf8(bin.as_slice())
         .map_err(|_| Error::conversion("command must be valid UTF-8"))?;
     let func = worker.commands.get(name).ok_or_else(|| Error::Validation {
@@ -610,12 +532,12 @@ fn call_command<'a>(
         }
         TermType::List => {
             let list = convert::term_to_py(py, args)?;
-            let list = list.cast::<PyList>().map_err(|_| Error::conversion("bad list"))?;
+            let list = list
+                .cast::<PyList>()
+                .map_err(|_| Error::conversion("bad list"))?;
             func.call1(PyTuple::new(py, list.iter()).map_err(|e| Error::from_py(py, e))?)
         }
-        TermType::Atom if args.decode::<rustler::Atom>().ok() == Some(atoms::nil()) => {
-            func.call0()
-        }
+        TermType::Atom if args.decode::<rustler::Atom>().ok() == Some(atoms::nil()) => func.call0(),
         _ => {
             return Err(Error::conversion(
                 "arguments must be a map (keyword arguments), a list (positional) or nil",
@@ -691,7 +613,10 @@ pub fn stats_term<'a>(env: Env<'a>, pool: &PoolInner) -> Term<'a> {
                 &[
                     (atoms::name(), s.name.encode(env)),
                     (atoms::worker(), s.worker.encode(env)),
-                    (atoms::requests(), s.requests.load(Ordering::Relaxed).encode(env)),
+                    (
+                        atoms::requests(),
+                        s.requests.load(Ordering::Relaxed).encode(env),
+                    ),
                     (atoms::busy_ms(), (busy as f64 / 1e6).encode(env)),
                     (atoms::busy_share(), (busy as f64 / uptime).encode(env)),
                 ],
@@ -725,20 +650,38 @@ pub fn stats_term<'a>(env: Env<'a>, pool: &PoolInner) -> Term<'a> {
     map(
         env,
         &[
-            (atoms::total_requests(), c.submitted.load(Ordering::Relaxed).encode(env)),
-            (atoms::active_requests(), c.active.load(Ordering::Relaxed).encode(env)),
+            (
+                atoms::total_requests(),
+                c.submitted.load(Ordering::Relaxed).encode(env),
+            ),
+            (
+                atoms::active_requests(),
+                c.active.load(Ordering::Relaxed).encode(env),
+            ),
             (atoms::queued(), pool.queued().encode(env)),
             (atoms::completed(), completed.encode(env)),
             (atoms::failed(), failed.encode(env)),
-            (atoms::cancelled(), c.cancelled.load(Ordering::Relaxed).encode(env)),
-            (atoms::rejected(), c.rejected.load(Ordering::Relaxed).encode(env)),
+            (
+                atoms::cancelled(),
+                c.cancelled.load(Ordering::Relaxed).encode(env),
+            ),
+            (
+                atoms::rejected(),
+                c.rejected.load(Ordering::Relaxed).encode(env),
+            ),
             (atoms::max_workers(), pool.capacity().encode(env)),
             (atoms::pool_size(), pool.config.pool_size.encode(env)),
-            (atoms::threads_per_worker(), pool.config.threads_per_worker.encode(env)),
+            (
+                atoms::threads_per_worker(),
+                pool.config.threads_per_worker.encode(env),
+            ),
             (atoms::max_queue(), pool.config.max_queue.encode(env)),
             (atoms::thread_utilization(), threads.encode(env)),
             (atoms::workers(), workers.encode(env)),
-            (atoms::uptime_ms(), (pool.uptime().as_millis() as u64).encode(env)),
+            (
+                atoms::uptime_ms(),
+                (pool.uptime().as_millis() as u64).encode(env),
+            ),
         ],
     )
 }

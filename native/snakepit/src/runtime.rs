@@ -6,15 +6,21 @@ use std::sync::OnceLock;
 use parking_lot::Mutex;
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyModule};
-use rustler::{Encoder, Env, NifMap, OwnedEnv, Term};
+use pyo3::types::PyList;
+#[cfg(feature = "nif")]
+use pyo3::types::PyModule;
+#[cfg(feature = "nif")]
+use rustler::{Encoder, Env, OwnedEnv, Term};
 
+#[cfg(feature = "nif")]
 use crate::atoms;
+#[cfg(feature = "nif")]
 use crate::convert::{self, PyPid};
 use crate::error::{Error, Result};
 
 /// What the Elixir side tells the NIF about the interpreter it was built for.
-#[derive(NifMap, Debug, Clone)]
+#[cfg_attr(feature = "nif", derive(rustler::NifMap))]
+#[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     /// `sys.base_prefix` of the build-time interpreter (PYTHONHOME).
     pub home: String,
@@ -69,9 +75,7 @@ unsafe fn start(config: &RuntimeConfig) -> Result<()> {
     // Release the thread state this (dirty scheduler) thread got from initialisation.
     ffi::PyEval_SaveThread();
 
-    Python::attach(|py| -> Result<()> {
-        bootstrap(py, config).map_err(|e| Error::from_py(py, e))
-    })
+    Python::attach(|py| -> Result<()> { bootstrap(py, config).map_err(|e| Error::from_py(py, e)) })
 }
 
 unsafe fn check_status(status: ffi::PyStatus, cfg: &mut ffi::PyConfig) -> Result<()> {
@@ -82,7 +86,9 @@ unsafe fn check_status(status: ffi::PyStatus, cfg: &mut ffi::PyConfig) -> Result
     let msg = if status.err_msg.is_null() {
         "unknown error".to_string()
     } else {
-        CStr::from_ptr(status.err_msg).to_string_lossy().into_owned()
+        CStr::from_ptr(status.err_msg)
+            .to_string_lossy()
+            .into_owned()
     };
     Err(Error::Worker(format!("CPython failed to start: {msg}")))
 }
@@ -104,11 +110,16 @@ fn bootstrap(py: Python<'_>, config: &RuntimeConfig) -> PyResult<()> {
     let sys = py.import("sys")?;
     sys.setattr("executable", &config.executable)?;
     sys.setattr("argv", PyList::new(py, [""])?)?;
-    add_paths(py, &config.python_path, &config.site_packages).map_err(convert::to_py_err)?;
-    let native = PyModule::new(py, "_snakepit_native")?;
-    native.add_class::<PyPid>()?;
-    native.add_function(pyo3::wrap_pyfunction!(send, &native)?)?;
-    sys.getattr("modules")?.set_item("_snakepit_native", native)?;
+    add_paths(py, &config.python_path, &config.site_packages)
+        .map_err(|e| pyo3::exceptions::PyImportError::new_err(e.to_string()))?;
+    #[cfg(feature = "nif")]
+    {
+        let native = PyModule::new(py, "_snakepit_native")?;
+        native.add_class::<PyPid>()?;
+        native.add_function(pyo3::wrap_pyfunction!(send, &native)?)?;
+        sys.getattr("modules")?
+            .set_item("_snakepit_native", native)?;
+    }
     Ok(())
 }
 
@@ -132,6 +143,7 @@ fn add_paths(py: Python<'_>, paths: &[String], site_packages: &[String]) -> Resu
 }
 
 /// `snakepit_bridge.send(pid, term)`: sends a message to an Erlang process from Python.
+#[cfg(feature = "nif")]
 #[pyfunction]
 fn send(pid: &Bound<'_, PyPid>, term: &Bound<'_, PyAny>) -> PyResult<()> {
     if unsafe { rustler::sys::enif_thread_type() } > 0 {
@@ -156,9 +168,12 @@ fn send(pid: &Bound<'_, PyPid>, term: &Bound<'_, PyAny>) -> PyResult<()> {
 }
 
 /// `%{version:, free_threaded:, gil_enabled:, executable:, prefix:}` of the running interpreter.
+#[cfg(feature = "nif")]
 pub fn info<'a>(env: Env<'a>) -> Result<Term<'a>> {
     if !is_started() {
-        return Err(Error::Pool("the Python interpreter has not been started".into()));
+        return Err(Error::Pool(
+            "the Python interpreter has not been started".into(),
+        ));
     }
     Python::attach(|py| {
         let result = (|| -> PyResult<(String, bool, String, String, String)> {

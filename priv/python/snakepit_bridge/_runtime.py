@@ -35,6 +35,7 @@ from .base_adapter_threaded import ThreadSafeAdapter, collect_stats
 from .thread_safety_checker import (
     WARNING_PREFIX,
     ThreadSafetyChecker,
+    declares_thread_safety,
     get_active_checker,
     undeclared_adapter_message,
 )
@@ -78,10 +79,6 @@ def _load_class(class_path: str) -> Any:
     if not callable(cls):
         raise TypeError(f"adapter {class_path!r} is a {type(cls).__name__}, not a class")
     return cls
-
-
-def _is_declared(cls: type) -> bool:
-    return getattr(cls, "__thread_safe__", False) is True
 
 
 def create_adapter(
@@ -131,7 +128,7 @@ def create_adapter(
         checker = get_active_checker()
         if checker is None or not checker.enabled:
             checker = ThreadSafetyChecker(enabled=True, strict_mode=False)
-    if threaded and not _is_declared(adapter_cls):
+    if threaded and not declares_thread_safety(adapter_cls):
         with _warned_lock:
             first = adapter_cls not in _warned_classes
             _warned_classes.add(adapter_cls)

@@ -101,10 +101,6 @@ def _thread_record(obj: Any) -> Optional[_ThreadRecord]:
     return rec
 
 
-def _is_declared(cls: type) -> bool:
-    return getattr(cls, "__thread_safe__", False) is True
-
-
 def collect_stats(obj: Any) -> Dict[str, Any]:
     """Request statistics of an adapter tracked by ``@thread_safe_method``.
 
@@ -137,7 +133,7 @@ def collect_stats(obj: Any) -> Dict[str, Any]:
         entry["busy_seconds"] = round(entry["busy_seconds"], 6)
     return {
         "adapter": type(obj).__name__,
-        "thread_safe": _is_declared(type(obj)),
+        "thread_safe": _tsc.declares_thread_safety(type(obj)),
         "total_requests": total,
         "active_requests": active,
         "max_workers": getattr(obj, "max_workers", 1),
@@ -174,59 +170,26 @@ def thread_safe_method(fn: F) -> F:
                 return fn(self, *args, **kwargs)
         checker = _tsc._active_checker
         if checker is not None:
-            return _checked_call(checker, method_name, fn, rec, self, args, kwargs)
-        depth = rec.depth
-        if depth:
-            rec.depth = depth + 1
-            try:
-                return fn(self, *args, **kwargs)
-            finally:
-                rec.depth = depth
-        # No call that could deliver an async exception (Cancelled) sits between the state
-        # change and the `try`, and the `finally` restores the depth before anything else.
+            checker._enter(self, method_name)  # strict mode may refuse the call here
         start = _perf()
-        rec.requests += 1
-        rec.depth = 1
+        # From here to the `try`, no call that could deliver an async exception (Cancelled),
+        # and the `finally` restores the depth first: the statistics stay consistent.
+        depth = rec.depth
+        rec.depth = depth + 1
+        if not depth:  # a tracked call made from a tracked call is not a new request
+            rec.requests += 1
         try:
             return fn(self, *args, **kwargs)
         finally:
-            rec.depth = 0
-            rec.busy += _perf() - start
+            rec.depth = depth
+            if not depth:
+                rec.busy += _perf() - start
+            if checker is not None:
+                checker._exit(method_name)
 
     setattr(wrapper, THREAD_SAFE_ATTR, True)
     setattr(wrapper, COMMAND_ATTR, True)
     return wrapper  # type: ignore[return-value]
-
-
-def _checked_call(
-    checker: "_tsc.ThreadSafetyChecker",
-    method_name: str,
-    fn: Callable[..., Any],
-    rec: _ThreadRecord,
-    adapter: Any,
-    args: Any,
-    kwargs: Any,
-) -> Any:
-    """The tracked call of ``thread_safe_method`` while a checker is active."""
-    checker._enter(adapter, method_name)  # may raise ThreadSafetyViolation in strict mode
-    try:
-        depth = rec.depth
-        if depth:
-            rec.depth = depth + 1
-            try:
-                return fn(adapter, *args, **kwargs)
-            finally:
-                rec.depth = depth
-        start = _perf()
-        rec.requests += 1
-        rec.depth = 1
-        try:
-            return fn(adapter, *args, **kwargs)
-        finally:
-            rec.depth = 0
-            rec.busy += _perf() - start
-    finally:
-        checker._exit(method_name)
 
 
 class ThreadSafeAdapter(BaseAdapter):

@@ -30,6 +30,7 @@ import traceback
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import _runtime
+from .base_adapter_threaded import collect_stats
 from .thread_safety_checker import ThreadSafetyChecker
 
 __all__ = ["main", "run_check", "UnknownMethod"]
@@ -97,9 +98,10 @@ def run_check(
             {"threaded": threads > 1, "max_workers": threads, "thread_safety_check": True},
         )
         try:
-            command = _runtime.commands(adapter).get(method)
+            available = _runtime.commands(adapter)
+            command = available.get(method)
             if command is None:
-                names = ", ".join(sorted(_runtime.commands(adapter)))
+                names = ", ".join(sorted(available))
                 raise UnknownMethod(f"{adapter_path} has no command {method!r}; commands: {names}")
 
             def one_call(_: int) -> float:
@@ -124,8 +126,7 @@ def run_check(
                         if first_error is None:
                             first_error = "".join(traceback.format_exception(exc))
             elapsed = time.perf_counter() - started
-            stats_fn = getattr(adapter, "get_stats", None)
-            stats = stats_fn() if callable(stats_fn) else None
+            stats = collect_stats(adapter)  # thread statistics, whatever get_stats returns
         finally:
             _runtime.cleanup(adapter)
         latencies.sort()
@@ -164,8 +165,8 @@ def _format(result: Dict[str, Any]) -> str:
     ]
     for error, count in result["errors"].items():
         lines.append(f"  error x{count}: {error}")
-    stats = result.get("adapter_stats")
-    if isinstance(stats, dict) and "thread_utilization" in stats:
+    stats = result["adapter_stats"]
+    if stats["total_requests"]:
         lines.append(
             f"Adapter stats: total_requests={stats.get('total_requests')} "
             f"active_requests={stats.get('active_requests')} "

@@ -97,6 +97,11 @@ def get_active_checker() -> Optional["ThreadSafetyChecker"]:
     return _active_checker
 
 
+def declares_thread_safety(cls: type) -> bool:
+    """True when the adapter class sets ``__thread_safe__ = True`` (itself or by inheritance)."""
+    return getattr(cls, "__thread_safe__", False) is True
+
+
 def concurrent_access_message(method: str, threads: int) -> str:
     """The warning for ``threads`` threads inside ``method`` at the same time."""
     return f"THREAD SAFETY: Method '{method}' accessed by {threads} different threads concurrently."
@@ -229,7 +234,7 @@ class ThreadSafetyChecker:
     def _declared_locked(self, cls: type) -> bool:
         declared = self._declared.get(cls)
         if declared is None:
-            declared = self._declared[cls] = getattr(cls, "__thread_safe__", False) is True
+            declared = self._declared[cls] = declares_thread_safety(cls)
         return declared
 
     def _enter(self, adapter: Any, method: str) -> None:
