@@ -419,7 +419,9 @@ defmodule Snakepit.Bench.Core do
 
     path_row = fn id ->
       rates =
-        Enum.map_join(@concurrency, " | ", &rate(med.(id, fn m -> m.tp[&1].calls_per_s end)))
+        Enum.map_join(@concurrency, " | ", fn callers ->
+          rate(med.(id, fn m -> m.tp[callers].calls_per_s end))
+        end)
 
       "| #{label.(id)} | #{us(med.(id, & &1.rtt.median_us))} | #{us(med.(id, & &1.rtt.p99_us))} | " <>
         rates <> " |"

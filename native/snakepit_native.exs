@@ -49,9 +49,15 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
 
     built = cargo_build!(root, python, target_dir)
 
+    own_priv!(root)
     File.mkdir_p!(priv)
     stale? = not File.exists?(so) or File.read!(built) != File.read!(so)
-    if stale?, do: File.cp!(built, so)
+    # Rename into place: a VM that has the old library loaded keeps its (unlinked) copy.
+    if stale? do
+      tmp = so <> ".tmp"
+      File.cp!(built, tmp)
+      File.rename!(tmp, so)
+    end
 
     term = %{
       executable: python,
@@ -68,6 +74,27 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
 
     if stale?, do: Mix.shell().info("snakepit: NIF built for Python #{info["version"]} (#{python})")
     {if(stale?, do: :ok, else: :noop), []}
+  end
+
+  # Mix links a dependency's build priv/ to its source priv/. The NIF belongs to this build
+  # (another app may build the same source for another Python), so priv/ becomes a real
+  # directory whose python/ still links to the source.
+  defp own_priv!(root) do
+    build_priv = Path.join(Mix.Project.app_path(), "priv")
+    source_priv = Path.join(root, "priv")
+
+    case File.read_link(build_priv) do
+      {:ok, _} when build_priv != source_priv ->
+        File.rm!(build_priv)
+        File.mkdir_p!(build_priv)
+
+        for entry <- File.ls!(source_priv), entry != "native" do
+          File.ln_s!(Path.join(source_priv, entry), Path.join(build_priv, entry))
+        end
+
+      _ ->
+        :ok
+    end
   end
 
   defp choose_python! do
