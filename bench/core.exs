@@ -52,7 +52,8 @@ defmodule Snakepit.Bench.Core do
     warmup: 2_000,
     duration_ms: 2_000,
     python_loop_calls: 1_000_000,
-    idle_sample_ms: 1_000
+    idle_sample_ms: 500,
+    quiet_wait_ms: 30_000
   }
   @quick %{
     rounds: 1,
@@ -60,8 +61,13 @@ defmodule Snakepit.Bench.Core do
     warmup: 500,
     duration_ms: 250,
     python_loop_calls: 100_000,
-    idle_sample_ms: 200
+    idle_sample_ms: 200,
+    quiet_wait_ms: 0
   }
+
+  # A round starts once other processes use less than this share of the CPUs (or after
+  # `quiet_wait_ms`, whichever comes first).
+  @quiet_share 0.15
 
   @bench_dir __DIR__
   @small_pool %{name: :bench_small, pool_size: 1, threads_per_worker: 2}
@@ -75,25 +81,29 @@ defmodule Snakepit.Bench.Core do
 
     progress("Snakepit core benchmark, #{if quick?, do: "quick", else: "full"} run")
     facts = machine_facts(python)
-    idle_start = background_cpu(params.idle_sample_ms)
 
     results =
       with_small_pool(fn small_ok? ->
         paths = paths(python, small_ok?)
 
         for round <- 1..params.rounds do
-          progress("round #{round}/#{params.rounds}")
-          measure_round(paths, python, params)
+          background = wait_for_quiet(params)
+          waited = div(background.waited_ms, 1000)
+
+          progress(
+            "round #{round}/#{params.rounds} (other processes' CPU use: #{pct(background.share)}" <>
+              if(waited > 0, do: ", after waiting #{waited} s)", else: ")")
+          )
+
+          Map.put(measure_round(paths, python, params), :background, background)
         end
       end)
-
-    idle_end = background_cpu(params.idle_sample_ms)
 
     report =
       render(%{
         quick?: quick?,
         params: params,
-        facts: Map.merge(facts, %{idle_start: idle_start, idle_end: idle_end}),
+        facts: facts,
         rounds: results
       })
 
@@ -368,8 +378,26 @@ defmodule Snakepit.Bench.Core do
     }
   end
 
-  # Share of all CPUs busy over `ms` while this bench does nothing: other processes' load,
-  # which skews every figure. From /proc/stat; nil where there is none.
+  # Other processes' load skews every figure (2 cores are easily taken by one compiler). Before
+  # a round, sample it until it is below @quiet_share or `quiet_wait_ms` has passed.
+  defp wait_for_quiet(params) do
+    started = System.monotonic_time(:millisecond)
+
+    Stream.repeatedly(fn -> background_cpu(params.idle_sample_ms) end)
+    |> Enum.reduce_while(nil, fn share, _ ->
+      waited = System.monotonic_time(:millisecond) - started
+      result = %{share: share, waited_ms: waited}
+
+      cond do
+        share == nil or share < @quiet_share -> {:halt, result}
+        waited >= params.quiet_wait_ms -> {:halt, result}
+        true -> {:cont, result}
+      end
+    end)
+  end
+
+  # Share of all CPUs busy over `ms` while this bench does nothing, from /proc/stat; nil where
+  # there is none.
   defp background_cpu(ms) do
     with {:ok, a} <- cpu_jiffies(),
          :ok <- Process.sleep(ms),
@@ -464,6 +492,19 @@ defmodule Snakepit.Bench.Core do
       end)
       |> Enum.unzip()
 
+    shares = Enum.map(rounds, & &1.background.share)
+
+    round_rows = [
+      "- other processes' CPU use just before the round: #{Enum.map_join(shares, ", ", &pct/1)}" <>
+        if(Enum.any?(shares, &(&1 && &1 >= @quiet_share)),
+          do:
+            " (**noisy**: figures of a round that started above #{pct(@quiet_share)} are skewed)",
+          else: ""
+        ),
+      "- port echo RTT median: #{Enum.map_join(port_medians, ", ", &us/1)} µs"
+      | spread_rows
+    ]
+
     bad = total_bad(rounds)
 
     Enum.join(
@@ -472,9 +513,7 @@ defmodule Snakepit.Bench.Core do
         "",
         "Machine: #{f.cpu}, #{f.logical_processors} logical CPUs, " <>
           "#{f.schedulers_online} schedulers online; OTP #{f.otp_release} (ERTS #{f.erts_version}), " <>
-          "Elixir #{f.elixir_version}; Python #{f.python_version} (#{f.python_build}, #{f.python}). " <>
-          "CPU used by other processes while the bench was idle: #{pct(f.idle_start)} at the start, " <>
-          "#{pct(f.idle_end)} at the end.",
+          "Elixir #{f.elixir_version}; Python #{f.python_version} (#{f.python_build}, #{f.python}).",
         "",
         "#{p.rounds} round(s), medians over the rounds. Round trip: one caller, #{p.rtt_calls} timed calls " <>
           "after #{p.warmup} warm-up calls. Calls/s: N caller processes calling back to back for " <>
@@ -490,7 +529,7 @@ defmodule Snakepit.Bench.Core do
           "| --- | ---: | ---: | --- |"
           | List.flatten(target_rows)
         ] ++
-        ["", "Per round:" | spread_rows] ++
+        ["", "Per round:" | round_rows] ++
         [
           "",
           if(bad == 0,

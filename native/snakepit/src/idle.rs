@@ -1,27 +1,57 @@
 //! How idle pool threads wait for work without costing the caller a wake-up per call.
 //!
-//! `ready` counts the threads that will look at the queue soon without being woken: the
-//! spinners (at most `max_spinners`) and threads on their way back from a wake-up (on GIL
-//! builds they may wait for the GIL). A submit wakes a parked thread only when nobody is ready;
-//! a thread that takes a job while more are queued and nobody is ready wakes one more, so a
-//! job that blocks (NumPy, sleep) never strands the queue behind it.
+//! `ready` counts the threads that will look at the queue soon without being woken: a thread
+//! counts itself ready from the moment its job's Python work is done (before it sends the
+//! reply, so the caller's next submit finds it ready), while it spins (at most `max_spinners`
+//! spin at once), and on its way back from a wake-up (on GIL builds it may wait for the GIL). A
+//! submit wakes a parked thread only when nobody is ready; a thread that takes a job while more
+//! are queued and nobody is ready wakes one more, so a job that blocks (NumPy, sleep) never
+//! strands the queue behind it.
 //!
-//! Parking uses a permit count under a mutex; every way out of `park` consumes a permit if
-//! one is there, so no wake-up is ever left over while threads wait (a lost wake-up would leave
-//! a job queued with every thread asleep). Submitters read `parked` and `ready` without the
-//! lock; the SeqCst fences on both sides make sure that either the submitter sees the parker,
-//! or the parker sees the job.
+//! Parked threads wait on a stack and are woken last-in, first-out: the thread that parked
+//! most recently has the warmest caches, and a pool much wider than its load keeps serving from
+//! a few threads instead of rotating through all of them. Registration and the final look at
+//! the queue happen under the stack's lock, and submitters read `parked` after a SeqCst fence,
+//! so either the submitter sees the parked thread or the thread sees the job: no wake-up is lost.
 
-use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::cell::RefCell;
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
+
+struct Waiter {
+    thread: Thread,
+    woken: AtomicBool,
+}
+
+thread_local! {
+    static ME: RefCell<Option<Arc<Waiter>>> = const { RefCell::new(None) };
+}
+
+fn me() -> Arc<Waiter> {
+    ME.with(|me| {
+        me.borrow_mut()
+            .get_or_insert_with(|| {
+                Arc::new(Waiter {
+                    thread: std::thread::current(),
+                    woken: AtomicBool::new(false),
+                })
+            })
+            .clone()
+    })
+}
 
 pub struct Idle {
     ready: AtomicUsize,
+    spinning: AtomicUsize,
     parked: AtomicUsize,
-    permits: Mutex<usize>,
-    cv: Condvar,
+    stack: Mutex<Vec<Arc<Waiter>>>,
+    /// Wake-ups issued and parks done, for stats.
+    pub wakeups: AtomicUsize,
+    pub parks: AtomicUsize,
     max_spinners: usize,
     spin: Duration,
 }
@@ -30,9 +60,11 @@ impl Idle {
     pub fn new(max_spinners: usize, spin: Duration) -> Self {
         Idle {
             ready: AtomicUsize::new(0),
+            spinning: AtomicUsize::new(0),
             parked: AtomicUsize::new(0),
-            permits: Mutex::new(0),
-            cv: Condvar::new(),
+            stack: Mutex::new(Vec::new()),
+            wakeups: AtomicUsize::new(0),
+            parks: AtomicUsize::new(0),
             max_spinners: max_spinners.max(1),
             spin,
         }
@@ -57,38 +89,57 @@ impl Idle {
         }
     }
 
+    /// Wakes the most recently parked thread, if any.
     pub fn wake_one(&self) {
         if self.parked.load(Ordering::SeqCst) == 0 {
             return;
         }
-        let mut permits = self.permits.lock();
-        if *permits < self.parked.load(Ordering::SeqCst) {
-            *permits += 1;
+        let waiter = {
+            let mut stack = self.stack.lock();
+            let w = stack.pop();
+            if w.is_some() {
+                self.parked.fetch_sub(1, Ordering::SeqCst);
+            }
+            w
+        };
+        if let Some(w) = waiter {
+            self.wakeups.fetch_add(1, Ordering::Relaxed);
+            w.woken.store(true, Ordering::SeqCst);
+            w.thread.unpark();
         }
-        self.cv.notify_one();
     }
 
-    pub fn wake_all(&self, threads: usize) {
-        let mut permits = self.permits.lock();
-        *permits = threads;
-        self.cv.notify_all();
+    /// Wakes every parked thread (shutdown: `has_work` must then say true).
+    pub fn wake_all(&self) {
+        let waiters = {
+            let mut stack = self.stack.lock();
+            self.parked.store(0, Ordering::SeqCst);
+            std::mem::take(&mut *stack)
+        };
+        for w in waiters {
+            w.woken.store(true, Ordering::SeqCst);
+            w.thread.unpark();
+        }
     }
 
-    /// Waits until woken, or until `has_work()` (checked after registering as parked).
+    /// Waits until woken, unless `has_work()` (checked after registering as parked).
     pub fn park(&self, has_work: impl Fn() -> bool) {
-        let mut permits = self.permits.lock();
-        self.parked.fetch_add(1, Ordering::SeqCst);
-        loop {
-            if *permits > 0 {
-                *permits -= 1;
-                break;
-            }
+        let me = me();
+        {
+            let mut stack = self.stack.lock();
+            self.parked.fetch_add(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
             if has_work() {
-                break;
+                self.parked.fetch_sub(1, Ordering::SeqCst);
+                return;
             }
-            self.cv.wait(&mut permits);
+            me.woken.store(false, Ordering::SeqCst);
+            stack.push(me.clone());
+            self.parks.fetch_add(1, Ordering::Relaxed);
         }
-        self.parked.fetch_sub(1, Ordering::SeqCst);
+        while !me.woken.load(Ordering::SeqCst) {
+            std::thread::park();
+        }
     }
 
     /// Marks the caller ready until `ready_done` (a thread on its way back to the queue).
@@ -101,14 +152,14 @@ impl Idle {
     }
 
     /// Spins on `poll` for up to the spin time if fewer than `max_spinners` threads do.
-    /// `stop()` ends the spin early (shutdown).
+    /// `stop()` ends the spin early (shutdown). Readiness is the caller's business.
     pub fn spin_for<T>(
         &self,
         mut poll: impl FnMut() -> Option<T>,
         stop: impl Fn() -> bool,
     ) -> Option<T> {
-        if self.ready.fetch_add(1, Ordering::SeqCst) >= self.max_spinners {
-            self.ready.fetch_sub(1, Ordering::SeqCst);
+        if self.spinning.fetch_add(1, Ordering::SeqCst) >= self.max_spinners {
+            self.spinning.fetch_sub(1, Ordering::SeqCst);
             return None;
         }
         let start = Instant::now();
@@ -123,15 +174,16 @@ impl Idle {
             }
             std::hint::spin_loop();
         };
+        self.spinning.fetch_sub(1, Ordering::SeqCst);
+        found
+    }
+
+    /// Stops counting the caller as ready and takes a last look: a submit may have seen it
+    /// ready just before, and then woke nobody.
+    pub fn leave_ready<T>(&self, poll: impl FnOnce() -> Option<T>) -> Option<T> {
         self.ready.fetch_sub(1, Ordering::SeqCst);
-        match found {
-            Some(item) => Some(item),
-            None => {
-                // A submit may have seen us ready just before we stopped: look once more.
-                fence(Ordering::SeqCst);
-                poll()
-            }
-        }
+        fence(Ordering::SeqCst);
+        poll()
     }
 }
 
@@ -152,29 +204,40 @@ mod tests {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 let (idle, rx, done, stop) = (idle.clone(), rx.clone(), done.clone(), stop.clone());
-                thread::spawn(move || loop {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let job = match rx.try_recv() {
-                        Ok(j) => Some(j),
-                        Err(TryRecvError::Empty) => {
-                            idle.spin_for(|| rx.try_recv().ok(), || stop.load(Ordering::SeqCst))
-                        }
-                        Err(TryRecvError::Disconnected) => break,
-                    };
-                    match job {
-                        Some(j) => {
-                            idle.took_job(!rx.is_empty());
-                            if blocking_every > 0 && j % blocking_every == 0 {
-                                thread::sleep(Duration::from_millis(2));
-                            }
-                            done.fetch_add(1, Ordering::SeqCst);
-                        }
-                        None => {
-                            idle.park(|| !rx.is_empty() || stop.load(Ordering::SeqCst));
-                            idle.ready_begin();
+                thread::spawn(move || {
+                    idle.ready_begin();
+                    loop {
+                        if stop.load(Ordering::SeqCst) {
                             idle.ready_done();
+                            break;
+                        }
+                        let job = match rx.try_recv() {
+                            Ok(j) => Some(j),
+                            Err(TryRecvError::Empty) => {
+                                idle.spin_for(|| rx.try_recv().ok(), || stop.load(Ordering::SeqCst))
+                            }
+                            Err(TryRecvError::Disconnected) => None,
+                        };
+                        let job = match job {
+                            Some(j) => {
+                                idle.ready_done();
+                                Some(j)
+                            }
+                            None => idle.leave_ready(|| rx.try_recv().ok()),
+                        };
+                        match job {
+                            Some(j) => {
+                                idle.took_job(!rx.is_empty());
+                                if blocking_every > 0 && j % blocking_every == 0 {
+                                    thread::sleep(Duration::from_millis(2));
+                                }
+                                idle.ready_begin();
+                                done.fetch_add(1, Ordering::SeqCst);
+                            }
+                            None => {
+                                idle.park(|| !rx.is_empty() || stop.load(Ordering::SeqCst));
+                                idle.ready_begin();
+                            }
                         }
                     }
                 })
@@ -209,7 +272,7 @@ mod tests {
             thread::sleep(Duration::from_millis(1));
         }
         stop.store(true, Ordering::SeqCst);
-        idle.wake_all(threads);
+        idle.wake_all();
         for w in workers {
             w.join().unwrap();
         }

@@ -27,7 +27,7 @@ mod atoms {
         name, requests, busy_ms, busy_share, index, adapter, threads,
         total_requests, active_requests, queued, completed, failed, rejected,
         max_workers, pool_size, threads_per_worker, max_queue, thread_utilization, workers,
-        uptime_ms, leaked,
+        uptime_ms, leaked, wakeups, parks,
     }
 }
 

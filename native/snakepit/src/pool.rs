@@ -83,7 +83,7 @@ pub struct PoolInner {
     pub workers: Vec<Worker>,
     pub slots: Vec<Arc<ThreadSlot>>,
     pub counters: Counters,
-    idle: Idle,
+    pub idle: Idle,
     shutdown: AtomicBool,
     submitting: AtomicUsize,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -234,7 +234,7 @@ impl PoolInner {
         while self.submitting.load(Ordering::SeqCst) > 0 {
             std::hint::spin_loop();
         }
-        self.idle.wake_all(self.capacity());
+        self.idle.wake_all();
         let deadline = Instant::now() + grace;
         let mut handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.threads.lock());
         let mut interrupted = false;
@@ -371,31 +371,37 @@ fn thread_main(pool: Arc<PoolInner>, index: usize, started: crossbeam_channel::S
         call_runtime(py, "set_thread_name", (&slot.name,)).ok();
         drop(started);
         let worker = &pool.workers[slot.worker];
+        pool.idle.ready_begin();
         loop {
             if pool.shutdown.load(Ordering::Relaxed) {
+                pool.idle.ready_done();
                 break;
             }
-            match pool.rx.try_recv() {
-                Ok(job) => {
-                    pool.idle.took_job(!pool.rx.is_empty());
-                    run_job(py, &pool, worker, &slot, index, job);
-                    continue;
+            let job = match pool.rx.try_recv() {
+                Ok(job) => Some(job),
+                Err(TryRecvError::Empty) => spin(py, &pool),
+                Err(TryRecvError::Disconnected) => None,
+            };
+            let job = match job {
+                Some(job) => {
+                    pool.idle.ready_done();
+                    Some(job)
                 }
-                Err(TryRecvError::Disconnected) => break,
-                Err(TryRecvError::Empty) => {}
+                None => pool.idle.leave_ready(|| pool.rx.try_recv().ok()),
+            };
+            match job {
+                Some(job) => {
+                    pool.idle.took_job(!pool.rx.is_empty());
+                    // run_job counts this thread ready again before it replies.
+                    run_job(py, &pool, worker, &slot, index, job);
+                }
+                None => py.detach(|| {
+                    pool.idle
+                        .park(|| !pool.rx.is_empty() || pool.shutdown.load(Ordering::SeqCst));
+                    // Until it holds the GIL again this thread will look at the queue soon.
+                    pool.idle.ready_begin();
+                }),
             }
-            if let Some(job) = spin(py, &pool) {
-                pool.idle.took_job(!pool.rx.is_empty());
-                run_job(py, &pool, worker, &slot, index, job);
-                continue;
-            }
-            py.detach(|| {
-                pool.idle
-                    .park(|| !pool.rx.is_empty() || pool.shutdown.load(Ordering::SeqCst));
-                // Until this thread holds the GIL again it will look at the queue soon.
-                pool.idle.ready_begin();
-            });
-            pool.idle.ready_done();
         }
     });
 }
@@ -427,6 +433,7 @@ fn run_job(
 ) {
     if !job.ctl.start(index) {
         // Cancelled while queued (already counted); the caller is gone or timed out.
+        pool.idle.ready_begin();
         JobCtl::demonitor(&job.ctl);
         return;
     }
@@ -454,6 +461,8 @@ fn run_job(
     });
 
     *slot.current.lock() = 0;
+    // Ready again before replying: the caller's next call must not wake another thread.
+    pool.idle.ready_begin();
     let busy = t0.elapsed().as_nanos() as u64;
     slot.busy_ns.fetch_add(busy, Ordering::Relaxed);
     slot.requests.fetch_add(1, Ordering::Relaxed);
@@ -681,6 +690,14 @@ pub fn stats_term<'a>(env: Env<'a>, pool: &PoolInner) -> Term<'a> {
             (
                 atoms::uptime_ms(),
                 (pool.uptime().as_millis() as u64).encode(env),
+            ),
+            (
+                atoms::wakeups(),
+                pool.idle.wakeups.load(Ordering::Relaxed).encode(env),
+            ),
+            (
+                atoms::parks(),
+                pool.idle.parks.load(Ordering::Relaxed).encode(env),
             ),
         ],
     )
