@@ -29,12 +29,12 @@ defmodule Snakepit.LifecycleTest do
   test "stopping a pool answers queued calls with a :pool error and lets running ones finish" do
     {:ok, _} = Snakepit.start_pool(name: :drain_pool, adapter: adapter(), threads_per_worker: 1)
     running = Task.async(fn -> Snakepit.execute(:drain_pool, "sleep", %{seconds: 0.3}) end)
-    Process.sleep(50)
+    wait_until(fn -> match?({:ok, %{active_requests: 1}}, Snakepit.stats(:drain_pool)) end)
 
     queued =
       for _ <- 1..5, do: Task.async(fn -> Snakepit.execute(:drain_pool, "echo", %{value: 1}) end)
 
-    Process.sleep(50)
+    wait_until(fn -> match?({:ok, %{queued: 5}}, Snakepit.stats(:drain_pool)) end)
     :ok = Snakepit.stop_pool(:drain_pool)
     assert {:ok, _} = Task.await(running)
 

@@ -131,7 +131,7 @@ defmodule Snakepit.PoolTest do
     test "a queued job whose caller timed out is dropped, not run" do
       pool = start_test_pool!(pool_size: 1, threads_per_worker: 1)
       blocker = Task.async(fn -> Snakepit.execute(pool, "sleep", %{seconds: 0.5}) end)
-      Process.sleep(50)
+      wait_until(fn -> match?({:ok, %{active_requests: 1}}, Snakepit.stats(pool)) end)
 
       assert {:error, %Error{category: :timeout}} =
                Snakepit.execute(pool, "increment", %{}, timeout: 50)
@@ -176,11 +176,13 @@ defmodule Snakepit.PoolTest do
 
   test "a full queue answers at once with a :pool error" do
     pool = start_test_pool!(pool_size: 1, threads_per_worker: 1, max_queue: 2)
+    sleeper = fn -> Task.async(fn -> Snakepit.execute(pool, "sleep", %{seconds: 0.3}) end) end
     # Occupy the thread, then fill the queue.
-    busy =
-      for _ <- 1..3, do: Task.async(fn -> Snakepit.execute(pool, "sleep", %{seconds: 0.3}) end)
-
-    Process.sleep(50)
+    running = sleeper.()
+    wait_until(fn -> match?({:ok, %{active_requests: 1}}, Snakepit.stats(pool)) end)
+    queued = [sleeper.(), sleeper.()]
+    wait_until(fn -> match?({:ok, %{queued: 2}}, Snakepit.stats(pool)) end)
+    busy = [running | queued]
 
     assert {:error, %Error{category: :pool, message: msg}} =
              Snakepit.execute(pool, "echo", %{value: 1})

@@ -27,6 +27,26 @@ defmodule Snakepit.PoolCase do
     name
   end
 
+  @doc "Polls `fun` every 5 ms until it returns true; fails the test after `timeout` ms."
+  def wait_until(fun, timeout \\ 5_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    do_wait_until(fun, deadline, timeout)
+  end
+
+  defp do_wait_until(fun, deadline, timeout) do
+    cond do
+      fun.() ->
+        :ok
+
+      System.monotonic_time(:millisecond) > deadline ->
+        ExUnit.Assertions.flunk("condition not met within #{timeout} ms")
+
+      true ->
+        Process.sleep(5)
+        do_wait_until(fun, deadline, timeout)
+    end
+  end
+
   @doc "Number of OS threads of this BEAM process."
   def os_thread_count do
     "/proc/self/task" |> File.ls!() |> length()

@@ -1,0 +1,404 @@
+"""A worker of the ``:process`` profile: one adapter instance in its own Python OS process.
+
+Elixir (``Snakepit.ProcessPool``) starts ``python -m snakepit_bridge.worker`` through an Erlang
+port and talks to it over the process's stdin and stdout with length-prefixed frames
+(``{:packet, 4}``: a 4-byte big-endian length, then the payload). Not a user API.
+
+Every payload starts with one kind byte; terms are in the Erlang external term format
+(:mod:`snakepit_bridge.etf`).
+
+Elixir → worker:
+
+=====  ===========================================  ==============================================
+kind   payload after the kind byte                  meaning
+=====  ===========================================  ==============================================
+3      ``term_to_binary(%{adapter:, pool_name:,      the first frame: create the adapter
+       index:, options: %{...}})``                  (``_runtime.create_adapter``)
+0      ``<<len::32, command::binary-size(len),       call ``command``; ``args`` a map (keyword
+       term_to_binary(args)::binary>>``             arguments), a list (positional) or nil
+1      (nothing)                                    ``_runtime.tools(adapter)``
+2      (nothing)                                    run ``cleanup()`` and exit
+=====  ===========================================  ==============================================
+
+Worker → Elixir:
+
+=====  ===========================================  ==============================================
+kind   payload after the kind byte                  meaning
+=====  ===========================================  ==============================================
+2      ``{:ok, %{python:, os_pid:, adapter:}}``     the adapter is ready (answers the init frame)
+0      ``{:ok, value}``                             the result of the current call
+1      ``{:error, %{category:, message:,            the current call (or the start-up) failed
+       python_type:, python_traceback:, details:}}``
+3      ``{pid, term}``                              ``snakepit_bridge.send(pid, term)``
+4      ``{level, logger, message, thread}``         a Python ``logging`` record (WARNING and up)
+=====  ===========================================  ==============================================
+
+One call runs at a time; replies come in request order, so they carry no id. A send frame is
+written before the reply of the call that sent it, so the message reaches its pid first.
+
+The worker exits when its stdin closes (the port was closed or the VM died), when its parent
+dies (``PR_SET_PDEATHSIG`` on Linux, and a watchdog thread that notices the re-parenting), or
+after a stop frame. ``print()`` in adapter code goes to stderr: stdout carries the frames.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import platform
+import signal
+import struct
+import sys
+import sysconfig
+import threading
+import traceback
+from typing import Any, Callable, Dict, Optional
+
+from . import _runtime, etf
+from .etf import Atom, ConversionError
+
+__all__ = ["main"]
+
+# Frame kinds, Elixir -> worker.
+CALL, TOOLS, STOP, INIT = 0, 1, 2, 3
+# Frame kinds, worker -> Elixir.
+REPLY_OK, REPLY_ERROR, READY, SEND, LOG = 0, 1, 2, 3, 4
+
+_OK = Atom("ok")
+_ERROR = Atom("error")
+_K_CATEGORY = Atom("category")
+_K_MESSAGE = Atom("message")
+_K_TYPE = Atom("python_type")
+_K_TRACEBACK = Atom("python_traceback")
+_K_DETAILS = Atom("details")
+
+_u32 = struct.Struct(">I")
+
+logger = logging.getLogger("snakepit_bridge.worker")
+
+#: The worker of this process, once :func:`main` runs (tests and ``send`` reach it here).
+current: Optional["Worker"] = None
+
+
+def exception_type_name(exc: BaseException) -> str:
+    """``module.QualName``, or just ``QualName`` for builtins (as the ``:thread`` profile)."""
+    cls = type(exc)
+    module = getattr(cls, "__module__", None)
+    if module in (None, "builtins"):
+        return cls.__qualname__
+    return f"{module}.{cls.__qualname__}"
+
+
+def error_map(
+    category: str,
+    message: str,
+    python_type: Optional[str] = None,
+    python_traceback: Optional[str] = None,
+    details: Optional[Dict[Any, Any]] = None,
+) -> Dict[Atom, Any]:
+    """The map ``Snakepit.Error.from_native/1`` reads."""
+    return {
+        _K_CATEGORY: Atom(category),
+        _K_MESSAGE: message,
+        _K_TYPE: python_type,
+        _K_TRACEBACK: python_traceback,
+        _K_DETAILS: details or {},
+    }
+
+
+def python_error(exc: BaseException, skip: Any = None) -> Dict[Atom, Any]:
+    """The error map of a Python exception: type, message and the formatted traceback.
+
+    ``skip``: a code object; a first traceback entry running it (the worker's own dispatch
+    frame) is left out, so the traceback starts in adapter code as in the ``:thread`` profile.
+    """
+    python_type = exception_type_name(exc)
+    tb_head = exc.__traceback__
+    if skip is not None and tb_head is not None and tb_head.tb_frame.f_code is skip:
+        tb_head = tb_head.tb_next
+    try:
+        message = str(exc)
+    except BaseException:  # noqa: BLE001 - a broken __str__ must not kill the worker
+        message = "<exception str() failed>"
+    try:
+        tb = "".join(traceback.format_exception(type(exc), exc, tb_head))
+    except BaseException:  # noqa: BLE001
+        tb = f"{python_type}: {message}\n"
+    return error_map("python_error", message, python_type, tb)
+
+
+class Worker:
+    """Reads request frames from ``in_fd``, runs them on one adapter, writes replies."""
+
+    def __init__(self, in_fd: int, out_fd: int) -> None:
+        self._reader = io.open(in_fd, "rb", buffering=1 << 16, closefd=True)
+        self._out_fd = out_fd
+        self._write_lock = threading.Lock()
+        self.adapter: Any = None
+        self.commands: Dict[str, Callable[..., Any]] = {}
+        self.names: list = []
+        self.class_name = ""
+
+    # -- frames ----------------------------------------------------------------------------
+
+    def read_frame(self) -> Optional[bytes]:
+        """The next frame, or None at end of input."""
+        header = self._reader.read(4)
+        if len(header) < 4:
+            return None
+        (size,) = _u32.unpack(header)
+        data = self._reader.read(size)
+        if len(data) < size:
+            return None
+        return data
+
+    def write_term(self, kind: int, term: Any) -> None:
+        """Encode ``term`` and write it as one frame of ``kind``.
+
+        Raises:
+            ConversionError: ``term`` cannot be encoded; nothing was written.
+        """
+        out = bytearray(6)
+        out[4] = kind
+        out[5] = etf.VERSION
+        etf.encode_into(out, term)
+        _u32.pack_into(out, 0, len(out) - 4)
+        self._write(out)
+
+    def _write(self, data: bytearray) -> None:
+        view = memoryview(data)
+        with self._write_lock:
+            while view:
+                written = os.write(self._out_fd, view)
+                view = view[written:]
+
+    def reply_ok(self, value: Any) -> None:
+        try:
+            self.write_term(REPLY_OK, (_OK, value))
+        except ConversionError as exc:
+            self.reply_error(error_map("conversion", str(exc)))
+
+    def reply_error(self, error: Dict[Atom, Any]) -> None:
+        self.write_term(REPLY_ERROR, (_ERROR, error))
+
+    def send(self, pid: Any, term: Any) -> None:
+        """``snakepit_bridge.send`` inside a worker: a send frame Elixir delivers."""
+        if not isinstance(pid, etf.Pid):
+            raise TypeError(f"send expects a snakepit_bridge.Pid, got {type(pid).__name__}")
+        self.write_term(SEND, (pid, term))
+
+    # -- requests --------------------------------------------------------------------------
+
+    def start(self, frame: bytes) -> bool:
+        """Handles the init frame; returns whether the adapter is ready."""
+        try:
+            if not frame or frame[0] != INIT:
+                raise RuntimeError("the first frame of a worker must be its init frame")
+            init = etf.decode(memoryview(frame)[1:])
+            options = dict(init.get("options") or {})
+            self.adapter = _runtime.create_adapter(
+                init["adapter"], init.get("pool_name", ""), int(init.get("index", 0)), options
+            )
+            self.commands = _runtime.commands(self.adapter)
+            self.names = sorted(self.commands)
+            self.class_name = type(self.adapter).__qualname__
+        except BaseException as exc:  # noqa: BLE001 - reported to Elixir as the start-up error
+            self.reply_error(python_error(exc))
+            return False
+        self.write_term(
+            READY,
+            (
+                _OK,
+                {
+                    Atom("python"): python_info(),
+                    Atom("os_pid"): os.getpid(),
+                    Atom("adapter"): self.class_name,
+                },
+            ),
+        )
+        return True
+
+    def call(self, frame: memoryview) -> None:
+        (size,) = _u32.unpack_from(frame, 1)
+        name = str(frame[5 : 5 + size], "utf-8", "replace")
+        func = self.commands.get(name)
+        if func is None:
+            self.reply_error(
+                error_map(
+                    "validation",
+                    f"unknown command {json.dumps(name, ensure_ascii=False)} for adapter "
+                    f"{self.class_name}; available commands: {', '.join(self.names)}",
+                    details={Atom("available"): self.names},
+                )
+            )
+            return
+        try:
+            args = etf.decode(frame[5 + size :])
+        except ConversionError as exc:
+            self.reply_error(error_map("conversion", str(exc)))
+            return
+        try:
+            if args is None or (type(args) is dict and not args):
+                result = func()
+            elif type(args) is dict:
+                for key in args:
+                    if not isinstance(key, str):
+                        self.reply_error(
+                            error_map(
+                                "conversion",
+                                f"argument names must be atoms or strings, got {key!r}",
+                            )
+                        )
+                        return
+                result = func(**args)
+            elif type(args) is list:
+                result = func(*args)
+            else:
+                self.reply_error(
+                    error_map(
+                        "conversion",
+                        "arguments must be a map (keyword arguments), a list (positional) "
+                        "or nil",
+                    )
+                )
+                return
+        except BaseException as exc:  # noqa: BLE001 - SystemExit too: a value, not an exit
+            self.reply_error(python_error(exc, skip=Worker.call.__code__))
+            return
+        self.reply_ok(result)
+
+    def tools(self) -> None:
+        try:
+            described = _runtime.tools(self.adapter)
+        except BaseException as exc:  # noqa: BLE001
+            self.reply_error(python_error(exc))
+            return
+        self.reply_ok(described)
+
+    def cleanup(self) -> None:
+        if self.adapter is None:
+            return
+        try:
+            _runtime.cleanup(self.adapter)
+        except BaseException:  # noqa: BLE001 - logged; the worker exits anyway
+            logger.exception("cleanup() of adapter %s failed", self.class_name)
+
+    def serve(self) -> None:
+        """Answers frames until a stop frame or the end of input."""
+        while True:
+            frame = self.read_frame()
+            if frame is None:
+                break
+            kind = frame[0]
+            if kind == CALL:
+                self.call(memoryview(frame))
+            elif kind == TOOLS:
+                self.tools()
+            elif kind == STOP:
+                break
+            else:
+                raise RuntimeError(f"unknown frame kind {kind}")
+            frame = None
+        self.cleanup()
+
+
+def python_info() -> Dict[Atom, Any]:
+    """``%{version:, free_threaded:, gil_enabled:, executable:}`` of this interpreter."""
+    free_threaded = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+    is_gil_enabled = getattr(sys, "_is_gil_enabled", None)
+    gil_enabled = bool(is_gil_enabled()) if callable(is_gil_enabled) else True
+    return {
+        Atom("version"): platform.python_version(),
+        Atom("free_threaded"): free_threaded,
+        Atom("gil_enabled"): gil_enabled,
+        Atom("executable"): sys.executable,
+    }
+
+
+class _ElixirLogHandler(logging.Handler):
+    """Sends log records to Elixir's Logger as log frames."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__(logging.WARNING)
+        self._worker = worker
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+            self._worker.write_term(
+                LOG, (record.levelno, record.name, message, record.threadName or "")
+            )
+        except Exception:  # noqa: BLE001
+            self.handleError(record)
+
+
+def _exit_with_parent() -> None:
+    """Dies with the process that spawned us (the BEAM's port helper)."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            pr_set_pdeathsig = 1
+            libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(0)
+
+    def watch() -> None:
+        import time
+
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="snakepit-watchdog", daemon=True).start()
+
+
+def main() -> int:
+    """Entry point of ``python -m snakepit_bridge.worker``."""
+    global current
+
+    # Frames use private copies of stdin and stdout; fd 0 becomes /dev/null (subprocesses
+    # must not read our frames) and fd 1 becomes stderr (print() must not corrupt them).
+    in_fd = os.dup(0)
+    out_fd = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    # The BEAM owns this process: Ctrl-C in the terminal is for the BEAM, not for us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), etf.MAX_DEPTH * 2 + 1_000))
+
+    worker = Worker(in_fd, out_fd)
+    current = worker
+
+    import snakepit_bridge
+
+    # Adapters that do `from snakepit_bridge import send` get the worker's send.
+    snakepit_bridge.send = worker.send  # type: ignore[assignment]
+    root = logging.getLogger()
+    root.addHandler(_ElixirLogHandler(worker))
+
+    frame = worker.read_frame()
+    if frame is None:
+        return 0
+    if not worker.start(frame):
+        return 1
+    worker.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the importable module, not this __main__ copy, so that
+    # `snakepit_bridge.worker.current` is the running worker.
+    from snakepit_bridge.worker import main as _main
+
+    sys.exit(_main())

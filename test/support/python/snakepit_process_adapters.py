@@ -1,0 +1,74 @@
+"""Adapters for the :process profile tests: ways for a worker process to die, and probes."""
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+
+from snakepit_bridge import tool
+from snakepit_test_adapters import TestAdapter
+
+
+class ProcessAdapter(TestAdapter):
+    """TestAdapter plus crashes, process identity and cleanup markers."""
+
+    @tool(description="The worker's OS pid and this adapter instance's id.")
+    def whoami(self):
+        return {"os_pid": os.getpid(), "instance": id(self)}
+
+    @tool(description="Leave the process at once with the exit code (no cleanup, no reply).")
+    def os_exit(self, code: int = 7):
+        os._exit(code)
+
+    @tool(description="Dereference NULL in C: a real segmentation fault.")
+    def segfault(self):
+        return ctypes.string_at(0)
+
+    @tool(description="Send SIGSEGV to this process.")
+    def sigsegv(self):
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+    @tool(description="Send SIGKILL to this process, as the kernel's OOM killer does.")
+    def sigkill(self):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    @tool(description="Make the worker's own loop fail while replying to this call.")
+    def break_loop(self):
+        from snakepit_bridge import worker
+
+        def broken(value):
+            raise RuntimeError("the worker loop broke")
+
+        worker.current.reply_ok = broken
+        return "unreachable"
+
+    @tool(description="Print to stdout and stderr; must not disturb the frames.")
+    def noisy(self, lines: int = 100):
+        for i in range(lines):
+            print(f"stdout line {i}")
+            print(f"stderr line {i}", file=sys.stderr)
+        sys.stdout.flush()
+        os.write(1, b"raw write to fd 1\n")
+        return lines
+
+    @tool(description="Log a warning through Python logging.")
+    def warn(self, message: str = "careful"):
+        logging.getLogger("snakepit_process_adapters").warning(message)
+        return message
+
+    def cleanup(self):
+        marker_dir = os.environ.get("SNAKEPIT_CLEANUP_DIR")
+        if marker_dir:
+            with open(os.path.join(marker_dir, f"cleanup-{os.getpid()}"), "w") as f:
+                f.write(str(id(self)))
+
+
+class SlowInit(TestAdapter):
+    """Takes a long time to construct (start-up timeouts)."""
+
+    def __init__(self):
+        import time
+
+        time.sleep(float(os.environ.get("SNAKEPIT_SLOW_INIT", "30")))
+        super().__init__()
