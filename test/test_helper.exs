@@ -5,4 +5,4 @@ Code.ensure_loaded!(Snakepit.Native)
 IO.puts("Python #{info.version} (free-threaded: #{info.free_threaded}) at #{info.executable}")
 
 exclude = if System.get_env("SNAKEPIT_INTEGRATION") == "1", do: [], else: [:integration]
-ExUnit.start(exclude: exclude)
+ExUnit.start(exclude: exclude, capture_log: true)

@@ -5,6 +5,7 @@ defmodule Snakepit.Application do
   @impl true
   def start(_type, _args) do
     children = [
+      Snakepit.PythonLogger,
       {DynamicSupervisor, name: Snakepit.PoolSupervisor, strategy: :one_for_one}
     ]
 

@@ -39,7 +39,8 @@ defmodule Snakepit.Runtime do
          home: info.home,
          executable: info.executable,
          site_packages: info.site_packages,
-         python_path: python_path()
+         python_path: python_path(),
+         log_level: Snakepit.PythonLogger.python_level()
        }}
     end
   end

@@ -9,6 +9,8 @@ pub mod idle;
 #[cfg(feature = "nif")]
 pub mod job;
 #[cfg(feature = "nif")]
+pub mod mailer;
+#[cfg(feature = "nif")]
 pub mod nif;
 #[cfg(feature = "nif")]
 pub mod pool;
@@ -28,6 +30,7 @@ mod atoms {
         total_requests, active_requests, queued, completed, failed, rejected,
         max_workers, pool_size, threads_per_worker, max_queue, thread_utilization, workers,
         uptime_ms, leaked, wakeups, parks,
+        snakepit_log, python_logger_process = "Elixir.Snakepit.PythonLogger",
     }
 }
 

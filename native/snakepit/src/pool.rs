@@ -286,7 +286,7 @@ impl PoolInner {
                     "pool {} was stopped before the job ran",
                     self.config.name
                 ));
-                send_reply(job, Err(err));
+                send_reply(*job, Err(err));
             } else {
                 JobCtl::demonitor(&job.ctl);
             }
@@ -368,7 +368,7 @@ fn thread_main(pool: Arc<PoolInner>, index: usize, started: crossbeam_channel::S
             unsafe { ffi::PyThread_get_thread_ident() } as u64,
             Ordering::SeqCst,
         );
-        call_runtime(py, "set_thread_name", (&slot.name,)).ok();
+        call_runtime(py, "set_thread_name", (&slot.name, &pool.config.name)).ok();
         drop(started);
         let worker = &pool.workers[slot.worker];
         pool.idle.ready_begin();
@@ -393,7 +393,7 @@ fn thread_main(pool: Arc<PoolInner>, index: usize, started: crossbeam_channel::S
                 Some(job) => {
                     pool.idle.took_job(!pool.rx.is_empty());
                     // run_job counts this thread ready again before it replies.
-                    run_job(py, &pool, worker, &slot, index, job);
+                    run_job(py, &pool, worker, &slot, index, *job);
                 }
                 None => py.detach(|| {
                     pool.idle
@@ -429,7 +429,7 @@ fn run_job(
     worker: &Worker,
     slot: &ThreadSlot,
     index: usize,
-    job: Box<Job>,
+    job: Job,
 ) {
     if !job.ctl.start(index) {
         // Cancelled while queued (already counted); the caller is gone or timed out.
@@ -489,7 +489,7 @@ fn run_job(
 }
 
 /// Sends `{ref, {:ok, result}}` or `{ref, {:error, map}}` to the caller.
-fn send_reply(mut job: Box<Job>, result: Result<rustler::env::SavedTerm>) {
+fn send_reply(mut job: Job, result: Result<rustler::env::SavedTerm>) {
     JobCtl::demonitor(&job.ctl);
     let reference = job.reference.clone();
     let caller = job.caller;

@@ -17,6 +17,8 @@ use crate::atoms;
 #[cfg(feature = "nif")]
 use crate::convert::{self, PyPid};
 use crate::error::{Error, Result};
+#[cfg(feature = "nif")]
+use crate::mailer;
 
 /// What the Elixir side tells the NIF about the interpreter it was built for.
 #[cfg_attr(feature = "nif", derive(rustler::NifMap))]
@@ -30,6 +32,8 @@ pub struct RuntimeConfig {
     pub site_packages: Vec<String>,
     /// Directories put first on `sys.path` (priv/python, the user's `python_path`).
     pub python_path: Vec<String>,
+    /// Python logging level of the root logger (records go to Elixir's Logger).
+    pub log_level: i64,
 }
 
 static STARTED: OnceLock<std::result::Result<(), Error>> = OnceLock::new();
@@ -117,8 +121,11 @@ fn bootstrap(py: Python<'_>, config: &RuntimeConfig) -> PyResult<()> {
         let native = PyModule::new(py, "_snakepit_native")?;
         native.add_class::<PyPid>()?;
         native.add_function(pyo3::wrap_pyfunction!(send, &native)?)?;
+        native.add_function(pyo3::wrap_pyfunction!(log, &native)?)?;
         sys.getattr("modules")?
             .set_item("_snakepit_native", native)?;
+        py.import("snakepit_bridge._logging")?
+            .call_method1("install", (config.log_level,))?;
     }
     Ok(())
 }
@@ -146,25 +153,37 @@ fn add_paths(py: Python<'_>, paths: &[String], site_packages: &[String]) -> Resu
 #[cfg(feature = "nif")]
 #[pyfunction]
 fn send(pid: &Bound<'_, PyPid>, term: &Bound<'_, PyAny>) -> PyResult<()> {
-    if unsafe { rustler::sys::enif_thread_type() } > 0 {
-        return Err(pyo3::exceptions::PyRuntimeError::new_err(
-            "send cannot be called on a BEAM scheduler thread",
-        ));
+    let env = OwnedEnv::new();
+    let saved = env
+        .run(|e| convert::py_to_term(e, term).map(|t| env.save(t)))
+        .map_err(convert::to_py_err)?;
+    let to = pid.get().pid;
+    if mailer::on_scheduler_thread() {
+        mailer::post(mailer::Mail::Term {
+            env,
+            to,
+            term: saved,
+        });
+        return Ok(());
     }
-    let mut env = OwnedEnv::new();
-    let mut failure = None;
-    let target = pid.get().pid;
-    let sent = env.send_and_clear(&target, |env| match convert::py_to_term(env, term) {
-        Ok(t) => t,
-        Err(e) => {
-            failure = Some(e);
-            atoms::nil().encode(env)
-        }
+    let mut env = env;
+    env.send_and_clear(&to, |e| saved.load(e))
+        .map_err(|_| pyo3::exceptions::PyRuntimeError::new_err("the process is not alive"))
+}
+
+/// `_snakepit_native.log(level, logger, message, thread, pool)`: one Python log record for
+/// Elixir's Logger. Never blocks.
+#[cfg(feature = "nif")]
+#[pyfunction]
+#[pyo3(signature = (level, logger, message, thread, pool=None))]
+fn log(level: u32, logger: String, message: String, thread: String, pool: Option<String>) {
+    mailer::post(mailer::Mail::Log {
+        level,
+        logger,
+        message,
+        thread,
+        pool,
     });
-    if let Some(e) = failure {
-        return Err(convert::to_py_err(e));
-    }
-    sent.map_err(|_| pyo3::exceptions::PyRuntimeError::new_err("the process is not alive"))
 }
 
 /// `%{version:, free_threaded:, gil_enabled:, executable:, prefix:}` of the running interpreter.

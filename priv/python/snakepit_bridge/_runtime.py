@@ -236,9 +236,14 @@ def cleanup(adapter: Any) -> None:
         hook()
 
 
-def set_thread_name(name: str) -> None:
+def set_thread_name(name: str, pool: Optional[str] = None) -> None:
     """Name the calling thread, as seen by ``threading.current_thread().name`` and logging.
 
-    Called by each native pool thread when it starts (for example ``"hpc_pool-w0-t3"``).
+    Called by each native pool thread when it starts (for example
+    ``"snakepit-hpc_pool-w0-t3"``), with the pool's name for log metadata.
     """
     threading.current_thread().name = str(name)
+    if pool is not None:
+        from ._logging import set_pool
+
+        set_pool(str(pool))

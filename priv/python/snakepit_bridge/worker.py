@@ -335,8 +335,18 @@ class _ElixirLogHandler(logging.Handler):
 
 
 def _exit_with_parent() -> None:
-    """Dies with the process that spawned us (the BEAM's port helper)."""
+    """Dies with the process that spawned us (the BEAM's port helper) or with the BEAM.
+
+    Three guards: ``PR_SET_PDEATHSIG`` (Linux: the kernel sends SIGKILL when the parent dies),
+    and a watchdog thread that exits when this process is re-parented or when the BEAM whose
+    OS pid is in ``SNAKEPIT_BEAM_PID`` is gone (also covering a parent that died before the
+    worker got this far). The end of stdin ends the worker too, in :meth:`Worker.serve`.
+    """
     parent = os.getppid()
+    try:
+        beam = int(os.environ.get("SNAKEPIT_BEAM_PID") or 0)
+    except ValueError:
+        beam = 0
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -346,7 +356,20 @@ def _exit_with_parent() -> None:
             libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
         except (OSError, AttributeError):
             pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
+
+    def orphaned() -> bool:
+        if os.getppid() != parent:
+            return True
+        if beam > 0:
+            try:
+                os.kill(beam, 0)
+            except ProcessLookupError:
+                return True
+            except OSError:
+                pass
+        return False
+
+    if orphaned():
         os._exit(0)
 
     def watch() -> None:
@@ -354,7 +377,7 @@ def _exit_with_parent() -> None:
 
         while True:
             time.sleep(1.0)
-            if os.getppid() != parent:
+            if orphaned():
                 os._exit(0)
 
     threading.Thread(target=watch, name="snakepit-watchdog", daemon=True).start()

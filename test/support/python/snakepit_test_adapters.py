@@ -135,6 +135,13 @@ class TestAdapter(ThreadSafeAdapter):
         with self.acquire_lock():
             return {"counter": self.counter, "instance": self.instance_id}
 
+    @tool(description="Log a message through Python logging.")
+    def log(self, message: str, level: str = "info"):
+        import logging
+
+        getattr(logging.getLogger("snakepit_test_adapters"), level)(message)
+        return threading.current_thread().name
+
     @tool(description="The current thread's name.")
     def thread_name(self):
         return threading.current_thread().name
@@ -146,3 +153,11 @@ class BrokenInit(ThreadSafeAdapter):
     def __init__(self):
         super().__init__()
         raise RuntimeError("cannot load the model")
+
+
+class Undeclared(ThreadSafeAdapter):
+    """Forgets __thread_safe__ = True (the guide's pitfall 4)."""
+
+    @tool(description="Nothing.")
+    def noop(self):
+        return None

@@ -1,0 +1,276 @@
+"""The :process profile's worker (snakepit_bridge.worker), driven over its pipes as the BEAM
+would drive it: 4-byte length-prefixed frames, a kind byte, the Erlang external term format."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+from snakepit_bridge import Pid
+from snakepit_bridge.etf import decode, encode
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+PYTHONPATH = os.pathsep.join(
+    [os.path.join(ROOT, "priv", "python"), os.path.join(ROOT, "test", "support", "python")]
+)
+ADAPTER = "snakepit_process_adapters.ProcessAdapter"
+
+CALL, TOOLS, STOP, INIT = 0, 1, 2, 3
+OK, ERROR, READY, SEND, LOG = 0, 1, 2, 3, 4
+# A pid as :erlang.term_to_binary(self()) wrote it (OTP 25), without the version byte.
+PID_RAW = bytes.fromhex("5864000d6e6f6e6f6465406e6f686f7374000000600000000000000000")
+
+
+class WorkerProcess:
+    def __init__(self, adapter=ADAPTER, env=None):
+        full_env = dict(os.environ, PYTHONPATH=PYTHONPATH, **(env or {}))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "snakepit_bridge.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=full_env,
+        )
+        init = {"adapter": adapter, "pool_name": "pytest", "index": 0,
+                "options": {"threaded": False, "max_workers": 1}}
+        self.write(bytes([INIT]) + encode(init))
+
+    def write(self, payload: bytes) -> None:
+        self.proc.stdin.write(struct.pack(">I", len(payload)) + payload)
+        self.proc.stdin.flush()
+
+    def read(self):
+        header = self.proc.stdout.read(4)
+        if len(header) < 4:
+            return None
+        (size,) = struct.unpack(">I", header)
+        payload = self.proc.stdout.read(size)
+        return payload[0], decode(payload[1:])
+
+    def ready(self):
+        kind, term = self.read()
+        assert kind == READY, term
+        return term
+
+    def call(self, command: str, args=None):
+        name = command.encode()
+        self.write(bytes([CALL]) + struct.pack(">I", len(name)) + name + encode(args))
+        return self.read()
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(5)
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def worker():
+    w = WorkerProcess()
+    w.ready()
+    yield w
+    w.close()
+
+
+def test_ready_frame_describes_the_worker(worker):
+    pass  # the fixture already read READY
+
+
+def test_ready_frame_contents():
+    w = WorkerProcess()
+    try:
+        status, info = w.ready()
+        assert status == "ok"
+        assert info["os_pid"] == w.proc.pid
+        assert info["adapter"] == "ProcessAdapter"
+        assert info["python"]["version"].count(".") == 2
+        assert isinstance(info["python"]["free_threaded"], bool)
+    finally:
+        w.close()
+
+
+def test_call_with_kwargs_positional_and_none(worker):
+    assert worker.call("echo", {"value": [1, "a", {"b": (2, None)}]}) == (
+        OK, ("ok", [1, "a", {"b": (2, None)}]))
+    assert worker.call("positional", [1, 2, 3]) == (OK, ("ok", [1, 2, 3]))
+    assert worker.call("ping", None) == (OK, ("ok", "pong"))
+    assert worker.call("ping", {}) == (OK, ("ok", "pong"))
+
+
+def test_unknown_command_lists_the_commands(worker):
+    kind, (tag, error) = worker.call("nope", {})
+    assert (kind, tag) == (ERROR, "error")
+    assert error["category"] == "validation"
+    assert 'unknown command "nope"' in error["message"]
+    assert "echo" in error["details"]["available"]
+
+
+def test_python_exception_with_traceback_from_adapter_code(worker):
+    kind, (_, error) = worker.call("fail", {"message": "bad"})
+    assert kind == ERROR
+    assert error["category"] == "python_error"
+    assert error["python_type"] == "ValueError"
+    assert error["message"] == "bad"
+    tb = error["python_traceback"]
+    assert tb.startswith("Traceback (most recent call last)")
+    assert "in inner" in tb and "worker.py" not in tb
+
+
+def test_system_exit_is_a_value(worker):
+    kind, (_, error) = worker.call("exit", {"code": 3})
+    assert (kind, error["python_type"], error["message"]) == (ERROR, "SystemExit", "3")
+    assert worker.call("ping", None)[0] == OK
+
+
+def test_conversion_errors(worker):
+    kind, (_, error) = worker.call("unconvertible", {})
+    assert (kind, error["category"]) == (ERROR, "conversion")
+    assert "of type object" in error["message"]
+    kind, (_, error) = worker.call("echo", "not args")
+    assert error["category"] == "conversion"
+    kind, (_, error) = worker.call("echo", {1: 2})
+    assert error["category"] == "conversion"
+    assert worker.call("echo", {"value": 1}) == (OK, ("ok", 1))
+
+
+def test_tools(worker):
+    worker.write(bytes([TOOLS]))
+    kind, (_, tools) = worker.read()
+    assert kind == OK
+    assert "whoami" in [t["name"] for t in tools]
+
+
+def test_send_frame_comes_before_the_reply(worker):
+    pid = Pid(PID_RAW)
+    name = b"send_to"
+    worker.write(bytes([CALL]) + struct.pack(">I", len(name)) + name
+                 + encode({"pid": pid, "message": {"hi": [1]}}))
+    assert worker.read() == (SEND, (pid, {"hi": [1]}))
+    assert worker.read() == (OK, ("ok", pid))
+
+
+def test_print_does_not_corrupt_the_frames(worker):
+    assert worker.call("noisy", {"lines": 50}) == (OK, ("ok", 50))
+    assert worker.call("ping", None) == (OK, ("ok", "pong"))
+
+
+def test_logging_reaches_elixir_as_log_frames(worker):
+    name = b"warn"
+    worker.write(bytes([CALL]) + struct.pack(">I", len(name)) + name + encode({"message": "hm"}))
+    kind, (level, logger, message, thread) = worker.read()
+    assert (kind, level, logger, message) == (LOG, 30, "snakepit_process_adapters", "hm")
+    assert worker.read() == (OK, ("ok", "hm"))
+
+
+def test_stop_frame_runs_cleanup_and_exits(tmp_path):
+    w = WorkerProcess(env={"SNAKEPIT_CLEANUP_DIR": str(tmp_path)})
+    try:
+        w.ready()
+        w.write(bytes([STOP]))
+        assert w.proc.wait(10) == 0
+        assert (tmp_path / f"cleanup-{w.proc.pid}").exists()
+    finally:
+        w.close()
+
+
+def test_end_of_input_exits():
+    w = WorkerProcess()
+    try:
+        w.ready()
+        w.proc.stdin.close()
+        assert w.proc.wait(10) == 0
+    finally:
+        w.close()
+
+
+def test_start_up_error_frame():
+    w = WorkerProcess(adapter="snakepit_test_adapters.BrokenInit")
+    try:
+        kind, (_, error) = w.read()
+        assert kind == ERROR
+        assert error["python_type"] == "RuntimeError"
+        assert "cannot load the model" in error["message"]
+        assert "__init__" in error["python_traceback"]
+        assert w.proc.wait(10) == 1
+    finally:
+        w.close()
+
+
+def test_import_error_frame():
+    w = WorkerProcess(adapter="no_such_module.Adapter")
+    try:
+        kind, (_, error) = w.read()
+        assert (kind, error["python_type"]) == (ERROR, "ImportError")
+        assert "no_such_module" in error["message"]
+    finally:
+        w.close()
+
+
+def test_an_exception_escaping_the_loop_ends_the_process(worker):
+    name = b"break_loop"
+    worker.write(bytes([CALL]) + struct.pack(">I", len(name)) + name + encode(None))
+    assert worker.read() is None  # no reply: the process died
+    assert worker.proc.wait(10) == 1
+    assert b"the worker loop broke" in worker.proc.stderr.read()
+
+
+def test_worker_dies_with_its_parent():
+    # An intermediate parent starts the worker, waits until it runs, and exits. The worker's
+    # stdin is a pipe whose write end this test keeps open, so only the parent's death can end
+    # the worker (PR_SET_PDEATHSIG, or the watchdog thread that notices the re-parenting).
+    read_end, write_end = os.pipe()
+    script = (
+        "import subprocess, sys, time; "
+        f"p = subprocess.Popen([sys.executable, '-m', 'snakepit_bridge.worker'], stdin={read_end}, "
+        "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); print(p.pid, flush=True); "
+        "time.sleep(1.0)"
+    )
+    env = dict(os.environ, PYTHONPATH=PYTHONPATH)
+    try:
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             env=env, timeout=30, pass_fds=[read_end])
+        child = int(out.stdout.strip())
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if not _alive(child):
+                return
+            time.sleep(0.1)
+        os.kill(child, 9)
+        pytest.fail(f"worker {child} outlived its parent")
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (dead, not yet reaped by a non-reaping init) still answers kill 0.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_worker_exits_when_the_beam_is_gone():
+    # SNAKEPIT_BEAM_PID names a process that no longer exists: the worker leaves at once.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    w = WorkerProcess(env={"SNAKEPIT_BEAM_PID": str(gone.pid)})
+    try:
+        assert w.proc.wait(10) == 0
+    finally:
+        w.close()
