@@ -54,7 +54,7 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
     stale? = not File.exists?(so) or File.read!(built) != File.read!(so)
     # Rename into place: a VM that has the old library loaded keeps its (unlinked) copy.
     if stale? do
-      tmp = so <> ".tmp"
+      tmp = "#{so}.#{System.pid()}.#{System.unique_integer([:positive])}.tmp"
       File.cp!(built, tmp)
       File.rename!(tmp, so)
     end
@@ -83,8 +83,10 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
     build_priv = Path.join(Mix.Project.app_path(), "priv")
     source_priv = Path.join(root, "priv")
 
+    dependency? = not String.starts_with?(Path.expand(Mix.Project.build_path()), root <> "/")
+
     case File.read_link(build_priv) do
-      {:ok, _} when build_priv != source_priv ->
+      {:ok, _} when dependency? and build_priv != source_priv ->
         File.rm!(build_priv)
         File.mkdir_p!(build_priv)
 

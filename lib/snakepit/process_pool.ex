@@ -325,7 +325,8 @@ defmodule Snakepit.ProcessPool do
 
     base = [
       {"PYTHONPATH", Enum.join(Runtime.python_path(), ":")},
-      {"PYTHONUNBUFFERED", "1"}
+      {"PYTHONUNBUFFERED", "1"},
+      {"SNAKEPIT_BEAM_PID", System.pid()}
     ]
 
     for {k, v} <- base ++ blas ++ adapter_env,
@@ -376,6 +377,7 @@ defmodule Snakepit.ProcessPool do
       adapter: config.adapter,
       pool_name: Atom.to_string(config.name),
       index: index,
+      log_level: python_log_level(),
       options: %{
         threaded: false,
         max_workers: 1,
@@ -759,6 +761,17 @@ defmodule Snakepit.ProcessPool do
     ArgumentError -> :error
   end
 
+  defp python_log_level do
+    case Logger.level() do
+      :debug -> 10
+      level when level in [:info, :notice] -> 20
+      level when level in [:warning, :warn] -> 30
+      :error -> 40
+      _ -> 50
+    end
+  end
+
+  # As Snakepit.PythonLogger logs the records of the :thread profile.
   defp log_frame(state, bin) do
     case safe_decode(bin) do
       {:ok, {level, logger, message, thread}} ->
@@ -771,7 +784,7 @@ defmodule Snakepit.ProcessPool do
             true -> :debug
           end
 
-        Logger.log(level, "python #{logger}: #{message}",
+        Logger.log(level, "[#{thread}] #{message}",
           pool: state.name,
           python_logger: logger,
           python_thread: thread

@@ -13,7 +13,8 @@ Elixir → worker:
 kind   payload after the kind byte                  meaning
 =====  ===========================================  ==============================================
 3      ``term_to_binary(%{adapter:, pool_name:,      the first frame: create the adapter
-       index:, options: %{...}})``                  (``_runtime.create_adapter``)
+       index:, log_level:, options: %{...}})``      (``_runtime.create_adapter``); ``log_level``
+                                                    is the Python level of Elixir's Logger
 0      ``<<len::32, command::binary-size(len),       call ``command``; ``args`` a map (keyword
        term_to_binary(args)::binary>>``             arguments), a list (positional) or nil
 1      (nothing)                                    ``_runtime.tools(adapter)``
@@ -30,7 +31,8 @@ kind   payload after the kind byte                  meaning
 1      ``{:error, %{category:, message:,            the current call (or the start-up) failed
        python_type:, python_traceback:, details:}}``
 3      ``{pid, term}``                              ``snakepit_bridge.send(pid, term)``
-4      ``{level, logger, message, thread}``         a Python ``logging`` record (WARNING and up)
+4      ``{level, logger, message, thread}``         a Python ``logging`` record (``log_level`` and
+                                                    up)
 =====  ===========================================  ==============================================
 
 One call runs at a time; replies come in request order, so they carry no id. A send frame is
@@ -140,6 +142,7 @@ class Worker:
         self.commands: Dict[str, Callable[..., Any]] = {}
         self.names: list = []
         self.class_name = ""
+        self.log_handler = _ElixirLogHandler(self)
 
     # -- frames ----------------------------------------------------------------------------
 
@@ -197,10 +200,16 @@ class Worker:
             if not frame or frame[0] != INIT:
                 raise RuntimeError("the first frame of a worker must be its init frame")
             init = etf.decode(memoryview(frame)[1:])
+            pool_name = init.get("pool_name", "")
+            index = int(init.get("index", 0))
+            _runtime.set_thread_name(f"snakepit-{pool_name}-w{index}")
+            level = int(init.get("log_level", logging.WARNING))
+            self.log_handler.setLevel(level)
+            root = logging.getLogger()
+            if root.level > level:
+                root.setLevel(level)
             options = dict(init.get("options") or {})
-            self.adapter = _runtime.create_adapter(
-                init["adapter"], init.get("pool_name", ""), int(init.get("index", 0)), options
-            )
+            self.adapter = _runtime.create_adapter(init["adapter"], pool_name, index, options)
             self.commands = _runtime.commands(self.adapter)
             self.names = sorted(self.commands)
             self.class_name = type(self.adapter).__qualname__
@@ -321,7 +330,7 @@ class _ElixirLogHandler(logging.Handler):
     """Sends log records to Elixir's Logger as log frames."""
 
     def __init__(self, worker: Worker) -> None:
-        super().__init__(logging.WARNING)
+        super().__init__(logging.WARNING)  # until the init frame gives Elixir's level
         self._worker = worker
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -407,8 +416,7 @@ def main() -> int:
 
     # Adapters that do `from snakepit_bridge import send` get the worker's send.
     snakepit_bridge.send = worker.send  # type: ignore[assignment]
-    root = logging.getLogger()
-    root.addHandler(_ElixirLogHandler(worker))
+    logging.getLogger().addHandler(worker.log_handler)
 
     frame = worker.read_frame()
     if frame is None:

@@ -142,6 +142,19 @@ class TestAdapter(ThreadSafeAdapter):
         getattr(logging.getLogger("snakepit_test_adapters"), level)(message)
         return threading.current_thread().name
 
+    @tool(description="Count calls per pool thread in thread-local storage.")
+    def thread_local_count(self, seconds: float = 0.0):
+        count = self.get_thread_local("count", 0) + 1
+        time.sleep(seconds)  # releases the GIL: other pool threads take the next calls
+        self.set_thread_local("count", count)
+        return [threading.current_thread().name, count]
+
+    @thread_safe_method
+    @tool(description="A tracked method that sleeps (overlaps across threads).")
+    def tracked_sleep(self, seconds: float = 0.05):
+        time.sleep(seconds)
+        return threading.current_thread().name
+
     @tool(description="The current thread's name.")
     def thread_name(self):
         return threading.current_thread().name
@@ -161,3 +174,28 @@ class Undeclared(ThreadSafeAdapter):
     @tool(description="Nothing.")
     def noop(self):
         return None
+
+
+class UsesSqlite(ThreadSafeAdapter):
+    """Imports a thread-unsafe library (the guide's pitfall 3)."""
+
+    __thread_safe__ = True
+
+    def __init__(self):
+        super().__init__()
+        import sqlite3  # noqa: F401
+
+    @tool(description="Nothing.")
+    def noop(self):
+        return None
+
+
+class CheckedAdapter(TestAdapter):
+    """A method only the thread-safety-check test calls (the checker reports each
+    (method, thread count) once per VM)."""
+
+    @thread_safe_method
+    @tool(description="Sleep, tracked.")
+    def checked_sleep(self, seconds: float = 0.05):
+        time.sleep(seconds)
+        return threading.current_thread().name
