@@ -127,6 +127,90 @@ defmodule Snakepit do
   defp reply({:error, map}), do: {:error, Error.from_native(map)}
 
   @doc """
+  Runs `command`, a method that returns an iterator or generator, and streams its items.
+
+  Returns a lazy `Stream`: nothing runs until it is consumed. Flow is demand-driven: at most
+  `:window` items (default 4) are in flight to the consumer, so a slow consumer never fills its
+  mailbox, and the generator only advances as items are taken. Halting early (`Enum.take/2`,
+  `Stream.take/2`, an exception in the consumer) stops the generator and runs its `finally`
+  blocks; so does the consumer process dying.
+
+      Snakepit.execute_stream(:hpc_pool, "count_up", %{limit: 1_000_000}) |> Enum.take(5)
+
+  An exception in the generator raises `Snakepit.Error` in the consumer, after the items that
+  came before it. `:timeout` (default #{@default_timeout} ms) bounds the wait for each item.
+  """
+  @spec execute_stream(pool(), command(), args(), keyword()) :: Enumerable.t()
+  def execute_stream(pool, command, args, opts \\ []) when is_atom(pool) do
+    timeout = Keyword.get(opts, :timeout, @default_timeout)
+    window = Keyword.get(opts, :window, 4)
+
+    Stream.resource(
+      fn -> start_stream(pool, command, normalize_args(args), window) end,
+      fn state -> next_chunk(state, timeout) end,
+      &close_stream/1
+    )
+  end
+
+  defp start_stream(pool, command, args, window) do
+    with {:ok, ref} <- Pool.lookup(pool),
+         {:ok, command} <- command_name(command) do
+      tag = make_ref()
+
+      case Native.submit_stream(ref, tag, command, args, window) do
+        {:ok, job} -> {tag, job, :running}
+        {:error, map} -> raise Error.from_native(map)
+      end
+    else
+      {:error, %Error{} = e} -> raise e
+    end
+  end
+
+  defp next_chunk({_tag, _job, :finished} = state, _timeout), do: {:halt, state}
+
+  defp next_chunk({tag, job, :running} = state, timeout) do
+    receive do
+      {^tag, {:chunk, value}} ->
+        Native.stream_demand(job, 1)
+        {[value], state}
+
+      {^tag, :done} ->
+        {:halt, {tag, job, :finished}}
+
+      {^tag, {:error, map}} ->
+        # The stream's last message: close_stream (run as the exception unwinds) must not wait.
+        Process.put({__MODULE__, tag}, :finished)
+        raise Error.from_native(map)
+    after
+      timeout ->
+        raise Error.new(:timeout, "no stream item within #{timeout} ms; the stream was cancelled")
+    end
+  end
+
+  defp close_stream({_tag, _job, :finished}), do: :ok
+
+  defp close_stream({tag, job, :running}) do
+    case Process.delete({__MODULE__, tag}) do
+      :finished ->
+        :ok
+
+      nil ->
+        Native.cancel(job)
+        drain_stream(tag)
+    end
+  end
+
+  # Drop the chunks still in flight, up to the stream's last message.
+  defp drain_stream(tag) do
+    receive do
+      {^tag, {:chunk, _}} -> drain_stream(tag)
+      {^tag, _last} -> :ok
+    after
+      5_000 -> :ok
+    end
+  end
+
+  @doc """
   Counters of a pool: `total_requests`, `active_requests`, `queued`, `completed`, `failed`,
   `cancelled`, `rejected`, `max_workers` (its capacity), `thread_utilization` (one entry per
   thread: `name`, `worker`, `requests`, `busy_ms`, `busy_share`), `workers`, and `python`

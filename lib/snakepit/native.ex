@@ -22,6 +22,11 @@ defmodule Snakepit.Native do
   def start_pool(_config), do: :erlang.nif_error(:nif_not_loaded)
   def stop_pool(_pool, _grace_ms), do: :erlang.nif_error(:nif_not_loaded)
   def submit(_pool, _ref, _command, _args), do: :erlang.nif_error(:nif_not_loaded)
+
+  def submit_stream(_pool, _ref, _command, _args, _window),
+    do: :erlang.nif_error(:nif_not_loaded)
+
+  def stream_demand(_job, _n), do: :erlang.nif_error(:nif_not_loaded)
   def cancel(_job), do: :erlang.nif_error(:nif_not_loaded)
   def stats(_pool), do: :erlang.nif_error(:nif_not_loaded)
   def tools(_pool), do: :erlang.nif_error(:nif_not_loaded)

@@ -164,7 +164,8 @@ defmodule Snakepit.ProcessPool do
   (`[]`), `uptime_ms`, `python` (`version`, `free_threaded`, `gil_enabled`, `executable` of the
   workers' interpreter), `worker_profile` (`:process`) and `workers`: one map per worker with
   `index`, `os_pid`, `requests` (served by that slot, over restarts), `restarts` (after a crash,
-  a kill or a failed start), `recycled`, `adapter` and `threads` (1).
+  a kill or a failed start), `recycled`, `status` (`:starting`, `:idle`, `:busy` or `:down`
+  while waiting to be restarted), `adapter` and `threads` (1).
   """
   @spec stats(server()) :: map()
   def stats(server), do: GenServer.call(server, :stats)
@@ -1006,6 +1007,7 @@ defmodule Snakepit.ProcessPool do
           requests: w.requests,
           restarts: w.restarts,
           recycled: w.recycled,
+          status: w.status,
           adapter: w.adapter,
           threads: 1
         }

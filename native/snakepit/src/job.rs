@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Weak;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use rustler::env::SavedTerm;
 use rustler::{Env, LocalPid, Monitor, OwnedEnv, Resource, ResourceArc};
 
@@ -27,6 +27,9 @@ pub struct JobCtl {
     running_on: AtomicUsize,
     monitor: Mutex<Option<Monitor>>,
     pool: Weak<PoolInner>,
+    /// Stream jobs: how many more chunks the consumer wants (demand-driven flow).
+    credits: Mutex<u64>,
+    credit_cv: Condvar,
 }
 
 // Monitor is plain data (ErlNifMonitor); it is only touched under the mutex.
@@ -58,6 +61,29 @@ impl JobCtl {
             running_on: AtomicUsize::new(0),
             monitor: Mutex::new(None),
             pool,
+            credits: Mutex::new(0),
+            credit_cv: Condvar::new(),
+        }
+    }
+
+    /// Stream jobs: the consumer wants `n` more chunks.
+    pub fn grant(&self, n: u64) {
+        *self.credits.lock() += n;
+        self.credit_cv.notify_all();
+    }
+
+    /// Stream jobs: waits for one unit of demand; false when the job was cancelled.
+    pub fn take_credit(&self) -> bool {
+        let mut credits = self.credits.lock();
+        loop {
+            if self.is_cancelled() {
+                return false;
+            }
+            if *credits > 0 {
+                *credits -= 1;
+                return true;
+            }
+            self.credit_cv.wait(&mut credits);
         }
     }
 
@@ -119,6 +145,9 @@ impl JobCtl {
                 Ordering::SeqCst,
             ) {
                 Ok(previous) => {
+                    // A stream waiting for demand must see the cancellation.
+                    drop(self.credits.lock());
+                    self.credit_cv.notify_all();
                     if previous == RUNNING {
                         if let Some(pool) = self.pool.upgrade() {
                             let thread = self.running_on.load(Ordering::SeqCst);
@@ -145,4 +174,6 @@ pub struct Job {
     pub reference: SavedTerm,
     pub command: SavedTerm,
     pub args: SavedTerm,
+    /// A stream job: the command returns an iterator whose items are sent one by one.
+    pub stream: bool,
 }

@@ -24,7 +24,7 @@ mod atoms {
         __struct__, map, version, mapset_module = "Elixir.MapSet",
         category, message, python_type, python_traceback, details, available,
         python_error, conversion, validation, pool, worker, timeout,
-        cancelled, done,
+        cancelled, done, chunk, closed,
         free_threaded, gil_enabled, executable, prefix, full_version,
         name, requests, busy_ms, busy_share, index, adapter, threads,
         total_requests, active_requests, queued, completed, failed, rejected,

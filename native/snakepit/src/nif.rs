@@ -51,10 +51,36 @@ fn submit<'a>(
     pool: ResourceArc<PoolRef>,
     reference: Term<'a>,
     command: Term<'a>,
-    args: Term<'a>,
+    arguments: Term<'a>,
 ) -> Term<'a> {
-    let inner: &Arc<PoolInner> = &pool.0;
+    submit_job(env, &pool.0, reference, command, arguments, None)
+}
+
+/// Like submit, for a command whose iterator is streamed; `window` chunks may be in flight.
+#[rustler::nif]
+fn submit_stream<'a>(
+    env: Env<'a>,
+    pool: ResourceArc<PoolRef>,
+    reference: Term<'a>,
+    command: Term<'a>,
+    arguments: Term<'a>,
+    window: u64,
+) -> Term<'a> {
+    submit_job(env, &pool.0, reference, command, arguments, Some(window))
+}
+
+fn submit_job<'a>(
+    env: Env<'a>,
+    inner: &Arc<PoolInner>,
+    reference: Term<'a>,
+    command: Term<'a>,
+    args: Term<'a>,
+    window: Option<u64>,
+) -> Term<'a> {
     let ctl = ResourceArc::new(JobCtl::new(Arc::downgrade(inner)));
+    if let Some(n) = window {
+        ctl.grant(n);
+    }
     let caller = env.pid();
     ctl.set_monitor(ctl.monitor(Some(env), &caller));
     let job_env = OwnedEnv::new();
@@ -65,6 +91,7 @@ fn submit<'a>(
         env: job_env,
         caller,
         ctl: ctl.clone(),
+        stream: window.is_some(),
     });
     match inner.submit(job) {
         Ok(()) => (atoms::ok(), ctl).encode(env),
@@ -75,6 +102,13 @@ fn submit<'a>(
             error_tuple(env, &e)
         }
     }
+}
+
+/// A stream's consumer wants `n` more chunks.
+#[rustler::nif]
+fn stream_demand(job: ResourceArc<JobCtl>, n: u64) -> rustler::Atom {
+    job.grant(n);
+    atoms::ok()
 }
 
 #[rustler::nif]

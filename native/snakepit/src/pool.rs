@@ -21,7 +21,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use rustler::types::tuple::make_tuple;
-use rustler::{Binary, Encoder, Env, Term, TermType};
+use rustler::{Binary, Encoder, Env, OwnedEnv, Term, TermType};
 
 use crate::atoms;
 use crate::convert;
@@ -435,12 +435,20 @@ fn run_job(
         // Cancelled while queued (already counted); the caller is gone or timed out.
         pool.idle.ready_begin();
         JobCtl::demonitor(&job.ctl);
+        if job.stream {
+            send_stream_end(job, atoms::closed());
+        }
         return;
     }
     let ctl_addr = &*job.ctl as *const JobCtl as usize;
     *slot.current.lock() = ctl_addr;
     pool.counters.active.fetch_add(1, Ordering::Relaxed);
     let t0 = Instant::now();
+
+    if job.stream {
+        run_stream(py, pool, worker, slot, job, t0);
+        return;
+    }
 
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         job.env.run(|env| {
@@ -488,6 +496,124 @@ fn run_job(
     }
 }
 
+/// Runs a stream job: each item of the iterator the command returns is sent as
+/// `{ref, {:chunk, term}}` when the consumer has demand; the end is `{ref, :done}`, a failure
+/// `{ref, {:error, map}}`, and a cancellation (consumer halted, timed out or died) closes the
+/// generator and answers `{ref, :closed}`.
+fn run_stream(
+    py: Python<'_>,
+    pool: &PoolInner,
+    worker: &Worker,
+    slot: &ThreadSlot,
+    job: Job,
+    t0: Instant,
+) {
+    let iterator = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        job.env.run(|env| {
+            let command = job.command.load(env);
+            let args = job.args.load(env);
+            invoke(py, worker, command, args).and_then(|obj| {
+                obj.try_iter().map(|it| it.into_any()).map_err(|_| {
+                    Error::conversion(format!(
+                        "execute_stream needs a command that returns an iterator or generator, got {}",
+                        obj.get_type()
+                            .fully_qualified_name()
+                            .map(|n| n.to_string())
+                            .unwrap_or_default()
+                    ))
+                })
+            })
+        })
+    }))
+    .unwrap_or_else(|_| Err(Error::Worker("internal error in pool thread".into())));
+
+    let mut outcome: Result<()> = Ok(());
+    let mut cancelled = false;
+    if let Ok(iterator) = &iterator {
+        let mut chunk_env = OwnedEnv::new();
+        loop {
+            if !py.detach(|| job.ctl.take_credit()) {
+                cancelled = true;
+                break;
+            }
+            let item = match iterator.call_method0("__next__") {
+                Ok(item) => item,
+                Err(e) if e.is_instance_of::<pyo3::exceptions::PyStopIteration>(py) => break,
+                Err(e) => {
+                    outcome = Err(Error::from_py(py, e));
+                    break;
+                }
+            };
+            let mut failure = None;
+            job.env.run(|jenv| {
+                let reference = job.reference.load(jenv);
+                let _ = chunk_env.send_and_clear(&job.caller, |cenv| {
+                    match convert::py_to_term(cenv, &item) {
+                        Ok(t) => {
+                            (reference.in_env(cenv), (atoms::chunk(), t).encode(cenv)).encode(cenv)
+                        }
+                        Err(e) => {
+                            failure = Some(e);
+                            atoms::nil().encode(cenv)
+                        }
+                    }
+                });
+            });
+            if let Some(e) = failure {
+                outcome = Err(e);
+                break;
+            }
+        }
+        if cancelled || outcome.is_err() {
+            // Let the generator run its finally blocks.
+            if iterator.hasattr("close").unwrap_or(false) {
+                let _ = iterator.call_method0("close");
+            }
+        }
+    }
+    let outcome = iterator.and(outcome);
+
+    *slot.current.lock() = 0;
+    pool.idle.ready_begin();
+    slot.busy_ns
+        .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    slot.requests.fetch_add(1, Ordering::Relaxed);
+    pool.counters.active.fetch_sub(1, Ordering::Relaxed);
+
+    if !cancelled && job.ctl.finish() {
+        match outcome {
+            Ok(()) => {
+                pool.counters.completed.fetch_add(1, Ordering::Relaxed);
+                JobCtl::demonitor(&job.ctl);
+                send_stream_end(job, atoms::done());
+            }
+            Err(e) => {
+                pool.counters.failed.fetch_add(1, Ordering::Relaxed);
+                send_reply(job, Err(e));
+            }
+        }
+    } else {
+        unsafe {
+            ffi::PyThreadState_SetAsyncExc(
+                slot.ident.load(Ordering::SeqCst) as std::os::raw::c_long,
+                std::ptr::null_mut(),
+            );
+        }
+        pool.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+        JobCtl::demonitor(&job.ctl);
+        send_stream_end(job, atoms::closed());
+    }
+}
+
+/// `{ref, :done}` or `{ref, :closed}` to a stream's consumer.
+fn send_stream_end(mut job: Job, tag: rustler::Atom) {
+    let reference = job.reference.clone();
+    let caller = job.caller;
+    let _ = job
+        .env
+        .send_and_clear(&caller, |env| (reference.load(env), tag).encode(env));
+}
+
 /// Sends `{ref, {:ok, result}}` or `{ref, {:error, map}}` to the caller.
 fn send_reply(mut job: Job, result: Result<rustler::env::SavedTerm>) {
     JobCtl::demonitor(&job.ctl);
@@ -509,6 +635,18 @@ fn call_command<'a>(
     command: Term<'a>,
     args: Term<'a>,
 ) -> Result<Term<'a>> {
+    let obj = invoke(py, worker, command, args)?;
+    convert::py_to_term(env, &obj)
+}
+
+/// Calls the adapter method `command` with `args` (map: keyword arguments, list: positional,
+/// nil: none).
+fn invoke<'py>(
+    py: Python<'py>,
+    worker: &Worker,
+    command: Term<'_>,
+    args: Term<'_>,
+) -> Result<Bound<'py, PyAny>> {
     let bin =
         Binary::from_term(command).map_err(|_| Error::conversion("command must be a string"))?;
     let name = std::str::from_utf8(bin.as_slice())
@@ -553,8 +691,7 @@ fn call_command<'a>(
             ))
         }
     };
-    let obj = out.map_err(|e| Error::from_py(py, e))?;
-    convert::py_to_term(env, &obj)
+    out.map_err(|e| Error::from_py(py, e))
 }
 
 // ---------------------------------------------------------------------------------------------

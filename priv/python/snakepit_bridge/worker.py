@@ -418,12 +418,17 @@ def main() -> int:
     snakepit_bridge.send = worker.send  # type: ignore[assignment]
     logging.getLogger().addHandler(worker.log_handler)
 
-    frame = worker.read_frame()
-    if frame is None:
-        return 0
-    if not worker.start(frame):
-        return 1
-    worker.serve()
+    try:
+        frame = worker.read_frame()
+        if frame is None:
+            return 0
+        if not worker.start(frame):
+            return 1
+        worker.serve()
+    except BrokenPipeError:
+        # Elixir closed the port (this worker was cancelled, or its pool stopped): nobody is
+        # listening any more, so leave without a traceback.
+        os._exit(0)
     return 0
 
 

@@ -155,6 +155,25 @@ class TestAdapter(ThreadSafeAdapter):
         time.sleep(seconds)
         return threading.current_thread().name
 
+    @tool(description="Yield 0..limit-1, counting what was produced; fail at fail_at.")
+    def count_up(self, limit: int = 10, fail_at: int = -1, delay: float = 0.0):
+        self.produced = 0
+        self.closed = False
+        try:
+            for i in range(limit):
+                if i == fail_at:
+                    raise ValueError(f"failed at {i}")
+                if delay:
+                    time.sleep(delay)
+                self.produced += 1
+                yield {"i": i}
+        finally:
+            self.closed = True
+
+    @tool(description="How many items count_up produced, and whether it was closed.")
+    def stream_state(self):
+        return {"produced": getattr(self, "produced", 0), "closed": getattr(self, "closed", None)}
+
     @tool(description="The current thread's name.")
     def thread_name(self):
         return threading.current_thread().name

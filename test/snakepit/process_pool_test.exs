@@ -1,0 +1,401 @@
+defmodule Snakepit.ProcessPoolTest do
+  # The :process profile's own guarantees: crash isolation, killing stuck workers, no orphan
+  # OS processes, recycling, the worker environment. The behaviour it shares with the :thread
+  # profile is in conformance_test.exs.
+  use ExUnit.Case, async: true
+
+  alias Snakepit.{Error, ProcessPool}
+
+  @adapter "snakepit_process_adapters.ProcessAdapter"
+
+  defp start(opts) do
+    name = :"proc_pool_#{System.unique_integer([:positive])}"
+    opts = Keyword.merge([name: name, adapter: @adapter, pool_size: 1], opts)
+
+    spec = %{
+      id: name,
+      start: {ProcessPool, :start_link, [opts]},
+      restart: :temporary,
+      shutdown: 15_000
+    }
+
+    case DynamicSupervisor.start_child(Snakepit.PoolSupervisor, spec) do
+      {:ok, pid} -> {:ok, pid}
+      {:error, %Error{} = e} -> {:error, e}
+    end
+  end
+
+  defp start!(opts) do
+    {:ok, pool} = start(opts)
+    on_exit(fn -> DynamicSupervisor.terminate_child(Snakepit.PoolSupervisor, pool) end)
+    pool
+  end
+
+  defp exec(pool, command, args \\ %{}, timeout \\ 10_000),
+    do: ProcessPool.execute(pool, command, args, timeout)
+
+  defp os_pids(pool), do: Enum.map(ProcessPool.stats(pool).workers, & &1.os_pid)
+
+  defp alive?(os_pid) do
+    case File.read("/proc/#{os_pid}/stat") do
+      # A zombie is gone already; only its parent has not reaped it yet.
+      {:ok, stat} -> stat |> String.split(")") |> List.last() |> String.split() |> hd() != "Z"
+      {:error, _} -> false
+    end
+  end
+
+  defp wait_until(fun, timeout \\ 10_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    do_wait(fun, deadline)
+  end
+
+  defp do_wait(fun, deadline) do
+    cond do
+      fun.() ->
+        true
+
+      System.monotonic_time(:millisecond) > deadline ->
+        false
+
+      true ->
+        Process.sleep(50)
+        do_wait(fun, deadline)
+    end
+  end
+
+  defp all_idle?(pool), do: Enum.all?(ProcessPool.stats(pool).workers, &(&1.status == :idle))
+
+  describe "crash isolation" do
+    for crash <- ["os_exit", "segfault", "sigsegv", "sigkill", "break_loop"] do
+      test "#{crash}: only the in-flight call fails, with :worker; the worker restarts" do
+        pool = start!(pool_size: 2)
+        before = os_pids(pool)
+        # Keep one worker busy: it must finish its call whatever happens to the other one.
+        other = Task.async(fn -> exec(pool, "sleep", %{seconds: 0.6}) end)
+        Process.sleep(100)
+
+        assert {:error, %Error{category: :worker} = e} = exec(pool, unquote(crash))
+        assert e.message =~ "died while running the call"
+        assert is_integer(e.details.os_pid) and e.details.os_pid in before
+
+        assert {:ok, _thread} = Task.await(other)
+        refute alive?(e.details.os_pid)
+
+        # The crashed slot is back: both workers serve at once, from two processes.
+        assert wait_until(fn -> all_idle?(pool) end)
+
+        results =
+          1..2
+          |> Enum.map(fn _ -> Task.async(fn -> exec(pool, "whoami") end) end)
+          |> Task.await_many()
+
+        assert [{:ok, %{"os_pid" => a}}, {:ok, %{"os_pid" => b}}] = results
+        assert a != b
+
+        stats = ProcessPool.stats(pool)
+        assert Enum.sum(Enum.map(stats.workers, & &1.restarts)) == 1
+        assert stats.failed == 1
+        after_pids = os_pids(pool)
+        assert length(after_pids -- before) == 1
+        assert Enum.sort([a, b]) == Enum.sort(after_pids)
+      end
+    end
+
+    test "a worker crash is counted once and reported with the signal" do
+      pool = start!([])
+      assert {:error, %Error{details: details, message: msg}} = exec(pool, "sigsegv")
+      assert details.signal == 11
+      assert msg =~ "SIGSEGV"
+      assert {:ok, "pong"} = exec(pool, "ping", nil)
+    end
+  end
+
+  describe "timeouts" do
+    test "a worker stuck in C is killed on timeout and replaced; the next call is prompt" do
+      pool = start!([])
+      [stuck] = os_pids(pool)
+
+      {us, result} = :timer.tc(fn -> exec(pool, "sleep", %{seconds: 30}, 200) end)
+      assert {:error, %Error{category: :timeout}} = result
+      assert us < 500_000
+
+      {us, result} = :timer.tc(fn -> exec(pool, "whoami") end)
+      assert {:ok, %{"os_pid" => fresh}} = result
+      assert fresh != stuck
+      assert us < 5_000_000
+      assert wait_until(fn -> not alive?(stuck) end)
+
+      stats = ProcessPool.stats(pool)
+      assert stats.cancelled == 1
+      assert [%{restarts: 1}] = stats.workers
+    end
+
+    test "a caller that dies while its call runs gets its worker killed and replaced" do
+      pool = start!([])
+      [stuck] = os_pids(pool)
+      caller = spawn(fn -> exec(pool, "sleep", %{seconds: 30}, :infinity) end)
+      Process.sleep(200)
+      Process.exit(caller, :kill)
+      assert {:ok, %{"os_pid" => fresh}} = exec(pool, "whoami")
+      assert fresh != stuck
+      assert wait_until(fn -> not alive?(stuck) end)
+    end
+  end
+
+  describe "no orphan Python processes" do
+    test "stopping the pool ends every worker, a worker stuck in C included" do
+      {:ok, pool} = start(pool_size: 3)
+      pids = os_pids(pool)
+      assert Enum.all?(pids, &alive?/1)
+      # Two workers stuck in C past the stop's grace period, one finishing within it.
+      stuck =
+        for _ <- 1..2, do: Task.async(fn -> exec(pool, "sleep", %{seconds: 60}, :infinity) end)
+
+      short = Task.async(fn -> exec(pool, "sleep", %{seconds: 0.5}, :infinity) end)
+      Process.sleep(200)
+      queued = for _ <- 1..2, do: Task.async(fn -> exec(pool, "ping", nil, :infinity) end)
+      Process.sleep(100)
+
+      {us, :ok} =
+        :timer.tc(fn -> DynamicSupervisor.terminate_child(Snakepit.PoolSupervisor, pool) end)
+
+      assert us < 8_000_000
+      assert Enum.all?(pids, &(not alive?(&1)))
+      assert {:ok, _} = Task.await(short)
+
+      for t <- queued do
+        assert {:error, %Error{category: :pool, message: msg}} = Task.await(t)
+        assert msg =~ "stopped"
+      end
+
+      for t <- stuck do
+        assert {:error, %Error{category: :pool}} = Task.await(t)
+      end
+    end
+
+    test "stop/1 runs each adapter's cleanup()" do
+      dir = Path.join(System.tmp_dir!(), "snakepit_cleanup_#{System.unique_integer([:positive])}")
+      File.mkdir_p!(dir)
+      on_exit(fn -> File.rm_rf(dir) end)
+
+      {:ok, pool} =
+        ProcessPool.start_link(
+          name: :"cleanup_#{System.unique_integer([:positive])}",
+          adapter: @adapter,
+          pool_size: 2,
+          adapter_env: [{"SNAKEPIT_CLEANUP_DIR", dir}]
+        )
+
+      pids = os_pids(pool)
+      :ok = ProcessPool.stop(pool)
+      assert Enum.sort(File.ls!(dir)) == Enum.sort(Enum.map(pids, &"cleanup-#{&1}"))
+    end
+
+    for how <- [:halt, :kill] do
+      @tag timeout: 120_000
+      test "a VM that exits (#{how}) leaves no worker behind" do
+        {beam, workers} = start_vm(unquote(how))
+        assert length(workers) == 2
+
+        if unquote(how) == :kill do
+          System.cmd("kill", ["-KILL", beam])
+        end
+
+        assert wait_until(fn -> Enum.all?(workers, &(not alive?(&1))) end),
+               "workers still running: #{inspect(Enum.filter(workers, &alive?/1))}"
+      end
+    end
+  end
+
+  # Starts a separate `elixir` VM with a 2-worker pool, one worker stuck in time.sleep (in C),
+  # and returns its OS pid and the workers' OS pids. With :halt the VM calls System.halt/1
+  # right away (no terminate/2 runs); with :kill it waits to be killed with SIGKILL.
+  defp start_vm(how) do
+    ebin = Path.join(:code.lib_dir(:snakepit), "ebin")
+    support = Path.expand("../support/python", __DIR__)
+
+    script = """
+    {:ok, pool} = Snakepit.ProcessPool.start_link(name: :vm_exit, pool_size: 2,
+      adapter: "#{@adapter}")
+    spawn(fn -> Snakepit.ProcessPool.execute(pool, "sleep", %{seconds: 120}, :infinity) end)
+    Process.sleep(300)
+    pids = Enum.map_join(Snakepit.ProcessPool.stats(pool).workers, ",", & &1.os_pid)
+    IO.puts("BEAM " <> System.pid() <> " WORKERS " <> pids)
+    #{if how == :halt, do: "System.halt(0)", else: "Process.sleep(:infinity)"}
+    """
+
+    port =
+      Port.open({:spawn_executable, System.find_executable("elixir")}, [
+        :binary,
+        :exit_status,
+        {:line, 4096},
+        {:args, ["-pa", ebin, "-e", script]},
+        {:env, [{~c"PYTHONPATH", String.to_charlist(support)}]}
+      ])
+
+    read_pids(port, "")
+  end
+
+  defp read_pids(port, acc) do
+    receive do
+      {^port, {:data, {:eol, "BEAM " <> rest}}} ->
+        [beam, "WORKERS", workers] = String.split(rest, " ")
+        {beam, workers |> String.split(",") |> Enum.map(&String.to_integer/1)}
+
+      {^port, {:data, {_, line}}} ->
+        read_pids(port, acc <> line <> "\n")
+
+      {^port, {:exit_status, status}} ->
+        flunk("the VM exited with #{status} before starting its pool:\n#{acc}")
+    after
+      60_000 -> flunk("the VM printed no worker pids:\n#{acc}")
+    end
+  end
+
+  describe "recycling" do
+    test "worker_max_requests replaces the process after n calls; cleanup() runs" do
+      dir = Path.join(System.tmp_dir!(), "snakepit_recycle_#{System.unique_integer([:positive])}")
+      File.mkdir_p!(dir)
+      on_exit(fn -> File.rm_rf(dir) end)
+      pool = start!(worker_max_requests: 3, adapter_env: [{"SNAKEPIT_CLEANUP_DIR", dir}])
+
+      seen = for _ <- 1..7, do: exec(pool, "whoami") |> elem(1) |> Map.fetch!("os_pid")
+      assert [a, a, a, b, b, b, c] = seen
+      assert length(Enum.uniq([a, b, c])) == 3
+      assert wait_until(fn -> File.exists?(Path.join(dir, "cleanup-#{b}")) end)
+      assert File.exists?(Path.join(dir, "cleanup-#{a}"))
+      assert [%{recycled: 2, restarts: 0, requests: 7}] = ProcessPool.stats(pool).workers
+      assert wait_until(fn -> not alive?(a) and not alive?(b) end)
+    end
+
+    test "worker_ttl recycles one worker at a time; running calls finish first" do
+      pool = start!(pool_size: 2, worker_ttl: {300, :milliseconds})
+      # A call running across the ttl finishes on its old process.
+      assert {:ok, _} = exec(pool, "sleep", %{seconds: 0.5})
+
+      # Calls keep succeeding while the workers are replaced, never both at once.
+      results =
+        for _ <- 1..40 do
+          Process.sleep(25)
+          serving = Enum.count(ProcessPool.stats(pool).workers, &(&1.status in [:idle, :busy]))
+          {exec(pool, "whoami"), serving}
+        end
+
+      assert Enum.all?(results, fn {result, serving} ->
+               match?({:ok, _}, result) and serving >= 1
+             end)
+
+      pids = results |> Enum.map(fn {{:ok, %{"os_pid" => p}}, _} -> p end) |> Enum.uniq()
+      assert length(pids) > 2
+      assert Enum.sum(Enum.map(ProcessPool.stats(pool).workers, & &1.recycled)) >= 2
+    end
+  end
+
+  describe "worker environment" do
+    test "BLAS thread counts default to 1" do
+      pool = start!([])
+
+      for var <- ~w(OPENBLAS_NUM_THREADS OMP_NUM_THREADS MKL_NUM_THREADS) do
+        assert exec(pool, "getenv", %{name: var}) == {:ok, "1"}
+      end
+    end
+
+    test "adapter_env overrides the defaults and adds variables" do
+      pool = start!(adapter_env: [{"OMP_NUM_THREADS", "4"}, {"SNAKEPIT_PROC_VAR", "x y"}])
+      assert exec(pool, "getenv", %{name: "OMP_NUM_THREADS"}) == {:ok, "4"}
+      assert exec(pool, "getenv", %{name: "OPENBLAS_NUM_THREADS"}) == {:ok, "1"}
+      assert exec(pool, "getenv", %{name: "SNAKEPIT_PROC_VAR"}) == {:ok, "x y"}
+    end
+
+    test "print() in adapter code does not disturb the frames" do
+      pool = start!([])
+      assert exec(pool, "noisy", %{lines: 200}) == {:ok, 200}
+      assert exec(pool, "ping", nil) == {:ok, "pong"}
+    end
+
+    test "the worker's main thread carries the pool's name" do
+      pool = start!(name: :proc_named_pool)
+      assert {:ok, "snakepit-proc_named_pool-w0"} = exec(pool, "thread_name")
+    end
+
+    test "python: picks the interpreter of the workers, not necessarily the NIF's" do
+      {:ok, %{executable: nif_python}} = Snakepit.Runtime.build_info()
+      # Debian's own python3 when there is one (the NIF is built for the project's venv).
+      python = if File.exists?("/usr/bin/python3"), do: "/usr/bin/python3", else: nif_python
+      pool = start!(python: python)
+      assert ProcessPool.stats(pool).python.executable == python
+
+      assert {:error, %Error{category: :validation, message: msg}} =
+               start(python: "/no/such/python")
+
+      assert msg =~ "python"
+    end
+
+    test "Python logging reaches Logger" do
+      pool = start!([])
+
+      log =
+        ExUnit.CaptureLog.capture_log(fn ->
+          assert {:ok, "heads up"} = exec(pool, "warn", %{message: "heads up"})
+          Process.sleep(100)
+        end)
+
+      assert log =~ "heads up"
+      assert log =~ "snakepit-"
+    end
+  end
+
+  describe "start-up" do
+    test "an exception in __init__ fails the start with type, message and traceback" do
+      assert {:error, %Error{python_type: "RuntimeError", message: msg} = e} =
+               start(adapter: "snakepit_test_adapters.BrokenInit", pool_size: 2)
+
+      assert msg =~ "cannot load the model"
+      assert e.python_traceback =~ "__init__"
+      assert e.python_traceback =~ "Traceback (most recent call last)"
+    end
+
+    test "an import error fails the start" do
+      assert {:error, %Error{python_type: "ImportError", message: msg}} =
+               start(adapter: "no_such_module.Adapter")
+
+      assert msg =~ "no_such_module"
+    end
+
+    test "a worker slower than startup_timeout fails the start and is killed" do
+      {us, result} =
+        :timer.tc(fn ->
+          start(adapter: "snakepit_process_adapters.SlowInit", startup_timeout: 500)
+        end)
+
+      assert {:error, %Error{category: :worker, message: msg}} = result
+      assert msg =~ "startup_timeout"
+      assert us < 5_000_000
+    end
+
+    test "a second pool under a running name is refused" do
+      pool = start!(name: :proc_dup_pool)
+      assert is_pid(pool)
+      assert {:error, %Error{category: :pool, message: msg}} = start(name: :proc_dup_pool)
+      assert msg =~ "already running"
+    end
+
+    test "only worker_profile :process is accepted" do
+      {:ok, config} = Snakepit.Config.validate_pool(name: :proc_thread_cfg)
+
+      assert {:error, %Error{category: :validation}} = ProcessPool.start_link(config)
+    end
+  end
+
+  describe "queue" do
+    test "a full queue answers at once with a :pool error" do
+      pool = start!(max_queue: 2)
+      busy = for _ <- 1..3, do: Task.async(fn -> exec(pool, "sleep", %{seconds: 0.3}) end)
+      Process.sleep(100)
+      assert {:error, %Error{category: :pool, message: msg}} = exec(pool, "ping", nil)
+      assert msg =~ "max_queue"
+      assert Enum.all?(Task.await_many(busy), &match?({:ok, _}, &1))
+      assert ProcessPool.stats(pool).rejected == 1
+    end
+  end
+end
