@@ -67,7 +67,48 @@ defmodule Snakepit do
 
     with {:ok, ref} <- Pool.lookup(pool),
          {:ok, command} <- command_name(command) do
-      call(ref, command, normalize_args(args), timeout)
+      if Snakepit.Telemetry.enabled?() do
+        instrumented(pool, ref, command, normalize_args(args), timeout)
+      else
+        call(ref, command, normalize_args(args), timeout)
+      end
+    end
+  end
+
+  defp instrumented(pool, ref, command, args, timeout) do
+    alias Snakepit.Telemetry
+    meta = %{pool: pool, command: command}
+    start = System.monotonic_time()
+    Telemetry.execute([:snakepit, :execute, :start], %{system_time: System.system_time()}, meta)
+
+    try do
+      call(ref, command, args, timeout)
+    catch
+      kind, reason ->
+        duration = System.monotonic_time() - start
+
+        Telemetry.execute(
+          [:snakepit, :execute, :exception],
+          %{duration: duration},
+          Map.merge(meta, %{kind: kind, reason: reason})
+        )
+
+        :erlang.raise(kind, reason, __STACKTRACE__)
+    else
+      result ->
+        duration = System.monotonic_time() - start
+
+        with {:error, %Error{details: %{reason: :saturated, max_queue: max}}} <- result do
+          Telemetry.execute([:snakepit, :pool, :saturated], %{max_queue: max}, %{pool: pool})
+        end
+
+        Telemetry.execute(
+          [:snakepit, :execute, :stop],
+          %{duration: duration},
+          Map.put(meta, :result, elem(result, 0))
+        )
+
+        result
     end
   end
 

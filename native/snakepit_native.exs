@@ -3,6 +3,10 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
   Builds the Rust NIF under `native/snakepit` with cargo (release) and installs it, with a
   record of the Python it was built for, into the application's `priv/native`.
 
+  The library goes to `priv/native` of the application's build directory, which Mix links to
+  the application's source `priv/` (for a dependency: its checkout, as with Rustler); it is
+  installed by renaming, so a VM that has the previous library loaded keeps running.
+
   The Python is, in order: `SNAKEPIT_PYTHON` (an interpreter or a venv's python), the
   `config :snakepit, python: ...` setting, then the first runnable of #{inspect(~w(python3.14t python3.14 python3.13 python3.12 python3.11 python3.10 python3))}
   on PATH. Changing it rebuilds the NIF. Cargo's target directory lives under `_build`, one per
@@ -49,7 +53,6 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
 
     built = cargo_build!(root, python, target_dir)
 
-    own_priv!(root)
     File.mkdir_p!(priv)
     stale? = not File.exists?(so) or File.read!(built) != File.read!(so)
     # Rename into place: a VM that has the old library loaded keeps its (unlinked) copy.
@@ -74,29 +77,6 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
 
     if stale?, do: Mix.shell().info("snakepit: NIF built for Python #{info["version"]} (#{python})")
     {if(stale?, do: :ok, else: :noop), []}
-  end
-
-  # Mix links a dependency's build priv/ to its source priv/. The NIF belongs to this build
-  # (another app may build the same source for another Python), so priv/ becomes a real
-  # directory whose python/ still links to the source.
-  defp own_priv!(root) do
-    build_priv = Path.join(Mix.Project.app_path(), "priv")
-    source_priv = Path.join(root, "priv")
-
-    dependency? = not String.starts_with?(Path.expand(Mix.Project.build_path()), root <> "/")
-
-    case File.read_link(build_priv) do
-      {:ok, _} when dependency? and build_priv != source_priv ->
-        File.rm!(build_priv)
-        File.mkdir_p!(build_priv)
-
-        for entry <- File.ls!(source_priv), entry != "native" do
-          File.ln_s!(Path.join(source_priv, entry), Path.join(build_priv, entry))
-        end
-
-      _ ->
-        :ok
-    end
   end
 
   defp choose_python! do

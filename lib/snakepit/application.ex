@@ -4,6 +4,8 @@ defmodule Snakepit.Application do
 
   @impl true
   def start(_type, _args) do
+    Snakepit.Telemetry.refresh()
+
     children = [
       Snakepit.PythonLogger,
       {DynamicSupervisor, name: Snakepit.PoolSupervisor, strategy: :one_for_one}

@@ -129,7 +129,9 @@ defmodule Snakepit.Pool do
       max_queue: config.max_queue,
       thread_safety_check: config.thread_safety_check,
       adapter_env: config.adapter_env,
-      runtime: runtime
+      runtime: runtime,
+      worker_max_requests: infinity_as_zero(config.worker_max_requests),
+      worker_ttl_ms: infinity_as_zero(config.worker_ttl)
     }
 
     case Native.start_pool(native) do
@@ -141,6 +143,38 @@ defmodule Snakepit.Pool do
         {:error, %{e | message: "pool #{inspect(config.name)} failed to start: #{e.message}"}}
     end
   end
+
+  defp infinity_as_zero(:infinity), do: 0
+  defp infinity_as_zero(n) when is_integer(n), do: n
+
+  @impl true
+  def handle_info({:snakepit_recycled, worker, reason, served}, %{config: config} = state) do
+    Logger.debug(
+      "snakepit: pool #{inspect(config.name)} recycled worker #{worker} (#{reason}) after #{served} calls"
+    )
+
+    Snakepit.Telemetry.execute([:snakepit, :worker, :recycled], %{requests: served}, %{
+      pool: config.name,
+      worker: worker,
+      reason: reason
+    })
+
+    {:noreply, state}
+  end
+
+  def handle_info({:snakepit_recycle_failed, worker, reason, error}, %{config: config} = state) do
+    e = Error.from_native(error)
+
+    Logger.error(
+      "snakepit: pool #{inspect(config.name)} could not recycle worker #{worker} (#{reason}); " <>
+        "it keeps its current instance and retries with backoff: #{Exception.message(e)}",
+      pool: config.name
+    )
+
+    {:noreply, state}
+  end
+
+  def handle_info(_other, state), do: {:noreply, state}
 
   @impl true
   def terminate(_reason, %{config: config, ref: ref}) do

@@ -63,6 +63,41 @@ defmodule Snakepit.ProcessPool do
   @send 3
   @log 4
 
+  # Every atom a worker may send. binary_to_term(bin, [:safe]) refuses atoms that do not exist
+  # yet; these exist as soon as this module is loaded (see worker_atoms/0).
+  @worker_atoms [
+    :ok,
+    :error,
+    nil,
+    true,
+    false,
+    :nan,
+    :infinity,
+    :neg_infinity,
+    :__struct__,
+    MapSet,
+    :map,
+    :version,
+    :category,
+    :message,
+    :python_type,
+    :python_traceback,
+    :details,
+    :available,
+    :python_error,
+    :timeout,
+    :pool,
+    :validation,
+    :conversion,
+    :worker,
+    :python,
+    :os_pid,
+    :adapter,
+    :free_threaded,
+    :gil_enabled,
+    :executable
+  ]
+
   @shutdown_grace 5_000
   @restart_backoff 1_000
   @blas_vars ~w(OPENBLAS_NUM_THREADS OMP_NUM_THREADS MKL_NUM_THREADS NUMEXPR_NUM_THREADS VECLIB_MAXIMUM_THREADS)
@@ -71,6 +106,10 @@ defmodule Snakepit.ProcessPool do
   @type server :: GenServer.server()
 
   ## Client API
+
+  @doc false
+  # Referenced so that the atoms are in this module's literals (created when it loads).
+  def worker_atoms, do: @worker_atoms
 
   @doc false
   def child_spec(config) do

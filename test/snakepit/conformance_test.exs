@@ -74,6 +74,19 @@ defmodule Snakepit.ConformanceCase do
   def tools(:thread, name), do: Snakepit.tools(name)
   def tools(:process, pid), do: ProcessPool.tools(pid)
 
+  @doc "Polls `fun` until it returns true (then true) or `timeout` ms pass (then false)."
+  def wait_for(fun, timeout \\ 5_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+
+    Enum.reduce_while(Stream.repeatedly(fn -> nil end), false, fn _, _ ->
+      cond do
+        fun.() -> {:halt, true}
+        System.monotonic_time(:millisecond) > deadline -> {:halt, false}
+        true -> {:cont, Process.sleep(10) && false}
+      end
+    end)
+  end
+
   @doc "Pool options giving `capacity` concurrent calls in either profile."
   def capacity(:thread, n), do: [pool_size: 1, threads_per_worker: n]
   def capacity(:process, n), do: [pool_size: n]
@@ -467,19 +480,22 @@ defmodule Snakepit.ConformanceCase do
 
         test "a full queue answers at once with a :pool error", ctx do
           pool = start!(ctx.profile, capacity(ctx.profile, 1) ++ [max_queue: 2])
+          # One call running, then two queued: the queue is full.
+          running = Task.async(fn -> call(ctx.profile, pool, "sleep", %{seconds: 0.5}) end)
+          assert wait_for(fn -> stats(ctx.profile, pool).active_requests == 1 end)
 
-          busy =
-            for _ <- 1..3,
-                do: Task.async(fn -> call(ctx.profile, pool, "sleep", %{seconds: 0.3}) end)
+          queued =
+            for _ <- 1..2,
+                do: Task.async(fn -> call(ctx.profile, pool, "sleep", %{seconds: 0.01}) end)
 
-          Process.sleep(100)
+          assert wait_for(fn -> stats(ctx.profile, pool).queued == 2 end)
 
           {us, result} = :timer.tc(fn -> call(ctx.profile, pool, "echo", %{value: 1}) end)
           assert {:error, %Error{category: :pool, message: msg}} = result
           assert msg =~ "max_queue"
           assert us < 100_000
-          assert Enum.all?(Task.await_many(busy), &match?({:ok, _}, &1))
-          assert stats(ctx.profile, pool).rejected >= 1
+          assert Enum.all?(Task.await_many([running | queued]), &match?({:ok, _}, &1))
+          assert stats(ctx.profile, pool).rejected == 1
         end
 
         test "tools lists commands with descriptions and parameters", ctx do

@@ -54,8 +54,10 @@ defmodule Snakepit.DependencyTest do
     assert status == 0, out
 
     so = Path.join(app, "_build/dev/lib/snakepit/priv/native/libsnakepit.so")
-    assert File.regular?(so), "the NIF is not in the app's _build:\n#{out}"
-    assert File.dir?(Path.join(app, "_build/snakepit_cargo"))
+    assert File.regular?(so), "the NIF is not reachable from the app's _build:\n#{out}"
+    # cargo built it inside the app's _build, for the app's Python.
+    assert [key] = File.ls!(Path.join(app, "_build/snakepit_cargo"))
+    assert File.regular?(Path.join([app, "_build/snakepit_cargo", key, "release/libsnakepit.so"]))
 
     script = ~S"""
     IO.inspect(Snakepit.execute(:app_pool, "greet", %{name: "elixir"}), label: "RESULT")

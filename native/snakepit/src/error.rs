@@ -24,8 +24,10 @@ pub enum Error {
         message: String,
         available: Vec<String>,
     },
-    /// The pool is stopped, full, or unknown.
+    /// The pool is stopped or unknown.
     Pool(String),
+    /// The pool's queue is full (back-pressure).
+    Saturated { message: String, max_queue: usize },
     /// The worker could not run the job (internal failure, start-up failure).
     Worker(String),
 }
@@ -71,7 +73,7 @@ impl Error {
             Error::Python { .. } => atoms::python_error(),
             Error::Conversion(_) => atoms::conversion(),
             Error::Validation { .. } => atoms::validation(),
-            Error::Pool(_) => atoms::pool(),
+            Error::Pool(_) | Error::Saturated { .. } => atoms::pool(),
             Error::Worker(_) => atoms::worker(),
         }
     }
@@ -80,7 +82,7 @@ impl Error {
         match self {
             Error::Python { message, .. } => message,
             Error::Conversion(m) | Error::Pool(m) | Error::Worker(m) => m,
-            Error::Validation { message, .. } => message,
+            Error::Validation { message, .. } | Error::Saturated { message, .. } => message,
         }
     }
 
@@ -103,6 +105,14 @@ impl Error {
             Error::Validation { available, .. } if !available.is_empty() => Term::map_from_pairs(
                 env,
                 &[(atoms::available().encode(env), available.encode(env))],
+            )
+            .unwrap_or(nil),
+            Error::Saturated { max_queue, .. } => Term::map_from_pairs(
+                env,
+                &[
+                    (atoms::reason().encode(env), atoms::saturated().encode(env)),
+                    (atoms::max_queue().encode(env), max_queue.encode(env)),
+                ],
             )
             .unwrap_or(nil),
             _ => Term::map_new(env),

@@ -15,6 +15,8 @@ pub mod nif;
 #[cfg(feature = "nif")]
 pub mod pool;
 pub mod runtime;
+#[cfg(feature = "nif")]
+pub mod worker;
 
 #[cfg(feature = "nif")]
 mod atoms {
@@ -30,7 +32,8 @@ mod atoms {
         total_requests, active_requests, queued, completed, failed, rejected,
         max_workers, pool_size, threads_per_worker, max_queue, thread_utilization, workers,
         uptime_ms, leaked, wakeups, parks,
-        snakepit_log, python_logger_process = "Elixir.Snakepit.PythonLogger",
+        snakepit_log, snakepit_recycled, snakepit_recycle_failed, max_requests, ttl,
+        recycles, instance_id, reason, saturated, python_logger_process = "Elixir.Snakepit.PythonLogger",
     }
 }
 

@@ -33,7 +33,7 @@ fn python_info(env: Env<'_>) -> Term<'_> {
 
 #[rustler::nif(schedule = "DirtyIo")]
 fn start_pool(env: Env<'_>, config: PoolConfig) -> Term<'_> {
-    match PoolInner::start(config) {
+    match PoolInner::start(config, env.pid()) {
         Ok(inner) => (atoms::ok(), ResourceArc::new(PoolRef(inner))).encode(env),
         Err(e) => error_tuple(env, &e),
     }

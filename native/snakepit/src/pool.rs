@@ -9,7 +9,6 @@
 //! ready wakes one more. That keeps wake-ups (the expensive part of a call) rare under load while
 //! a job that blocks in C (NumPy, sleep) never strands the queue.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -21,14 +20,16 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use rustler::types::tuple::make_tuple;
-use rustler::{Binary, Encoder, Env, OwnedEnv, Term, TermType};
+use rustler::{Binary, Encoder, Env, LocalPid, OwnedEnv, Term, TermType};
 
 use crate::atoms;
 use crate::convert;
 use crate::error::{Error, Result};
 use crate::idle::Idle;
 use crate::job::{CancelOutcome, Job, JobCtl};
+use crate::mailer;
 use crate::runtime::{self, RuntimeConfig};
+use crate::worker::{self, Reason, RecyclePolicy, Worker, WorkerSlot};
 
 /// Stack of each pool thread: room for deep conversions and Python code.
 const THREAD_STACK: usize = 16 * 1024 * 1024;
@@ -44,14 +45,10 @@ pub struct PoolConfig {
     pub thread_safety_check: bool,
     pub adapter_env: Vec<(String, String)>,
     pub runtime: RuntimeConfig,
-}
-
-/// One worker: an adapter instance and its commands.
-pub struct Worker {
-    pub adapter: Py<PyAny>,
-    pub commands: HashMap<String, Py<PyAny>>,
-    pub names: Vec<String>,
-    pub class_name: String,
+    /// Recycle a worker after this many calls (0: never).
+    pub worker_max_requests: u64,
+    /// Recycle a worker after this many milliseconds (0: never).
+    pub worker_ttl_ms: u64,
 }
 
 /// Per-thread bookkeeping, readable by stats and by the interrupter.
@@ -80,7 +77,10 @@ pub struct PoolInner {
     pub config: PoolConfig,
     tx: Sender<Box<Job>>,
     rx: Receiver<Box<Job>>,
-    pub workers: Vec<Worker>,
+    pub workers: Vec<WorkerSlot>,
+    policy: RecyclePolicy,
+    /// The pool's Elixir process: recycling events go there.
+    owner: LocalPid,
     pub slots: Vec<Arc<ThreadSlot>>,
     pub counters: Counters,
     pub idle: Idle,
@@ -98,7 +98,7 @@ impl rustler::Resource for PoolRef {}
 
 impl PoolInner {
     /// Starts the interpreter if needed, creates the adapters and the threads.
-    pub fn start(config: PoolConfig) -> Result<Arc<PoolInner>> {
+    pub fn start(config: PoolConfig, owner: LocalPid) -> Result<Arc<PoolInner>> {
         if config.pool_size == 0 || config.threads_per_worker == 0 || config.max_queue == 0 {
             return Err(Error::Validation {
                 message: "pool_size, threads_per_worker and max_queue must be positive".into(),
@@ -112,6 +112,15 @@ impl PoolInner {
                 .map(|i| create_worker(py, &config, i))
                 .collect()
         })?;
+        let workers = workers
+            .into_iter()
+            .enumerate()
+            .map(|(i, w)| WorkerSlot::new(i, w))
+            .collect();
+        let policy = RecyclePolicy {
+            max_requests: (config.worker_max_requests > 0).then_some(config.worker_max_requests),
+            ttl: (config.worker_ttl_ms > 0).then(|| Duration::from_millis(config.worker_ttl_ms)),
+        };
         let capacity = config.pool_size * config.threads_per_worker;
         let (tx, rx) = crossbeam_channel::bounded(config.max_queue);
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -139,6 +148,8 @@ impl PoolInner {
             tx,
             rx,
             workers,
+            policy,
+            owner,
             slots,
             counters: Counters::default(),
             idle: Idle::new(max_spinners.min(capacity), Duration::from_micros(spin_us)),
@@ -196,10 +207,13 @@ impl PoolInner {
                 self.counters.rejected.fetch_add(1, Ordering::Relaxed);
                 Err((
                     job,
-                    Error::Pool(format!(
-                        "pool {} is saturated: its queue holds max_queue = {} jobs",
-                        self.config.name, self.config.max_queue
-                    )),
+                    Error::Saturated {
+                        message: format!(
+                            "pool {} is saturated: its queue holds max_queue = {} jobs",
+                            self.config.name, self.config.max_queue
+                        ),
+                        max_queue: self.config.max_queue,
+                    },
                 ))
             }
             Err(TrySendError::Disconnected(job)) => Err((
@@ -272,7 +286,7 @@ impl PoolInner {
         if leaked == 0 {
             Python::attach(|py| {
                 for w in &self.workers {
-                    call_runtime(py, "cleanup", (w.adapter.bind(py),)).ok();
+                    call_runtime(py, "cleanup", (w.get().adapter.bind(py),)).ok();
                 }
             });
         }
@@ -302,18 +316,14 @@ impl PoolInner {
     }
 }
 
+/// Sets the pool's `adapter_env` before the adapter is imported (warnings are logged by Python).
 fn apply_env(py: Python<'_>, env: &[(String, String)]) -> Result<()> {
     if env.is_empty() {
         return Ok(());
     }
-    (|| -> PyResult<()> {
-        let environ = py.import("os")?.getattr("environ")?;
-        for (k, v) in env {
-            environ.set_item(k, v)?;
-        }
-        Ok(())
-    })()
-    .map_err(|e| Error::from_py(py, e))
+    call_runtime(py, "apply_env", (env.to_vec(),))
+        .map(|_| ())
+        .map_err(|e| Error::from_py(py, e))
 }
 
 fn call_runtime<'py>(
@@ -338,23 +348,46 @@ fn create_worker(py: Python<'_>, config: &PoolConfig, index: usize) -> Result<Wo
             "create_adapter",
             (&config.adapter, &config.name, index, options),
         )?;
-        let commands_obj = call_runtime(py, "commands", (&adapter,))?;
-        let dict = commands_obj.cast_into::<PyDict>()?;
-        let mut commands = HashMap::with_capacity(dict.len());
-        for (k, v) in dict.iter() {
-            commands.insert(k.extract::<String>()?, v.unbind());
-        }
-        let mut names: Vec<String> = commands.keys().cloned().collect();
-        names.sort();
-        let class_name = adapter.get_type().qualname()?.to_string();
-        Ok(Worker {
-            adapter: adapter.unbind(),
-            commands,
-            names,
-            class_name,
-        })
+        let commands = call_runtime(py, "commands", (&adapter,))?;
+        worker::from_adapter(py, adapter, commands)
     })()
     .map_err(|e| Error::from_py(py, e))
+}
+
+/// Replaces worker `slot`'s instance after `reason`, and tells the pool's process.
+fn recycle(py: Python<'_>, pool: &PoolInner, slot: &WorkerSlot, reason: Reason) {
+    let outcome = slot.recycle(
+        py,
+        |py| create_worker(py, &pool.config, slot.index),
+        |py, old| {
+            if let Err(e) = call_runtime(py, "cleanup", (old.adapter.bind(py),)) {
+                e.print(py);
+            }
+        },
+    );
+    let reason = match reason {
+        Reason::MaxRequests => atoms::max_requests(),
+        Reason::Ttl => atoms::ttl(),
+    };
+    let env = OwnedEnv::new();
+    let message = env.run(|e| {
+        let term = match &outcome {
+            Ok(served) => (atoms::snakepit_recycled(), slot.index, reason, *served).encode(e),
+            Err(err) => (
+                atoms::snakepit_recycle_failed(),
+                slot.index,
+                reason,
+                err.to_term(e),
+            )
+                .encode(e),
+        };
+        env.save(term)
+    });
+    mailer::post(mailer::Mail::Term {
+        env,
+        to: pool.owner,
+        term: message,
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -370,7 +403,7 @@ fn thread_main(pool: Arc<PoolInner>, index: usize, started: crossbeam_channel::S
         );
         call_runtime(py, "set_thread_name", (&slot.name, &pool.config.name)).ok();
         drop(started);
-        let worker = &pool.workers[slot.worker];
+        let worker_slot = &pool.workers[slot.worker];
         pool.idle.ready_begin();
         loop {
             if pool.shutdown.load(Ordering::Relaxed) {
@@ -393,7 +426,12 @@ fn thread_main(pool: Arc<PoolInner>, index: usize, started: crossbeam_channel::S
                 Some(job) => {
                     pool.idle.took_job(!pool.rx.is_empty());
                     // run_job counts this thread ready again before it replies.
-                    run_job(py, &pool, worker, &slot, index, *job);
+                    let worker = worker_slot.get();
+                    run_job(py, &pool, &worker, &slot, index, *job);
+                    drop(worker);
+                    if let Some(reason) = worker_slot.served_one(&pool.policy) {
+                        recycle(py, &pool, worker_slot, reason);
+                    }
                 }
                 None => py.detach(|| {
                     pool.idle
@@ -773,7 +811,8 @@ pub fn stats_term<'a>(env: Env<'a>, pool: &PoolInner) -> Term<'a> {
         .workers
         .iter()
         .enumerate()
-        .map(|(i, w)| {
+        .map(|(i, slot)| {
+            let w = slot.get();
             let requests: u64 = pool
                 .slots
                 .iter()
@@ -787,6 +826,11 @@ pub fn stats_term<'a>(env: Env<'a>, pool: &PoolInner) -> Term<'a> {
                     (atoms::adapter(), w.class_name.encode(env)),
                     (atoms::requests(), requests.encode(env)),
                     (atoms::threads(), pool.config.threads_per_worker.encode(env)),
+                    (
+                        atoms::recycles(),
+                        slot.recycles.load(Ordering::Relaxed).encode(env),
+                    ),
+                    (atoms::instance_id(), w.instance_id.encode(env)),
                 ],
             )
         })
@@ -849,7 +893,7 @@ fn map<'a>(env: Env<'a>, pairs: &[(rustler::Atom, Term<'a>)]) -> Term<'a> {
 /// `tools/1`: the adapter's commands with descriptions and parameters.
 pub fn tools_term<'a>(env: Env<'a>, pool: &PoolInner) -> Result<Term<'a>> {
     Python::attach(|py| {
-        let worker = &pool.workers[0];
+        let worker = pool.workers[0].get();
         let tools = call_runtime(py, "tools", (worker.adapter.bind(py),))
             .map_err(|e| Error::from_py(py, e))?;
         convert::py_to_term(env, &tools)

@@ -247,3 +247,46 @@ def set_thread_name(name: str, pool: Optional[str] = None) -> None:
         from ._logging import set_pool
 
         set_pool(str(pool))
+
+
+# Environment variables read once by a library when it is first imported: setting them later
+# has no effect on that library in this process.
+_READ_AT_IMPORT = {
+    "OPENBLAS_NUM_THREADS": ("numpy", "scipy", "torch", "sklearn"),
+    "OMP_NUM_THREADS": ("numpy", "scipy", "torch", "sklearn", "tensorflow"),
+    "MKL_NUM_THREADS": ("numpy", "scipy", "torch", "sklearn"),
+    "VECLIB_MAXIMUM_THREADS": ("numpy", "scipy"),
+    "NUMEXPR_NUM_THREADS": ("numexpr", "pandas"),
+    "CUDA_VISIBLE_DEVICES": ("torch", "tensorflow", "jax"),
+    "TF_NUM_INTRAOP_THREADS": ("tensorflow",),
+    "TF_NUM_INTEROP_THREADS": ("tensorflow",),
+}
+
+
+def apply_env(env: "list[tuple[str, str]]") -> "list[str]":
+    """Set the pool's ``adapter_env`` in ``os.environ`` before the adapter is imported.
+
+    The interpreter is shared by every pool of the BEAM node, so a variable that a library
+    reads once at import time cannot take effect for a library that is already imported with a
+    different value. Each such case is logged as a warning (and returned).
+    """
+    import os
+    import sys
+
+    warnings: "list[str]" = []
+    for name, value in env:
+        previous = os.environ.get(name)
+        if previous != value:
+            loaded = [m for m in _READ_AT_IMPORT.get(name, ()) if m in sys.modules]
+            if loaded:
+                message = (
+                    f"adapter_env {name}={value} cannot take effect for {', '.join(loaded)}: "
+                    f"already imported in this BEAM's Python "
+                    f"(with {name}={previous if previous is not None else '<unset>'}). "
+                    "Set it before the first pool starts (e.g. in the first pool's adapter_env "
+                    "or the OS environment), or use the :process profile."
+                )
+                logger.warning(message)
+                warnings.append(message)
+        os.environ[name] = value
+    return warnings

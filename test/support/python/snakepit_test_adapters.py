@@ -218,3 +218,38 @@ class CheckedAdapter(TestAdapter):
     def checked_sleep(self, seconds: float = 0.05):
         time.sleep(seconds)
         return threading.current_thread().name
+
+
+# Instances whose cleanup() ran, by id (recycling tests).
+CLEANED = []
+
+
+class RecycledAdapter(TestAdapter):
+    """Records its cleanup, and says which instance served a call."""
+
+    @tool(description="The id of the instance serving this call.")
+    def whoami(self):
+        return id(self)
+
+    @tool(description="Ids of the instances cleaned up so far.")
+    def cleaned(self):
+        return list(CLEANED)
+
+    def cleanup(self):
+        CLEANED.append(id(self))
+
+
+class FailsOnRecycle(TestAdapter):
+    """The first instance builds; every later construction fails (a recycle that fails)."""
+
+    built = 0
+
+    def __init__(self):
+        type(self).built += 1
+        if type(self).built > 1:
+            raise RuntimeError("model store unavailable")
+        super().__init__()
+
+    @tool(description="The id of the instance serving this call.")
+    def whoami(self):
+        return id(self)
