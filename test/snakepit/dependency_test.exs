@@ -72,6 +72,72 @@ defmodule Snakepit.DependencyTest do
     assert out =~ ~s(PRIV: "#{app}/_build/dev/lib/snakepit/priv")
   end
 
+  describe "a build without a usable Python fails with what to install" do
+    setup do
+      app =
+        Path.join(System.tmp_dir!(), "snakepit_nopy_app_#{System.unique_integer([:positive])}")
+
+      on_exit(fn -> File.rm_rf!(app) end)
+
+      write!(app, "mix.exs", """
+      defmodule NoPyApp.MixProject do
+        use Mix.Project
+        def project, do: [app: :no_py_app, version: "0.1.0", deps: [{:snakepit, path: #{inspect(@root)}}]]
+      end
+      """)
+
+      %{app: app}
+    end
+
+    test "no Python at the given path", %{app: app} do
+      {out, status} =
+        System.cmd("mix", ["compile"],
+          cd: app,
+          env: [{"SNAKEPIT_PYTHON", "/nonexistent/bin/python3"}],
+          stderr_to_stdout: true
+        )
+
+      assert status != 0
+
+      assert out =~
+               "SNAKEPIT_PYTHON is \"/nonexistent/bin/python3\", which is not a runnable Python"
+    end
+
+    test "a Python without a shared libpython", %{app: app} do
+      # A stand-in interpreter that reports a static-only build.
+      fake = Path.join(app, "fake-python")
+
+      write!(app, "fake-python", """
+      #!/bin/sh
+      case "$2" in
+        "import sys") exit 0 ;;
+      esac
+      echo version=3.12.0
+      echo free_threaded=false
+      echo shared=false
+      echo libdir=/nonexistent
+      echo ldlibrary=libpython3.12.a
+      echo home=/usr
+      echo prefix=/usr
+      echo site_packages=
+      """)
+
+      File.chmod!(fake, 0o755)
+
+      {out, status} =
+        System.cmd("mix", ["compile"],
+          cd: app,
+          env: [{"SNAKEPIT_PYTHON", fake}],
+          stderr_to_stdout: true
+        )
+
+      assert status != 0
+      assert out =~ "has no shared libpython"
+      assert out =~ "python3-dev"
+      assert out =~ "--enable-shared"
+    end
+  end
+
   defp write!(root, path, content) do
     full = Path.join(root, path)
     File.mkdir_p!(Path.dirname(full))
