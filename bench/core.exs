@@ -104,7 +104,8 @@ defmodule Snakepit.Bench.Core do
         quick?: quick?,
         params: params,
         facts: facts,
-        rounds: results
+        rounds: results,
+        telemetry: telemetry_check_cost()
       })
 
     IO.puts("")
@@ -125,6 +126,20 @@ defmodule Snakepit.Bench.Core do
       IO.puts(:stderr, "ERROR: #{bad} calls returned something other than the expected reply")
       System.halt(1)
     end
+  end
+
+  # What `Snakepit.execute` pays per call to find out whether :telemetry is loaded.
+  defp telemetry_check_cost do
+    n = 1_000_000
+    {us, _} = :timer.tc(fn -> telemetry_loop(n) end)
+    %{enabled?: Snakepit.Telemetry.enabled?(), ns: us * 1000 / n}
+  end
+
+  defp telemetry_loop(0), do: :ok
+
+  defp telemetry_loop(n) do
+    _ = Snakepit.Telemetry.enabled?()
+    telemetry_loop(n - 1)
   end
 
   ## The paths measured
@@ -504,6 +519,17 @@ defmodule Snakepit.Bench.Core do
       "- port echo RTT median: #{Enum.map_join(port_medians, ", ", &us/1)} µs"
       | spread_rows
     ]
+
+    telemetry = r.telemetry
+    ping_us = med.(hd(snakepit_ids), & &1.rtt.median_us)
+
+    round_rows =
+      round_rows ++
+        [
+          "- the per-call `:telemetry` check (`:telemetry` loaded: #{telemetry.enabled?}): " <>
+            "#{:erlang.float_to_binary(telemetry.ns, decimals: 1)} ns, " <>
+            "#{:erlang.float_to_binary(telemetry.ns / (ping_us * 1000) * 100, decimals: 2)} % of a `ping` round trip"
+        ]
 
     bad = total_bad(rounds)
 
