@@ -1005,24 +1005,46 @@ defmodule Snakepit.ProcessPool do
     :ok
   end
 
-  defp kill_now(os_pid) do
-    case System.find_executable("kill") do
-      nil -> :os.cmd(~c"kill -9 #{os_pid} 2>/dev/null")
-      kill -> System.cmd(kill, ["-KILL", Integer.to_string(os_pid)], stderr_to_stdout: true)
-    end
+  defp kill_now(os_pids) do
+    case for(pid <- List.wrap(os_pids), is_integer(pid), do: Integer.to_string(pid)) do
+      [] ->
+        :ok
 
-    :ok
+      pids ->
+        case System.find_executable("kill") do
+          nil -> :os.cmd(String.to_charlist("kill -9 #{Enum.join(pids, " ")} 2>/dev/null"))
+          kill -> System.cmd(kill, ["-KILL" | pids], stderr_to_stdout: true)
+        end
+
+        :ok
+    end
   end
 
+  # Kills every worker process that is still running and waits (up to 2 s) until each is
+  # gone, so that no Python process outlives the pool.
   defp kill_all(state) do
-    pids =
-      for {port, index} <- state.ports do
-        close_port(port)
-        state.workers[index].os_pid
-      end
+    ports = Map.keys(state.ports) ++ Map.keys(state.retiring)
 
-    for pid <- pids ++ Map.values(state.retiring), pid != nil, do: kill_now(pid)
-    :ok
+    pids =
+      Enum.map(state.ports, fn {_port, index} -> state.workers[index].os_pid end) ++
+        Map.values(state.retiring)
+
+    kill_now(pids)
+    await_exits(ports, System.monotonic_time(:millisecond) + 2_000)
+    Enum.each(ports, &close_port/1)
+  end
+
+  defp await_exits([], _deadline), do: :ok
+
+  defp await_exits(ports, deadline) do
+    remaining = max(deadline - System.monotonic_time(:millisecond), 0)
+
+    receive do
+      {port, {:exit_status, _}} when is_port(port) ->
+        await_exits(List.delete(ports, port), deadline)
+    after
+      remaining -> :ok
+    end
   end
 
   defp telemetry(event, measurements, metadata) do

@@ -119,6 +119,9 @@ fn bootstrap(py: Python<'_>, config: &RuntimeConfig) -> PyResult<()> {
     #[cfg(feature = "nif")]
     {
         let native = PyModule::new(py, "_snakepit_native")?;
+        // Everything it exposes is thread-safe: importing it must not re-enable the GIL on a
+        // free-threaded build (a no-op on GIL builds).
+        native.gil_used(false)?;
         native.add_class::<PyPid>()?;
         native.add_function(pyo3::wrap_pyfunction!(send, &native)?)?;
         native.add_function(pyo3::wrap_pyfunction!(log, &native)?)?;
