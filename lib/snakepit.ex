@@ -65,13 +65,30 @@ defmodule Snakepit do
   def execute(pool, command, args, opts) when is_atom(pool) and is_list(opts) do
     timeout = Keyword.get(opts, :timeout, @default_timeout)
 
-    with {:ok, ref} <- Pool.lookup(pool),
-         {:ok, command} <- command_name(command) do
+    with {:ok, command} <- command_name(command),
+         {:ok, ref} <- local_or_remote(pool, command, args, opts) do
       if Snakepit.Telemetry.enabled?() do
         instrumented(pool, ref, command, normalize_args(args), timeout)
       else
         call(ref, command, normalize_args(args), timeout)
       end
+    else
+      {:remote, result} -> result
+      other -> other
+    end
+  end
+
+  # The local pool, or the result of the call made on another node that has the pool.
+  defp local_or_remote(pool, command, args, opts) do
+    case Pool.lookup(pool) do
+      {:ok, ref} ->
+        {:ok, ref}
+
+      {:error, _} = not_here ->
+        case Snakepit.Cluster.execute_remote(pool, command, normalize_args(args), opts) do
+          :no_remote -> not_here
+          result -> {:remote, result}
+        end
     end
   end
 

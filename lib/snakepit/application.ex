@@ -8,6 +8,7 @@ defmodule Snakepit.Application do
 
     children = [
       Snakepit.PythonLogger,
+      Snakepit.Cluster,
       {DynamicSupervisor, name: Snakepit.PoolSupervisor, strategy: :one_for_one}
     ]
 

@@ -113,6 +113,7 @@ defmodule Snakepit.Pool do
          {:ok, ref} <- native_start(config, runtime),
          {:ok, python} <- Runtime.info() do
       :persistent_term.put({__MODULE__, config.name}, {self(), ref, python})
+      Snakepit.Cluster.join(config.name)
       Snakepit.Compatibility.warn_if_gil(config.name, python, config)
       {:ok, %{config: config, ref: ref}}
     else
