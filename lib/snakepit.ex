@@ -24,7 +24,7 @@ defmodule Snakepit do
   > pool thread until then.
   """
 
-  alias Snakepit.{Config, Error, Native, Pool}
+  alias Snakepit.{Config, Error, Native, Pool, ProcessPool}
 
   @default_timeout 60_000
 
@@ -153,6 +153,9 @@ defmodule Snakepit do
   defp normalize_args(args), do: args
 
   @compile {:inline, call: 4}
+  defp call({:process, pid}, command, args, timeout),
+    do: ProcessPool.execute(pid, command, args, timeout)
+
   defp call(ref, command, args, timeout) do
     tag = make_ref()
 
@@ -203,11 +206,20 @@ defmodule Snakepit do
     timeout = Keyword.get(opts, :timeout, @default_timeout)
     window = Keyword.get(opts, :window, 4)
 
-    Stream.resource(
-      fn -> start_stream(pool, command, normalize_args(args), window) end,
-      fn state -> next_chunk(state, timeout) end,
-      &close_stream/1
-    )
+    case Pool.lookup(pool) do
+      {:ok, {:process, pid}} ->
+        ProcessPool.execute_stream(pid, command, normalize_args(args),
+          timeout: timeout,
+          window: window
+        )
+
+      _ ->
+        Stream.resource(
+          fn -> start_stream(pool, command, normalize_args(args), window) end,
+          fn state -> next_chunk(state, timeout) end,
+          &close_stream/1
+        )
+    end
   end
 
   defp start_stream(pool, command, args, window) do
@@ -277,6 +289,9 @@ defmodule Snakepit do
   @spec stats(pool()) :: {:ok, map()} | {:error, Error.t()}
   def stats(pool) do
     case Pool.entry(pool) do
+      {_pid, {:process, pid}, _python} ->
+        {:ok, ProcessPool.stats(pid)}
+
       {_pid, ref, python} ->
         stats = Native.stats(ref)
         {:ok, Map.put(stats, :python, Map.take(python, [:version, :free_threaded, :gil_enabled]))}
@@ -296,11 +311,18 @@ defmodule Snakepit do
   """
   @spec tools(pool()) :: {:ok, [map()]} | {:error, Error.t()}
   def tools(pool) do
-    with {:ok, ref} <- Pool.lookup(pool) do
-      case Native.tools(ref) do
-        {:ok, tools} -> {:ok, tools}
-        {:error, map} -> {:error, Error.from_native(map)}
-      end
+    case Pool.lookup(pool) do
+      {:ok, {:process, pid}} ->
+        ProcessPool.tools(pid)
+
+      {:ok, ref} ->
+        case Native.tools(ref) do
+          {:ok, tools} -> {:ok, tools}
+          {:error, map} -> {:error, Error.from_native(map)}
+        end
+
+      {:error, _} = error ->
+        error
     end
   end
 

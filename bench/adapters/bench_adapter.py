@@ -12,7 +12,8 @@ Put on ``sys.path`` by the suite (``config :snakepit, python_path``); the class 
 * ``echo(value)`` — returns ``value`` unchanged;
 * ``sink(value)`` — returns ``len(value)`` (bytes, items of a list, keys of a dict);
 * ``source(kind, count)`` — returns a value built by ``make_value`` (``"binary"``, ``"floats"`` or
-  ``"map"``), cached per ``(kind, count)`` so that only its conversion and transfer are timed;
+  ``"map"``), cached per ``(kind, count)`` so that only its conversion and transfer are timed
+  (``prepare(kind, count)`` fills the cache without returning the value);
 * ``blas_info()`` — the BLAS NumPy uses and its current thread count.
 
 When NumPy is imported (here, or earlier by another pool of the same BEAM), the adapter sets
@@ -49,29 +50,49 @@ def cpu_work(iterations: int) -> int:
     return acc
 
 
+def make_record(i: int) -> Dict[str, Any]:
+    """One record of the ``map`` payload."""
+    return {"id": i, "name": f"item-{i}", "score": i * 0.5, "tags": ["a", "b"], "pos": {"x": i, "y": -i}}
+
+
+#: Keys per map level of the ``map`` payload. Kept at or under 128: returning a map of more than
+#: 128 keys from a :thread pool crashed the BEAM on OTP 25 when this suite was written (see
+#: bench/README.md), and a tree of small maps is what nested data usually looks like anyway.
+FANOUT = 100
+
+
+def make_tree(count: int) -> Dict[str, Any]:
+    """``count`` records in a tree of maps with at most ``FANOUT`` keys each.
+
+    Leaves map ``"k<i>"`` to record ``i``; inner maps map ``"n<j>"`` to subtrees of
+    ``span / FANOUT`` records, where ``span`` is the smallest power of ``FANOUT`` >= ``count``.
+    """
+    span = FANOUT
+    while span < count:
+        span *= FANOUT
+    return _tree(0, count, span)
+
+
+def _tree(lo: int, hi: int, span: int) -> Dict[str, Any]:
+    if span == FANOUT:
+        return {f"k{i}": make_record(i) for i in range(lo, min(lo + FANOUT, hi))}
+    sub = span // FANOUT
+    return {f"n{j}": _tree(lo + j * sub, hi, sub) for j in range(FANOUT) if lo + j * sub < hi}
+
+
 def make_value(kind: str, count: int) -> Any:
     """The payloads of the data section; the suite builds the same values in Elixir.
 
     * ``binary``: ``count`` bytes of 0xAB (not UTF-8, so it stays ``bytes``);
     * ``floats``: ``[i * 0.5 + 0.25 for i in range(count)]``;
-    * ``map``: ``count`` records ``"k<i>" -> {"id": i, "name": "item-<i>", "score": i * 0.5,
-      "tags": ["a", "b"], "pos": {"x": i, "y": -i}}``.
+    * ``map``: ``count`` records (``make_record``) in a tree of maps (``make_tree``).
     """
     if kind == "binary":
         return b"\xab" * count
     if kind == "floats":
         return [i * 0.5 + 0.25 for i in range(count)]
     if kind == "map":
-        return {
-            f"k{i}": {
-                "id": i,
-                "name": f"item-{i}",
-                "score": i * 0.5,
-                "tags": ["a", "b"],
-                "pos": {"x": i, "y": -i},
-            }
-            for i in range(count)
-        }
+        return make_tree(count)
     raise ValueError(f"unknown kind {kind!r}: expected binary, floats or map")
 
 
@@ -132,13 +153,22 @@ class BenchAdapter(ThreadSafeAdapter):
         self.b: Any = None
         self.blas: Dict[str, Any] = {"lib": None, "threads": None}
         if np is not None:
-            rng = np.random.default_rng(0)
-            a = rng.random((MATRIX_SIZE, MATRIX_SIZE))
-            b = rng.random((MATRIX_SIZE, MATRIX_SIZE))
-            a.setflags(write=False)
-            b.setflags(write=False)
-            self.a, self.b = a, b
             self.blas = blas_threads(int(os.environ.get("BENCH_BLAS_THREADS", "1")))
+
+    def _matrices(self) -> Tuple[Any, Any]:
+        # Built on first use, so that an instance that never multiplies stays small (the
+        # memory section measures pools of this adapter).
+        if self.a is None:
+            with self.acquire_lock():
+                if self.a is None:
+                    rng = np.random.default_rng(0)
+                    a = rng.random((MATRIX_SIZE, MATRIX_SIZE))
+                    b = rng.random((MATRIX_SIZE, MATRIX_SIZE))
+                    a.setflags(write=False)
+                    b.setflags(write=False)
+                    self.b = b
+                    self.a = a
+        return self.a, self.b
 
     @thread_safe_method
     @tool(description="Return message (latency check)")
@@ -155,9 +185,10 @@ class BenchAdapter(ThreadSafeAdapter):
     def numpy_dot(self, reps: int) -> float:
         if np is None:
             raise RuntimeError("numpy_dot needs NumPy")
+        a, b = self._matrices()
         product = None
         for _ in range(reps):
-            product = np.dot(self.a, self.b)
+            product = np.dot(a, b)
         return float(np.trace(product))
 
     @thread_safe_method
@@ -189,6 +220,12 @@ class BenchAdapter(ThreadSafeAdapter):
                     self._cache.clear()
                 self._cache[key] = value
         return value
+
+    @thread_safe_method
+    @tool(description="Build and cache the payload of source without returning it")
+    def prepare(self, kind: str, count: int) -> bool:
+        self.source(kind, count)
+        return True
 
     @thread_safe_method
     @tool(description="Drop the cached payloads of source")

@@ -55,13 +55,14 @@ defmodule Snakepit.Pool do
   @spec start_link(Config.pool_config() | Config.t()) :: GenServer.on_start()
   def start_link(config) do
     case Config.validate_pool(config) do
+      {:ok, %Config{worker_profile: :process} = valid} -> Snakepit.ProcessPool.start_link(valid)
       {:ok, %Config{} = valid} -> GenServer.start_link(__MODULE__, valid)
       {:error, %Error{} = e} -> {:error, e}
     end
   end
 
   @doc false
-  @spec lookup(atom()) :: {:ok, reference()} | {:error, Error.t()}
+  @spec lookup(atom()) :: {:ok, reference() | {:process, pid()}} | {:error, Error.t()}
   def lookup(name) do
     case :persistent_term.get({__MODULE__, name}, nil) do
       {_pid, ref, _info} ->
@@ -97,15 +98,6 @@ defmodule Snakepit.Pool do
     else
       start_native(config)
     end
-  end
-
-  defp start_native(%Config{worker_profile: :process} = config) do
-    {:stop,
-     Error.new(
-       :validation,
-       "pool #{inspect(config.name)}: worker_profile :process is not available yet",
-       details: %{key: :worker_profile, pool: config.name}
-     )}
   end
 
   defp start_native(%Config{} = config) do

@@ -40,11 +40,23 @@ defmodule Snakepit.ProcessPool do
   for recycling finishes its call, gets a stop frame (its adapter's `cleanup()` runs) and a
   fresh process takes its place; the other workers keep serving meanwhile.
 
+  ## Messages from Python
+
+  `snakepit_bridge.send(pid, term)` works in a worker as in the `:thread` profile: the worker
+  writes a message frame, which the pool process decodes and sends to `pid` before it forwards
+  the reply of the call that sent it (so the message arrives first). `snakepit_bridge.Pid` is
+  the pid's external-term encoding. Python `logging` records at or above `Logger.level/0`
+  become `Logger` events with `python_logger`, `python_thread` and `pool` metadata. Anything
+  printed to stdout or stderr goes to the VM's stderr (stdout carries the frames).
+
   ## Stopping
 
   On stop, queued calls get a `:pool` error, every worker gets a stop frame (read after its
   running call, if any, which may finish for up to 5 s), and workers still alive after that are
-  killed.
+  killed; `terminate/2` returns once every worker process is gone. If the pool process itself
+  is killed (`:kill`, no `terminate/2`), its ports close: idle workers exit at once, a worker
+  inside a long C call when that call returns; workers whose VM dies are killed by the kernel
+  (`PR_SET_PDEATHSIG` on Linux) or exit within a second (a watchdog thread).
   """
   use GenServer
   require Logger
@@ -56,12 +68,17 @@ defmodule Snakepit.ProcessPool do
   @tools 1
   @stop 2
   @init 3
+  @stream 4
+  @demand 5
+  @cancel 6
   # Frame kinds, worker -> Elixir.
   @reply_ok 0
   @reply_error 1
   @ready 2
   @send 3
   @log 4
+  @chunk 5
+  @done 6
 
   # Every atom a worker may send. binary_to_term(bin, [:safe]) refuses atoms that do not exist
   # yet; these exist as soon as this module is loaded (see worker_atoms/0).
@@ -99,8 +116,11 @@ defmodule Snakepit.ProcessPool do
   ]
 
   @shutdown_grace 5_000
+  # How long a cancelled stream's generator may take to close before its worker is killed.
+  @stream_close_grace 2_000
   @restart_backoff 1_000
-  @blas_vars ~w(OPENBLAS_NUM_THREADS OMP_NUM_THREADS MKL_NUM_THREADS NUMEXPR_NUM_THREADS VECLIB_MAXIMUM_THREADS)
+  @blas_vars ~w(OPENBLAS_NUM_THREADS OMP_NUM_THREADS MKL_NUM_THREADS NUMEXPR_NUM_THREADS
+                VECLIB_MAXIMUM_THREADS)
 
   @typedoc "The pool process."
   @type server :: GenServer.server()
@@ -192,6 +212,101 @@ defmodule Snakepit.ProcessPool do
   def execute(_server, command, _args, _timeout),
     do: {:error, Error.new(:validation, "command must be a string, got: #{inspect(command)}")}
 
+  @doc """
+  Streams the items of the iterator `command` returns; same contract as
+  `Snakepit.execute_stream/4`: a lazy `Stream`, at most `:window` (default 4) items in flight,
+  each awaited for at most `:timeout` ms (default 60_000; on expiry `Snakepit.Error` with
+  `category: :timeout` is raised). An exception in the generator raises `Snakepit.Error` in
+  the consumer after the items before it.
+
+  A consumer that halts early (`Enum.take/2`), times out or dies has the generator closed (its
+  `finally` blocks run) the next time the worker waits for demand; a worker that has not
+  closed it after #{@stream_close_grace} ms (stuck in C) is killed and restarted.
+  """
+  @spec execute_stream(server(), String.t() | atom(), map() | list() | nil, keyword()) ::
+          Enumerable.t()
+  def execute_stream(server, command, args, opts \\ []) do
+    timeout = Keyword.get(opts, :timeout, 60_000)
+    window = Keyword.get(opts, :window, 4)
+
+    Stream.resource(
+      fn -> start_stream(server, command, args, window) end,
+      fn state -> next_chunk(state, timeout) end,
+      &close_stream/1
+    )
+  end
+
+  defp start_stream(server, command, args, window) do
+    command =
+      case command do
+        c when is_binary(c) -> c
+        c when is_atom(c) -> Atom.to_string(c)
+        c -> raise Error.new(:validation, "command must be a string, got: #{inspect(c)}")
+      end
+
+    payload = [
+      <<@stream, window::32, byte_size(command)::32>>,
+      command | :erlang.term_to_binary(args)
+    ]
+
+    server = GenServer.whereis(server) || server
+    tag = :erlang.monitor(:process, server, [{:alias, :demonitor}])
+    if is_pid(server), do: send(server, {:"$snakepit_call", tag, self(), payload, :stream})
+    {server, tag, :running}
+  end
+
+  defp next_chunk({_server, _tag, :finished} = state, _timeout), do: {:halt, state}
+
+  defp next_chunk({server, tag, :running} = state, timeout) do
+    receive do
+      {^tag, {:chunk, bin}} ->
+        send(server, {:"$snakepit_demand", tag, 1})
+        {[:erlang.binary_to_term(bin, [:safe])], state}
+
+      {^tag, :done} ->
+        Process.demonitor(tag, [:flush])
+        {:halt, {server, tag, :finished}}
+
+      {^tag, reply} ->
+        Process.demonitor(tag, [:flush])
+        # The stream's last message: close_stream (run as the exception unwinds) has nothing
+        # left to cancel.
+        Process.put({__MODULE__, tag}, :finished)
+        {:error, e} = decode_reply(reply)
+        raise e
+
+      {:DOWN, ^tag, _, _, reason} ->
+        Process.put({__MODULE__, tag}, :finished)
+        raise Error.new(:pool, "the pool stopped during the stream (#{inspect(reason)})")
+    after
+      timeout ->
+        raise Error.new(:timeout, "no stream item within #{timeout} ms; the stream was cancelled",
+                details: %{timeout: timeout}
+              )
+    end
+  end
+
+  defp close_stream({_server, _tag, :finished}), do: :ok
+
+  defp close_stream({server, tag, :running}) do
+    if Process.delete({__MODULE__, tag}) != :finished do
+      # Deactivating the alias drops every chunk sent from now on; flush those already here.
+      Process.demonitor(tag, [:flush])
+      if is_pid(server), do: send(server, {:"$snakepit_close", tag})
+      flush_stream(tag)
+    end
+
+    :ok
+  end
+
+  defp flush_stream(tag) do
+    receive do
+      {^tag, _} -> flush_stream(tag)
+    after
+      0 -> :ok
+    end
+  end
+
   @doc "The adapter's commands, as `Snakepit.tools/1` returns them."
   @spec tools(server(), timeout()) :: {:ok, [map()]} | {:error, Error.t()}
   def tools(server, timeout \\ 60_000), do: request(server, <<@tools>>, :tools, timeout, "tools")
@@ -216,8 +331,10 @@ defmodule Snakepit.ProcessPool do
   # The caller side of a call: the reply comes to a monitor alias, so a reply that arrives
   # after a timeout is dropped by the runtime and never reaches the caller's mailbox.
   defp request(server, payload, kind, timeout, command) do
+    # A name that is not registered gives an immediate :DOWN (noproc) below.
+    server = GenServer.whereis(server) || server
     tag = :erlang.monitor(:process, server, [{:alias, :demonitor}])
-    send(server, {:"$snakepit_call", tag, self(), payload, kind})
+    if is_pid(server), do: send(server, {:"$snakepit_call", tag, self(), payload, kind})
 
     receive do
       {^tag, reply} ->
@@ -237,7 +354,7 @@ defmodule Snakepit.ProcessPool do
           {^tag, reply} -> decode_reply(reply)
         after
           0 ->
-            send(server, {:"$snakepit_cancel", tag})
+            if is_pid(server), do: send(server, {:"$snakepit_cancel", tag})
 
             {:error,
              Error.new(:timeout, "no result within #{timeout} ms; the call was cancelled",
@@ -385,6 +502,7 @@ defmodule Snakepit.ProcessPool do
       restarts: 0,
       recycled: 0,
       due: false,
+      closing: false,
       failures: 0,
       adapter: nil,
       start_error: nil
@@ -435,6 +553,7 @@ defmodule Snakepit.ProcessPool do
         os_pid: os_pid,
         status: :starting,
         job: nil,
+        closing: false,
         served: 0,
         due: false,
         start_error: nil
@@ -509,7 +628,7 @@ defmodule Snakepit.ProcessPool do
 
   @impl true
   def handle_info({:"$snakepit_call", tag, caller, payload, kind}, state) do
-    state = if kind == :call, do: %{state | submitted: state.submitted + 1}, else: state
+    state = if kind != :tools, do: %{state | submitted: state.submitted + 1}, else: state
 
     case state.idle do
       [index | rest] ->
@@ -521,7 +640,7 @@ defmodule Snakepit.ProcessPool do
         reply(tag, {:error, saturated(state)})
 
         state =
-          if kind == :call,
+          if kind != :tools,
             do: %{state | rejected: state.rejected + 1, submitted: state.submitted - 1},
             else: state
 
@@ -561,6 +680,33 @@ defmodule Snakepit.ProcessPool do
     {:noreply, cancel(state, tag)}
   end
 
+  def handle_info({:"$snakepit_close", tag}, state) do
+    {:noreply, cancel(state, tag)}
+  end
+
+  def handle_info({:"$snakepit_demand", tag, n}, state) do
+    with %{^tag => index} <- state.running,
+         %{port: port} when port != nil <- state.workers[index] do
+      port_send(port, <<@demand, n::32>>)
+    end
+
+    {:noreply, state}
+  end
+
+  def handle_info({:stream_close_grace, tag, port}, state) do
+    with %{^tag => index} <- state.running,
+         %{port: ^port} <- state.workers[index] do
+      Logger.warning(
+        "snakepit: pool #{inspect(state.name)} worker #{index} did not close a cancelled " <>
+          "stream within #{@stream_close_grace} ms; killing it"
+      )
+
+      {:noreply, kill_and_restart(state, index, :cancelled)}
+    else
+      _ -> {:noreply, state}
+    end
+  end
+
   def handle_info({:DOWN, mon, :process, _pid, _reason}, state) do
     case state.callers do
       %{^mon => tag} ->
@@ -593,7 +739,7 @@ defmodule Snakepit.ProcessPool do
   def handle_info({:ttl, port}, state) do
     case state.ports do
       %{^port => index} ->
-        state = update_worker(state, index, &%{&1 | due: true})
+        state = update_worker(state, index, &%{&1 | due: &1.due || :ttl})
         {:noreply, maybe_recycle_idle(state)}
 
       _ ->
@@ -630,11 +776,7 @@ defmodule Snakepit.ProcessPool do
   defp dispatch(state, index, {tag, _caller, mon, payload, _kind} = job) do
     w = state.workers[index]
 
-    try do
-      Port.command(w.port, payload)
-    rescue
-      ArgumentError -> :closed
-    end
+    port_send(w.port, payload)
 
     w = %{w | status: :busy, job: job}
 
@@ -651,7 +793,7 @@ defmodule Snakepit.ProcessPool do
     w = state.workers[index]
 
     cond do
-      w.due and state.recycling == nil ->
+      w.due != false and state.recycling == nil ->
         recycle(state, index)
 
       true ->
@@ -698,13 +840,33 @@ defmodule Snakepit.ProcessPool do
       {nil, _} ->
         case state.running do
           %{^tag => index} ->
-            state = %{state | cancelled: state.cancelled + 1}
-            kill_and_restart(state, index, :cancelled)
+            case state.workers[index] do
+              %{job: {_, _, _, _, :stream}, closing: false, port: port} = w ->
+                # A generator can be closed: ask the worker, kill it if it does not answer.
+                port_send(port, <<@cancel>>)
+                Process.send_after(self(), {:stream_close_grace, tag, port}, @stream_close_grace)
+                state = update_worker(state, index, fn _ -> %{w | closing: true} end)
+                %{state | cancelled: state.cancelled + 1}
+
+              %{job: {_, _, _, _, :stream}, closing: true} ->
+                state
+
+              _ ->
+                state = %{state | cancelled: state.cancelled + 1}
+                kill_and_restart(state, index, :cancelled)
+            end
 
           _ ->
             state
         end
     end
+  end
+
+  # Writes a frame; a port that closed meanwhile is reported by its exit message.
+  defp port_send(port, data) do
+    Port.command(port, data)
+  rescue
+    ArgumentError -> false
   end
 
   defp finish_job(state, index, status) do
@@ -718,26 +880,29 @@ defmodule Snakepit.ProcessPool do
         callers: Map.delete(state.callers, mon)
     }
 
+    counted = kind != :tools
+
     state =
-      case {kind, status} do
-        {:call, :ok} -> %{state | completed: state.completed + 1}
-        {:call, :error} -> %{state | failed: state.failed + 1}
+      case {counted, status} do
+        {true, :ok} -> %{state | completed: state.completed + 1}
+        {true, :error} -> %{state | failed: state.failed + 1}
         _ -> state
       end
 
-    served = if kind == :call, do: w.served + 1, else: w.served
-    requests = if kind == :call, do: w.requests + 1, else: w.requests
+    served = if counted, do: w.served + 1, else: w.served
+    requests = if counted, do: w.requests + 1, else: w.requests
     max = state.config.worker_max_requests
-    due = w.due or (max != :infinity and served >= max)
-    w = %{w | job: nil, served: served, requests: requests, due: due}
+    due = w.due || (max != :infinity and served >= max and :max_requests)
+    w = %{w | job: nil, closing: false, served: served, requests: requests, due: due}
     {tag, %{state | workers: Map.put(state.workers, index, w)}}
   end
 
   defp saturated(state) do
     Error.new(
       :pool,
-      "pool #{inspect(state.name)} is saturated: its queue holds max_queue = #{state.config.max_queue} jobs",
-      details: %{pool: state.name, max_queue: state.config.max_queue}
+      "pool #{inspect(state.name)} is saturated: its queue holds " <>
+        "max_queue = #{state.config.max_queue} jobs",
+      details: %{pool: state.name, reason: :saturated, max_queue: state.config.max_queue}
     )
   end
 
@@ -758,6 +923,27 @@ defmodule Snakepit.ProcessPool do
         # A start-up error of a restarted worker; it exits next and is restarted later.
         {:error, e} = decode_reply(bin)
         update_worker(state, index, &%{&1 | start_error: e})
+
+      _ ->
+        state
+    end
+  end
+
+  defp worker_frame(state, index, @chunk, bin) do
+    case state.workers[index] do
+      %{status: :busy, job: {tag, _, _, _, :stream}} -> reply(tag, {:chunk, bin})
+      _ -> :ok
+    end
+
+    state
+  end
+
+  defp worker_frame(state, index, @done, <<closed>>) do
+    case state.workers[index] do
+      %{status: :busy, job: {_, _, _, _, :stream}} ->
+        {tag, state} = finish_job(state, index, if(closed == 1, do: :cancelled, else: :ok))
+        reply(tag, :done)
+        worker_free(state, index)
 
       _ ->
         state
@@ -875,14 +1061,16 @@ defmodule Snakepit.ProcessPool do
       end
 
     Logger.warning(
-      "snakepit: pool #{inspect(state.name)} worker #{w.index} (OS pid #{w.os_pid}) #{message}; restarting it"
+      "snakepit: pool #{inspect(state.name)} worker #{w.index} (OS pid #{w.os_pid}) " <>
+        "#{message}; restarting it"
     )
   end
 
   defp exit_error(state, w, status, doing) do
     Error.new(
       :worker,
-      "worker #{w.index} of pool #{inspect(state.name)} (OS pid #{w.os_pid}) died #{doing}: #{describe_status(status)}",
+      "worker #{w.index} of pool #{inspect(state.name)} (OS pid #{w.os_pid}) died #{doing}: " <>
+        describe_status(status),
       details: %{
         pool: state.name,
         worker: w.index,
@@ -951,7 +1139,7 @@ defmodule Snakepit.ProcessPool do
   end
 
   defp maybe_recycle_idle(%{recycling: nil} = state) do
-    case Enum.find(state.idle, fn i -> state.workers[i].due end) do
+    case Enum.find(state.idle, fn i -> state.workers[i].due != false end) do
       nil -> state
       index -> recycle(%{state | idle: List.delete(state.idle, index)}, index)
     end
@@ -964,17 +1152,19 @@ defmodule Snakepit.ProcessPool do
   defp recycle(state, index) do
     w = state.workers[index]
 
-    try do
-      Port.command(w.port, <<@stop>>)
-    rescue
-      ArgumentError -> :closed
-    end
+    port_send(w.port, <<@stop>>)
 
     Process.send_after(self(), {:retire_timeout, w.port}, @shutdown_grace)
 
-    telemetry([:snakepit, :worker, :recycled], %{requests: w.served}, %{
+    Logger.debug(
+      "snakepit: pool #{inspect(state.name)} recycled worker #{index} (#{w.due}) after " <>
+        "#{w.served} calls"
+    )
+
+    Snakepit.Telemetry.execute([:snakepit, :worker, :recycled], %{requests: w.served}, %{
       pool: state.name,
-      worker: index
+      worker: index,
+      reason: w.due
     })
 
     state = %{
@@ -1047,14 +1237,6 @@ defmodule Snakepit.ProcessPool do
     end
   end
 
-  defp telemetry(event, measurements, metadata) do
-    if Code.ensure_loaded?(:telemetry) and function_exported?(:telemetry, :execute, 3) do
-      apply(:telemetry, :execute, [event, measurements, metadata])
-    end
-
-    :ok
-  end
-
   ## Stats
 
   defp stats_map(state) do
@@ -1108,13 +1290,7 @@ defmodule Snakepit.ProcessPool do
     for {tag, {tag, _caller, _mon, _payload, _kind}} <- state.jobs,
         do: reply(tag, {:error, stopped})
 
-    for {port, _index} <- state.ports do
-      try do
-        Port.command(port, <<@stop>>)
-      rescue
-        ArgumentError -> :closed
-      end
-    end
+    for {port, _index} <- state.ports, do: port_send(port, <<@stop>>)
 
     deadline = System.monotonic_time(:millisecond) + @shutdown_grace
     state = drain(%{state | jobs: %{}, queue: :queue.new(), queued: 0}, deadline)

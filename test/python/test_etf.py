@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import struct
 import subprocess
 import zlib
 
@@ -311,3 +312,39 @@ def test_erlang_decodes_what_python_encodes():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[" + ",".join(["true"] * len(ERLANG_CASES)) + "]"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        list(range(-5, 300)),  # 32-bit integers, one struct call
+        list(range(100_000)),  # long: packed, then tags woven in
+        [i % 256 for i in range(1_000)],  # SMALL_INTEGER run
+        [2**31 - 1, -(2**31)] * 10,
+        [i / 7 for i in range(50)],
+        [i / 7 for i in range(10_000)],
+        [1, 2, 3, 4, 5, 6, 7, 2**40],  # one big integer: element by element
+        [1.0] * 7 + [float("inf")],  # an infinity: element by element, as an atom
+        [True] * 10,
+        [1] * 9 + [True],
+        [1.0] * 9 + [1],
+    ],
+)
+def test_lists_of_numbers_in_bulk_keep_values_and_types(values):
+    back = decode(encode(values))
+    expected = ["infinity" if v == math.inf else v for v in values]
+    assert back == expected
+    assert [type(x) for x in back] == [type(x) for x in expected]
+
+
+def test_bulk_decoding_matches_erlang_bytes():
+    # :erlang.term_to_binary(Enum.to_list(1..300)): SMALL_INTEGER then INTEGER elements.
+    data = (b"\x83\x6c" + (300).to_bytes(4, "big")
+            + b"".join(b"\x61" + bytes([i]) for i in range(1, 256))
+            + b"".join(b"\x62" + i.to_bytes(4, "big") for i in range(256, 301)) + b"\x6a")
+    assert decode(data) == list(range(1, 301))
+    data = (b"\x83\x6c" + (10).to_bytes(4, "big")
+            + (b"\x46" + struct.pack(">d", 1.5)) * 10 + b"\x6a")
+    assert decode(data) == [1.5] * 10
+    with pytest.raises(ConversionError, match="improper"):
+        decode(data[:-1] + b"\x61\x01")

@@ -231,7 +231,8 @@ def test_worker_dies_with_its_parent():
     read_end, write_end = os.pipe()
     script = (
         "import subprocess, sys, time; "
-        f"p = subprocess.Popen([sys.executable, '-m', 'snakepit_bridge.worker'], stdin={read_end}, "
+        "p = subprocess.Popen([sys.executable, '-m', 'snakepit_bridge.worker'], "
+        f"stdin={read_end}, "
         "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); print(p.pid, flush=True); "
         "time.sleep(1.0)"
     )
@@ -274,3 +275,58 @@ def test_worker_exits_when_the_beam_is_gone():
         assert w.proc.wait(10) == 0
     finally:
         w.close()
+
+
+STREAM, DEMAND, CANCEL = 4, 5, 6
+CHUNK, DONE = 5, 6
+
+
+def _stream(worker, command, args, window):
+    name = command.encode()
+    worker.write(bytes([STREAM]) + struct.pack(">II", window, len(name)) + name + encode(args))
+
+
+def _read_raw(worker):
+    header = worker.proc.stdout.read(4)
+    (size,) = struct.unpack(">I", header)
+    return worker.proc.stdout.read(size)
+
+
+def test_stream_sends_window_chunks_then_waits_for_demand(worker):
+    _stream(worker, "count_up", {"limit": 6}, 2)
+    assert worker.read() == (CHUNK, {"i": 0})
+    assert worker.read() == (CHUNK, {"i": 1})
+    # No credit left: the generator is not advanced until demand comes.
+    worker.write(bytes([DEMAND]) + struct.pack(">I", 10))
+    for i in range(2, 6):
+        assert worker.read() == (CHUNK, {"i": i})
+    assert _read_raw(worker) == bytes([DONE, 0])
+    assert worker.call("stream_state", None) == (OK, ("ok", {"produced": 6, "closed": True}))
+
+
+def test_stream_cancel_closes_the_generator(worker):
+    _stream(worker, "count_up", {"limit": 1000}, 3)
+    for i in range(3):
+        assert worker.read() == (CHUNK, {"i": i})
+    worker.write(bytes([CANCEL]))
+    assert _read_raw(worker) == bytes([DONE, 1])
+    assert worker.call("stream_state", None) == (OK, ("ok", {"produced": 3, "closed": True}))
+    # A late demand for the finished stream is ignored.
+    worker.write(bytes([DEMAND]) + struct.pack(">I", 1))
+    assert worker.call("ping", None) == (OK, ("ok", "pong"))
+
+
+def test_stream_error_after_items(worker):
+    _stream(worker, "count_up", {"limit": 10, "fail_at": 2}, 8)
+    assert worker.read() == (CHUNK, {"i": 0})
+    assert worker.read() == (CHUNK, {"i": 1})
+    kind, (_, error) = worker.read()
+    assert (kind, error["python_type"], error["message"]) == (ERROR, "ValueError", "failed at 2")
+    assert "worker.py" not in error["python_traceback"]
+
+
+def test_stream_of_a_non_iterable_is_a_conversion_error(worker):
+    _stream(worker, "echo", {"value": 5}, 4)
+    kind, (_, error) = worker.read()
+    assert (kind, error["category"]) == (ERROR, "conversion")
+    assert "iterator" in error["message"]

@@ -10,39 +10,21 @@ defmodule Snakepit.ConformanceCase do
   # the same as the :thread ones.
   use ExUnit.CaseTemplate
 
-  alias Snakepit.{Error, ProcessPool}
+  alias Snakepit.Error
 
   @adapter "snakepit_test_adapters.TestAdapter"
 
   def adapter, do: @adapter
 
-  @doc "Starts a pool of `profile` with `opts`; returns what `call/5` takes."
+  @doc "Starts a pool of `profile` with `opts`; returns its name."
   def start(profile, opts) do
     name =
       Keyword.get_lazy(opts, :name, fn ->
         :"conf_#{profile}_#{System.unique_integer([:positive])}"
       end)
 
-    opts = Keyword.merge([name: name, adapter: @adapter], opts)
-
-    case profile do
-      :thread ->
-        with {:ok, _} <- Snakepit.start_pool(opts), do: {:ok, name}
-
-      :process ->
-        spec = %{
-          id: name,
-          start: {ProcessPool, :start_link, [Keyword.put(opts, :worker_profile, :process)]},
-          restart: :temporary,
-          shutdown: 15_000
-        }
-
-        case DynamicSupervisor.start_child(Snakepit.PoolSupervisor, spec) do
-          {:ok, pid} -> {:ok, pid}
-          {:error, %Error{} = e} -> {:error, e}
-          {:error, {%Error{} = e, _}} -> {:error, e}
-        end
-    end
+    opts = Keyword.merge([name: name, adapter: @adapter, worker_profile: profile], opts)
+    with {:ok, _} <- Snakepit.start_pool(opts), do: {:ok, name}
   end
 
   def start!(profile, opts) do
@@ -51,28 +33,17 @@ defmodule Snakepit.ConformanceCase do
     pool
   end
 
-  def stop(:thread, name), do: Snakepit.stop_pool(name)
-  def stop(:process, pid), do: DynamicSupervisor.terminate_child(Snakepit.PoolSupervisor, pid)
+  def stop(_profile, name), do: Snakepit.stop_pool(name)
 
-  @doc "`Snakepit.execute/4` for either profile."
-  def call(profile, pool, command, args, opts \\ [])
-  def call(:thread, name, command, args, opts), do: Snakepit.execute(name, command, args, opts)
+  @doc "The same public API for either profile."
+  def call(_profile, name, command, args, opts \\ []),
+    do: Snakepit.execute(name, command, args, opts)
 
-  def call(:process, pid, command, args, opts) do
-    args =
-      case args do
-        [{k, _} | _] when is_atom(k) -> if Keyword.keyword?(args), do: Map.new(args), else: args
-        other -> other
-      end
+  def stream(_profile, name, command, args, opts \\ []),
+    do: Snakepit.execute_stream(name, command, args, opts)
 
-    ProcessPool.execute(pid, command, args, Keyword.get(opts, :timeout, 60_000))
-  end
-
-  def stats(:thread, name), do: elem(Snakepit.stats(name), 1)
-  def stats(:process, pid), do: ProcessPool.stats(pid)
-
-  def tools(:thread, name), do: Snakepit.tools(name)
-  def tools(:process, pid), do: ProcessPool.tools(pid)
+  def stats(_profile, name), do: elem(Snakepit.stats(name), 1)
+  def tools(_profile, name), do: Snakepit.tools(name)
 
   @doc "Polls `fun` until it returns true (then true) or `timeout` ms pass (then false)."
   def wait_for(fun, timeout \\ 5_000) do
@@ -187,12 +158,6 @@ defmodule Snakepit.ConformanceCase do
           assert echo(ctx, %{}) == {:ok, %{}}
           mid = Map.new(1..100, &{"k#{&1}", &1})
           assert echo(ctx, mid) == {:ok, mid}
-        end
-
-        # The :thread profile's NIF segfaults the VM when a Python dict of more than about
-        # 128 entries comes back (120 work, 140 crash): skipped there until that is fixed.
-        if @profile == :thread do
-          @tag skip: "NIF segfault: Python dict of > ~128 entries back to Elixir"
         end
 
         test "large maps (hash maps of more than 32 keys) both ways", ctx do
@@ -414,6 +379,97 @@ defmodule Snakepit.ConformanceCase do
           Process.sleep(200)
           {:messages, messages} = Process.info(self(), :messages)
           assert messages == []
+        end
+      end
+
+      describe "streaming" do
+        setup ctx do
+          %{pool: start!(ctx.profile, capacity(ctx.profile, 1))}
+        end
+
+        test "chunks arrive in order", ctx do
+          items = stream(ctx.profile, ctx.pool, "count_up", %{limit: 100}) |> Enum.to_list()
+          assert items == Enum.map(0..99, &%{"i" => &1})
+
+          assert {:ok, %{"produced" => 100, "closed" => true}} =
+                   call(ctx.profile, ctx.pool, "stream_state", %{})
+        end
+
+        test "taking 5 of a million stops the generator", ctx do
+          items = stream(ctx.profile, ctx.pool, "count_up", %{limit: 1_000_000}) |> Enum.take(5)
+
+          assert items == Enum.map(0..4, &%{"i" => &1})
+          {:ok, state} = call(ctx.profile, ctx.pool, "stream_state", %{})
+          assert state["closed"] == true
+          assert state["produced"] <= 5 + 4
+          Process.sleep(50)
+          {:messages, messages} = Process.info(self(), :messages)
+          assert messages == []
+        end
+
+        test "a slow consumer's mailbox stays bounded", ctx do
+          parent = self()
+
+          spawn_link(fn ->
+            stream(ctx.profile, ctx.pool, "count_up", %{limit: 200}, window: 4)
+            |> Stream.each(fn %{"i" => i} ->
+              if rem(i, 20) == 0 do
+                {:message_queue_len, len} = Process.info(self(), :message_queue_len)
+                send(parent, {:queue_len, len})
+              end
+
+              Process.sleep(2)
+            end)
+            |> Stream.run()
+
+            send(parent, :finished)
+          end)
+
+          assert_receive :finished, 10_000
+          lens = for _ <- 1..10, do: assert_received({:queue_len, len}) && len
+          assert Enum.max(lens) <= 4
+        end
+
+        test "an error mid-stream raises in the consumer after the items before it", ctx do
+          parent = self()
+
+          assert_raise Error, ~r/ValueError: failed at 3/, fn ->
+            stream(ctx.profile, ctx.pool, "count_up", %{limit: 10, fail_at: 3})
+            |> Enum.each(fn item -> send(parent, {:item, item}) end)
+          end
+
+          for i <- 0..2, do: assert_received({:item, %{"i" => ^i}})
+          refute_received {:item, _}
+          assert {:ok, 1} = call(ctx.profile, ctx.pool, "echo", %{value: 1})
+        end
+
+        test "a consumer that dies stops the generator", ctx do
+          consumer =
+            spawn(fn ->
+              stream(ctx.profile, ctx.pool, "count_up", %{limit: 1_000_000, delay: 0.001})
+              |> Stream.run()
+            end)
+
+          Process.sleep(100)
+          Process.exit(consumer, :kill)
+
+          assert wait_for(fn ->
+                   {:ok, state} = call(ctx.profile, ctx.pool, "stream_state", %{})
+                   state["closed"] == true
+                 end)
+        end
+
+        test "a command that does not return an iterator, and unknown commands, raise", ctx do
+          assert_raise Error, ~r/iterator/, fn ->
+            stream(ctx.profile, ctx.pool, "echo", %{value: 5}) |> Enum.to_list()
+          end
+
+          assert_raise Error, ~r/unknown command/, fn ->
+            stream(ctx.profile, ctx.pool, "nope", %{}) |> Enum.to_list()
+          end
+
+          assert {:ok, 1} = call(ctx.profile, ctx.pool, "echo", %{value: 1})
+          assert stats(ctx.profile, ctx.pool).active_requests == 0
         end
       end
 

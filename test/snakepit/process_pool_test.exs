@@ -142,6 +142,48 @@ defmodule Snakepit.ProcessPoolTest do
     end
   end
 
+  describe "streams" do
+    test "a stream whose generator is stuck in C: halting kills the worker after a grace" do
+      pool = start!([])
+      [stuck] = os_pids(pool)
+
+      assert [1] =
+               ProcessPool.execute_stream(pool, "stuck_stream", %{}, window: 1)
+               |> Enum.take(1)
+
+      {us, result} = :timer.tc(fn -> exec(pool, "whoami") end)
+      assert {:ok, %{"os_pid" => fresh}} = result
+      assert fresh != stuck
+      assert us < 8_000_000
+      assert ProcessPool.stats(pool).cancelled == 1
+    end
+
+    test "a stream item that times out raises :timeout" do
+      pool = start!([])
+
+      assert_raise Error, ~r/no stream item within 200 ms/, fn ->
+        ProcessPool.execute_stream(pool, "stuck_stream", %{}, timeout: 200) |> Enum.to_list()
+      end
+
+      assert {:ok, "pong"} = exec(pool, "ping", nil)
+    end
+
+    test "a worker that dies mid-stream raises :worker in the consumer after the items" do
+      pool = start!([])
+      parent = self()
+
+      error =
+        assert_raise Error, fn ->
+          ProcessPool.execute_stream(pool, "crashing_stream", %{})
+          |> Enum.each(&send(parent, {:item, &1}))
+        end
+
+      assert error.category == :worker
+      assert_received {:item, 1}
+      assert {:ok, "pong"} = exec(pool, "ping", nil)
+    end
+  end
+
   describe "no orphan Python processes" do
     test "stopping the pool ends every worker, a worker stuck in C included" do
       {:ok, pool} = start(pool_size: 3)

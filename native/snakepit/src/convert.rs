@@ -347,8 +347,18 @@ fn bytes_to_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
     Binary::from(bin).to_term(env)
 }
 
+/// Small maps (flatmaps, up to 32 keys) are built in one call. Bigger ones are built key by
+/// key: `enif_make_map_from_arrays` sorts large key sets with scheduler-local scratch memory
+/// and crashes the VM when called from a pool thread.
+const FLATMAP_MAX: usize = 32;
+
 fn map_from<'a>(env: Env<'a>, keys: &[Term<'a>], values: &[Term<'a>]) -> Result<Term<'a>> {
-    Term::map_from_term_arrays(env, keys, values).or_else(|_| {
+    let built = if keys.len() <= FLATMAP_MAX {
+        Term::map_from_term_arrays(env, keys, values)
+    } else {
+        Err(rustler::Error::BadArg)
+    };
+    built.or_else(|_| {
         // Duplicate keys after conversion (e.g. 1 and 1.0 are distinct in Erlang but
         // True and 1 are not in Python): build it pairwise, last one wins.
         let mut map = Term::map_new(env);

@@ -4,27 +4,27 @@ The ``:process`` worker profile talks to Elixir through this codec: Elixir encod
 ``:erlang.term_to_binary/1`` and decodes with ``:erlang.binary_to_term(bin, [:safe])``.
 The mapping is the one of the ``:thread`` profile's NIF:
 
-==========================================  =====================================  ==========================
-Erlang                                      Python (:func:`decode`)                back (:func:`encode`)
-==========================================  =====================================  ==========================
-``nil``, ``true``, ``false``                ``None``, ``True``, ``False``          same atoms
-other atoms                                 ``str``                                binary
-integers (any size)                         ``int``                                integer
-floats                                      ``float``                              float; NaN/±inf → atoms
-                                                                                   ``nan``, ``infinity``,
-                                                                                   ``neg_infinity``
-binary, valid UTF-8                         ``str``                                binary
-binary, not UTF-8; ``{:bytes, bin}``        ``bytes``                              binary (also bytearray,
-                                                                                   memoryview)
-list (charlists too: a list of ints)        ``list``                               list
-tuple                                       ``tuple``                              tuple
-map                                         ``dict`` (atom keys → ``str``)         map
-``MapSet``                                  ``set``                                ``set``/``frozenset`` →
-                                                                                   ``MapSet``
-pid                                         :class:`snakepit_bridge.Pid`           the same pid
-fun, port, reference, bitstring, improper   :class:`ConversionError`               —
-list
-==========================================  =====================================  ==========================
+==============================  ===============================  ============================
+Erlang                          Python (:func:`decode`)          back (:func:`encode`)
+==============================  ===============================  ============================
+``nil``, ``true``, ``false``    ``None``, ``True``, ``False``    the same atoms
+other atoms                     ``str``                          binary
+integers (any size)             ``int``                          integer
+floats                          ``float``                        float; NaN, ±inf → atoms
+                                                                 ``nan``, ``infinity``,
+                                                                 ``neg_infinity``
+binary, valid UTF-8             ``str``                          binary
+binary, not UTF-8;              ``bytes``                        binary (``bytearray`` and
+``{:bytes, bin}``                                                ``memoryview`` too)
+list (charlists too)            ``list``                         list
+tuple                           ``tuple``                        tuple
+map                             ``dict`` (atom keys → ``str``)   map
+``MapSet``                      ``set``                          ``set``, ``frozenset`` →
+                                                                 ``MapSet``
+pid                             :class:`snakepit_bridge.Pid`     the same pid
+fun, port, reference,           :class:`ConversionError`         —
+bitstring, improper list
+==============================  ===============================  ============================
 
 Python objects with a ``__snakepit__()`` method are encoded as its result, then objects with
 ``tolist()`` (NumPy arrays and scalars) as that; anything else raises :class:`ConversionError`
@@ -32,7 +32,9 @@ naming the type. :class:`Atom` (a ``str`` subclass) encodes as an atom. Values n
 than :data:`MAX_DEPTH` levels raise :class:`ConversionError` in both directions.
 
 A :class:`snakepit_bridge.Pid` holds the pid's complete encoding (``raw``, from the tag byte
-on), so it encodes back to exactly the same pid.
+on), so it encodes back to exactly the same pid. That is the stand-in ``Pid`` class of a Python
+outside the BEAM (a worker process); inside the BEAM, ``snakepit_bridge.Pid`` is the NIF's and
+this module is not used.
 """
 
 from __future__ import annotations
@@ -43,7 +45,15 @@ import sys
 import zlib
 from typing import Any, Dict, List, Tuple
 
-__all__ = ["Atom", "ConversionError", "MAX_DEPTH", "decode", "encode", "encode_into"]
+__all__ = [
+    "Atom",
+    "ConversionError",
+    "MAX_DEPTH",
+    "decode",
+    "encode",
+    "encode_into",
+    "type_name",
+]
 
 #: How deep a nested value may be, in either direction (as in the ``:thread`` profile).
 MAX_DEPTH = 2_000
@@ -239,6 +249,10 @@ def _decode(buf: memoryview, pos: int, depth: int) -> Tuple[Any, int]:
         child = depth + 1
         if child > MAX_DEPTH:
             raise _too_deep()
+        if n >= _RUN_MIN:
+            run = _decode_run(buf, pos, n)
+            if run is not None:
+                return run
         for _ in range(n):
             t = buf[pos]
             if t == SMALL_INTEGER_EXT:
@@ -304,6 +318,29 @@ def _decode(buf: memoryview, pos: int, depth: int) -> Tuple[Any, int]:
     if what is not None:
         raise ConversionError(f"cannot convert {what} to Python: {_ONLY}")
     raise ConversionError(f"cannot convert this term (external tag {tag}) to Python: {_ONLY}")
+
+
+# Lists of one scalar kind (numbers from NumPy, say) are converted in bulk: a list of at least
+# _RUN_MIN small integers, 32-bit integers or floats is (un)packed with struct in one call.
+_RUN_MIN = 8
+_RUN_WIDTH = {SMALL_INTEGER_EXT: 2, INTEGER_EXT: 5, NEW_FLOAT_EXT: 9}
+_RUN_CODE = {INTEGER_EXT: "i", NEW_FLOAT_EXT: "d"}
+
+
+def _decode_run(buf: memoryview, pos: int, n: int) -> Any:
+    """``(list, end)`` when the ``n`` elements at ``pos`` are all one scalar kind, else None."""
+    tag = buf[pos]
+    width = _RUN_WIDTH.get(tag)
+    if width is None:
+        return None
+    end = pos + width * n
+    if end >= len(buf) or buf[end] != NIL_EXT or buf[pos:end:width] != bytes((tag,)) * n:
+        return None
+    payload = bytearray(buf[pos:end])
+    del payload[::width]  # drop the tag bytes
+    if tag == SMALL_INTEGER_EXT:
+        return list(payload), end + 1
+    return list(struct.unpack(f">{n}{_RUN_CODE[tag]}", payload)), end + 1
 
 
 def _is_atom(buf: memoryview, pos: int, text: str) -> bool:
@@ -463,6 +500,9 @@ def _encode_list(out: bytearray, obj: Any, depth: int) -> None:
     if depth + 1 > MAX_DEPTH:
         raise _too_deep()
     out += _p_tag_u32(LIST_EXT, n)
+    if n >= _RUN_MIN and _encode_run(out, obj, n):
+        out.append(NIL_EXT)
+        return
     child = depth + 1
     for item in obj:
         t = type(item)
@@ -474,6 +514,52 @@ def _encode_list(out: bytearray, obj: Any, depth: int) -> None:
         else:
             _encode(out, item, child)
     out.append(NIL_EXT)
+
+
+def _encode_run(out: bytearray, obj: list, n: int) -> bool:
+    """Appends the elements of ``obj`` in bulk when they are all exact ints of 32 bits or all
+    finite exact floats; returns False (having written nothing) otherwise."""
+    kinds = set(map(type, obj))
+    if kinds == _FLOAT_KIND:
+        try:
+            if not math.isfinite(math.fsum(obj)):  # NaN and infinities become atoms
+                return False
+        except (OverflowError, ValueError):
+            return False
+        tag, code = NEW_FLOAT_EXT, "d"
+    elif kinds == _INT_KIND:
+        low, high = min(obj), max(obj)
+        if 0 <= low and high < 256:
+            block = bytearray(2 * n)
+            block[0::2] = bytes((SMALL_INTEGER_EXT,)) * n
+            block[1::2] = bytes(obj)
+            out += block
+            return True
+        if low < -2147483648 or high > 2147483647:
+            return False
+        tag, code = INTEGER_EXT, "i"
+    else:
+        return False
+    if n <= 256:
+        # One struct call with the tags interleaved: fastest for short rows.
+        args = [tag] * (2 * n)
+        args[1::2] = obj
+        out += struct.pack(">" + ("B" + code) * n, *args)
+        return True
+    # Long lists: pack the numbers, then weave the tag bytes in with strided slices.
+    packed = struct.pack(f">{n}{code}", *obj)
+    size = 8 if code == "d" else 4
+    width = size + 1
+    block = bytearray(width * n)
+    block[0::width] = bytes((tag,)) * n
+    for k in range(size):
+        block[k + 1 :: width] = packed[k::size]
+    out += block
+    return True
+
+
+_FLOAT_KIND = {float}
+_INT_KIND = {int}
 
 
 def _encode_tuple(out: bytearray, obj: tuple, depth: int) -> None:
@@ -522,7 +608,8 @@ def _encode_set(out: bytearray, obj: Any, depth: int) -> None:
     _encode_pairs(out, ((item, []) for item in obj), len(obj), distinct, depth + 1)
 
 
-def _type_name(obj: Any) -> str:
+def type_name(obj: Any) -> str:
+    """``module.QualName`` of the type of ``obj`` (just ``QualName`` for builtins)."""
     cls = type(obj)
     module = getattr(cls, "__module__", None)
     qualname = getattr(cls, "__qualname__", cls.__name__)
@@ -566,13 +653,13 @@ def _encode_other(out: bytearray, obj: Any, depth: int) -> None:
                 try:
                     converted = fn()
                 except Exception as exc:  # noqa: BLE001 - reported as a conversion error
-                    raise ConversionError(f"{_type_name(exc)}: {exc}") from exc
+                    raise ConversionError(f"{type_name(exc)}: {exc}") from exc
                 if converted is obj:
                     break
                 _encode(out, converted, depth + 1)
                 return
         raise ConversionError(
-            f"cannot convert Python object of type {_type_name(obj)} to an Erlang term "
+            f"cannot convert Python object of type {type_name(obj)} to an Erlang term "
             "(give it a __snakepit__() or tolist() method, or return plain data)"
         )
 

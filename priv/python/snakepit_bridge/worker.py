@@ -19,6 +19,10 @@ kind   payload after the kind byte                  meaning
        term_to_binary(args)::binary>>``             arguments), a list (positional) or nil
 1      (nothing)                                    ``_runtime.tools(adapter)``
 2      (nothing)                                    run ``cleanup()`` and exit
+4      ``<<window::32>>`` then as a call frame      stream the items of the iterator the command
+                                                    returns; ``window`` chunks may be in flight
+5      ``<<n::32>>``                                demand: ``n`` more chunks of the stream
+6      (nothing)                                    cancel the stream (close the generator)
 =====  ===========================================  ==============================================
 
 Worker → Elixir:
@@ -33,14 +37,18 @@ kind   payload after the kind byte                  meaning
 3      ``{pid, term}``                              ``snakepit_bridge.send(pid, term)``
 4      ``{level, logger, message, thread}``         a Python ``logging`` record (``log_level`` and
                                                     up)
+5      ``value``                                    one item of the current stream
+6      ``<<closed::8>>`` (not a term)               the stream ended: 0 exhausted, 1 cancelled
 =====  ===========================================  ==============================================
 
-One call runs at a time; replies come in request order, so they carry no id. A send frame is
-written before the reply of the call that sent it, so the message reaches its pid first.
+One call (or stream) runs at a time; replies come in request order, so they carry no id. A
+stream ends with a done frame or an error frame. A send frame is written before the reply of
+the call that sent it, so the message reaches its pid first.
 
 The worker exits when its stdin closes (the port was closed or the VM died), when its parent
-dies (``PR_SET_PDEATHSIG`` on Linux, and a watchdog thread that notices the re-parenting), or
-after a stop frame. ``print()`` in adapter code goes to stderr: stdout carries the frames.
+dies (``PR_SET_PDEATHSIG`` on Linux, and a watchdog thread that notices the re-parenting or
+the end of the BEAM whose OS pid is in ``SNAKEPIT_BEAM_PID``), or after a stop frame.
+``print()`` in adapter code goes to stderr: stdout carries the frames.
 """
 
 from __future__ import annotations
@@ -64,9 +72,9 @@ from .etf import Atom, ConversionError
 __all__ = ["main"]
 
 # Frame kinds, Elixir -> worker.
-CALL, TOOLS, STOP, INIT = 0, 1, 2, 3
+CALL, TOOLS, STOP, INIT, STREAM, DEMAND, CANCEL = 0, 1, 2, 3, 4, 5, 6
 # Frame kinds, worker -> Elixir.
-REPLY_OK, REPLY_ERROR, READY, SEND, LOG = 0, 1, 2, 3, 4
+REPLY_OK, REPLY_ERROR, READY, SEND, LOG, CHUNK, DONE = 0, 1, 2, 3, 4, 5, 6
 
 _OK = Atom("ok")
 _ERROR = Atom("error")
@@ -229,9 +237,15 @@ class Worker:
         )
         return True
 
-    def call(self, frame: memoryview) -> None:
-        (size,) = _u32.unpack_from(frame, 1)
-        name = str(frame[5 : 5 + size], "utf-8", "replace")
+    def invoke(self, frame: memoryview, offset: int) -> Any:
+        """Looks up and runs the command of a call or stream frame.
+
+        The frame holds, from ``offset``, ``<<len::32, command, term_to_binary(args)>>``.
+        Returns ``(True, result)``, or ``(False, None)`` after replying with the error.
+        """
+        (size,) = _u32.unpack_from(frame, offset)
+        start = offset + 4
+        name = str(frame[start : start + size], "utf-8", "replace")
         func = self.commands.get(name)
         if func is None:
             self.reply_error(
@@ -242,41 +256,94 @@ class Worker:
                     details={Atom("available"): self.names},
                 )
             )
-            return
+            return False, None
         try:
-            args = etf.decode(frame[5 + size :])
+            args = etf.decode(frame[start + size :])
         except ConversionError as exc:
             self.reply_error(error_map("conversion", str(exc)))
-            return
+            return False, None
+        if type(args) is dict and any(not isinstance(key, str) for key in args):
+            key = next(key for key in args if not isinstance(key, str))
+            self.reply_error(
+                error_map("conversion", f"argument names must be atoms or strings, got {key!r}")
+            )
+            return False, None
+        if not (args is None or type(args) is dict or type(args) is list):
+            self.reply_error(
+                error_map(
+                    "conversion",
+                    "arguments must be a map (keyword arguments), a list (positional) or nil",
+                )
+            )
+            return False, None
         try:
-            if args is None or (type(args) is dict and not args):
-                result = func()
-            elif type(args) is dict:
-                for key in args:
-                    if not isinstance(key, str):
-                        self.reply_error(
-                            error_map(
-                                "conversion",
-                                f"argument names must be atoms or strings, got {key!r}",
-                            )
-                        )
-                        return
+            if type(args) is dict:
                 result = func(**args)
             elif type(args) is list:
                 result = func(*args)
             else:
-                self.reply_error(
-                    error_map(
-                        "conversion",
-                        "arguments must be a map (keyword arguments), a list (positional) "
-                        "or nil",
-                    )
-                )
-                return
+                result = func()
         except BaseException as exc:  # noqa: BLE001 - SystemExit too: a value, not an exit
-            self.reply_error(python_error(exc, skip=Worker.call.__code__))
-            return
-        self.reply_ok(result)
+            self.reply_error(python_error(exc, skip=Worker.invoke.__code__))
+            return False, None
+        return True, result
+
+    def call(self, frame: memoryview) -> None:
+        ok, result = self.invoke(frame, 1)
+        if ok:
+            self.reply_ok(result)
+
+    def stream(self, frame: memoryview) -> bool:
+        """Runs a stream frame: ``<<window::32>>`` then as :meth:`invoke`.
+
+        Each item of the iterator the command returns is a chunk frame, sent while the
+        consumer has credit (``window`` at the start, plus each demand frame); a done frame ends
+        the stream (``0``: exhausted, ``1``: closed after a cancel frame), an error frame ends
+        it with the exception. Returns False when the worker must stop (stop frame, end of
+        input) instead of serving on.
+        """
+        (credits,) = _u32.unpack_from(frame, 1)
+        ok, result = self.invoke(frame, 5)
+        if not ok:
+            return True
+        try:
+            iterator = iter(result)
+        except TypeError:
+            self.reply_error(
+                error_map(
+                    "conversion",
+                    "execute_stream needs a command that returns an iterator or generator, got "
+                    f"{etf.type_name(result)}",
+                )
+            )
+            return True
+        while True:
+            while credits <= 0:
+                control = self.read_frame()
+                kind = control[0] if control else STOP
+                if kind == DEMAND:
+                    credits += _u32.unpack_from(control, 1)[0]
+                elif kind in (CANCEL, STOP):
+                    _close(iterator)
+                    if kind == STOP:
+                        return False
+                    self._write(bytearray(b"\x00\x00\x00\x02" + bytes((DONE, 1))))
+                    return True
+            try:
+                item = next(iterator)
+            except StopIteration:
+                self._write(bytearray(b"\x00\x00\x00\x02" + bytes((DONE, 0))))
+                return True
+            except BaseException as exc:  # noqa: BLE001 - ends the stream, as a value
+                self.reply_error(python_error(exc, skip=Worker.stream.__code__))
+                return True
+            try:
+                self.write_term(CHUNK, item)
+            except ConversionError as exc:
+                _close(iterator)
+                self.reply_error(error_map("conversion", str(exc)))
+                return True
+            credits -= 1
 
     def tools(self) -> None:
         try:
@@ -303,14 +370,29 @@ class Worker:
             kind = frame[0]
             if kind == CALL:
                 self.call(memoryview(frame))
+            elif kind == STREAM:
+                if not self.stream(memoryview(frame)):
+                    break
             elif kind == TOOLS:
                 self.tools()
             elif kind == STOP:
                 break
+            elif kind in (DEMAND, CANCEL):
+                pass  # for a stream that has ended already
             else:
                 raise RuntimeError(f"unknown frame kind {kind}")
             frame = None
         self.cleanup()
+
+
+def _close(iterator: Any) -> None:
+    """Lets a generator run its ``finally`` blocks; errors there are logged."""
+    close = getattr(iterator, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:  # noqa: BLE001
+            logger.exception("closing a streamed iterator failed")
 
 
 def python_info() -> Dict[Atom, Any]:

@@ -57,6 +57,19 @@ class ProcessAdapter(TestAdapter):
         logging.getLogger("snakepit_process_adapters").warning(message)
         return message
 
+    @tool(description="Yield one item, then block in C for a long time.")
+    def stuck_stream(self, seconds: float = 30.0):
+        import time
+
+        yield 1
+        time.sleep(seconds)
+        yield 2
+
+    @tool(description="Yield one item, then kill the process.")
+    def crashing_stream(self):
+        yield 1
+        os._exit(5)
+
     def cleanup(self):
         marker_dir = os.environ.get("SNAKEPIT_CLEANUP_DIR")
         if marker_dir:
