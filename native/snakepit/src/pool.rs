@@ -506,13 +506,7 @@ fn run_job(
         )))
     });
 
-    *slot.current.lock() = 0;
-    // Ready again before replying: the caller's next call must not wake another thread.
-    pool.idle.ready_begin();
-    let busy = t0.elapsed().as_nanos() as u64;
-    slot.busy_ns.fetch_add(busy, Ordering::Relaxed);
-    slot.requests.fetch_add(1, Ordering::Relaxed);
-    pool.counters.active.fetch_sub(1, Ordering::Relaxed);
+    job_done(pool, slot, t0);
 
     if job.ctl.finish() {
         if result.is_ok() {
@@ -522,16 +516,32 @@ fn run_job(
         }
         send_reply(job, result);
     } else {
-        // Cancelled while running: an async exception may still be pending for this thread.
-        unsafe {
-            ffi::PyThreadState_SetAsyncExc(
-                slot.ident.load(Ordering::SeqCst) as std::os::raw::c_long,
-                std::ptr::null_mut(),
-            );
-        }
-        pool.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-        JobCtl::demonitor(&job.ctl);
+        cancelled_while_running(pool, slot, &job);
     }
+}
+
+/// Bookkeeping for a job cancelled while it ran: an async exception may still be pending for
+/// this thread (clear it), count it, drop the caller monitor.
+fn cancelled_while_running(pool: &PoolInner, slot: &ThreadSlot, job: &Job) {
+    unsafe {
+        ffi::PyThreadState_SetAsyncExc(
+            slot.ident.load(Ordering::SeqCst) as std::os::raw::c_long,
+            std::ptr::null_mut(),
+        );
+    }
+    pool.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+    JobCtl::demonitor(&job.ctl);
+}
+
+/// Once the Python work of a job is over: the thread is free (ready again before it replies,
+/// so the caller's next call does not wake another thread), and its counters move.
+fn job_done(pool: &PoolInner, slot: &ThreadSlot, t0: Instant) {
+    *slot.current.lock() = 0;
+    pool.idle.ready_begin();
+    slot.busy_ns
+        .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    slot.requests.fetch_add(1, Ordering::Relaxed);
+    pool.counters.active.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Runs a stream job: each item of the iterator the command returns is sent as
@@ -611,12 +621,7 @@ fn run_stream(
     }
     let outcome = iterator.and(outcome);
 
-    *slot.current.lock() = 0;
-    pool.idle.ready_begin();
-    slot.busy_ns
-        .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    slot.requests.fetch_add(1, Ordering::Relaxed);
-    pool.counters.active.fetch_sub(1, Ordering::Relaxed);
+    job_done(pool, slot, t0);
 
     if !cancelled && job.ctl.finish() {
         match outcome {
@@ -631,14 +636,7 @@ fn run_stream(
             }
         }
     } else {
-        unsafe {
-            ffi::PyThreadState_SetAsyncExc(
-                slot.ident.load(Ordering::SeqCst) as std::os::raw::c_long,
-                std::ptr::null_mut(),
-            );
-        }
-        pool.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-        JobCtl::demonitor(&job.ctl);
+        cancelled_while_running(pool, slot, &job);
         send_stream_end(job, atoms::closed());
     }
 }
