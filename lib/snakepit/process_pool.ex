@@ -132,22 +132,9 @@ defmodule Snakepit.ProcessPool do
   def worker_atoms, do: @worker_atoms
 
   @doc false
-  def child_spec(config) do
-    name =
-      case config do
-        %{name: name} -> name
-        list when is_list(list) -> Keyword.get(list, :name)
-        _ -> nil
-      end
-
-    %{
-      id: {__MODULE__, name},
-      start: {__MODULE__, :start_link, [config]},
-      type: :worker,
-      restart: :permanent,
-      shutdown: @shutdown_grace * 3
-    }
-  end
+  # Snakepit.Pool's child spec (same id and shutdown), starting this module directly.
+  def child_spec(config),
+    do: %{Snakepit.Pool.child_spec(config) | start: {__MODULE__, :start_link, [config]}}
 
   @doc """
   Starts a `:process` pool linked to the caller and waits until every worker's adapter is ready.
