@@ -154,8 +154,24 @@ defmodule Snakepit.Cluster do
   end
 
   defp call(node, pool, command, args, opts) do
-    timeout = Keyword.get(opts, :timeout, @default_timeout)
-    wait = if timeout == :infinity, do: :infinity, else: timeout + @margin
+    case Keyword.get(opts, :timeout, @default_timeout) do
+      :infinity ->
+        call(node, pool, command, args, opts, :infinity)
+
+      timeout when is_integer(timeout) and timeout >= 0 ->
+        call(node, pool, command, args, opts, timeout + @margin)
+
+      other ->
+        {:error,
+         Error.new(
+           :validation,
+           "invalid :timeout: expected a non-negative integer (ms) or :infinity, got #{inspect(other)}",
+           details: %{key: :timeout, value: other}
+         )}
+    end
+  end
+
+  defp call(node, pool, command, args, opts, wait) do
     opts = Keyword.put(opts, :snakepit_remote, true)
 
     try do

@@ -59,8 +59,9 @@ defmodule Snakepit.RecycleTest do
     # This call runs on the old instance and triggers the replacement.
     assert Snakepit.execute!(pool, "whoami", %{}) == first
     wait_until(fn -> Snakepit.execute!(pool, "whoami", %{}) != first end)
-    assert first in Snakepit.execute!(pool, "cleaned", %{})
-    assert_received {:telemetry, [:snakepit, :worker, :recycled], _, %{reason: :ttl}}
+    # The old instance is cleaned up once its last call is over, then the event is sent.
+    wait_until(fn -> first in Snakepit.execute!(pool, "cleaned", %{}) end)
+    assert_receive {:telemetry, [:snakepit, :worker, :recycled], _, %{reason: :ttl}}, 5_000
   end
 
   test "a recycle that fails keeps the old instance serving and logs the error" do

@@ -120,8 +120,7 @@ defmodule Snakepit.PoolTest do
 
       assert msg =~ "200 ms"
       # The only thread is free again: the next call runs (it would wait 30 s otherwise).
-      assert {:ok, "Cancelled"} =
-               Snakepit.execute(pool, "last_interrupt_name", %{}, timeout: 5_000)
+      assert_interrupted(pool)
 
       {:ok, stats} = Snakepit.stats(pool)
       assert stats.cancelled == 1
@@ -156,9 +155,7 @@ defmodule Snakepit.PoolTest do
       caller = spawn(fn -> Snakepit.execute(pool, "busy", %{seconds: 30}) end)
       Process.sleep(100)
       Process.exit(caller, :kill)
-
-      assert {:ok, "Cancelled"} =
-               Snakepit.execute(pool, "last_interrupt_name", %{}, timeout: 5_000)
+      assert_interrupted(pool)
     end
 
     test "no stray reply reaches a caller after its timeout" do
