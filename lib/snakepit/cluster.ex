@@ -66,11 +66,13 @@ defmodule Snakepit.Cluster do
   @default_timeout 60_000
 
   @doc false
+  @spec child_spec(term()) :: Supervisor.child_spec()
   def child_spec(_opts) do
     %{id: __MODULE__, start: {__MODULE__, :start_link, []}, type: :worker}
   end
 
   @doc false
+  @spec start_link() :: {:ok, pid()} | {:error, term()}
   def start_link do
     if :persistent_term.get({__MODULE__, :next}, nil) == nil do
       :persistent_term.put({__MODULE__, :next}, :atomics.new(1, signed: false))
