@@ -42,6 +42,7 @@ defmodule Bench.Suite do
     duration_ms: 1_000,
     callers: [1, 8, 64, 512],
     python_loop_calls: 1_000_000,
+    warm_ms: 300,
     # 2. scaling
     task_ms: 20,
     tasks: 16,
@@ -68,6 +69,7 @@ defmodule Bench.Suite do
     duration_ms: 100,
     callers: [1, 8, 64, 512],
     python_loop_calls: 20_000,
+    warm_ms: 50,
     task_ms: 2,
     tasks: 8,
     threads: [1, 2, 4, 8],
@@ -85,6 +87,7 @@ defmodule Bench.Suite do
   def main(argv) do
     smoke? = "--smoke" in argv
     p = if smoke?, do: @smoke, else: @full
+    only = only_sections(argv)
     started = System.monotonic_time(:millisecond)
     Logger.configure(level: :error)
     Application.put_env(:snakepit, :python_path, [Path.join(Support.bench_dir(), "adapters")])
@@ -123,6 +126,9 @@ defmodule Bench.Suite do
       {"5. Start-up", &startup/2}
     ]
 
+    sections =
+      Enum.filter(sections, fn {title, _} -> only == nil or String.first(title) in only end)
+
     ctx = %{anchor: anchor, facts: facts}
 
     results =
@@ -140,7 +146,7 @@ defmodule Bench.Suite do
     out =
       case System.get_env("SNAKEPIT_BENCH_OUT") do
         path when path in [nil, ""] ->
-          if smoke?, do: nil, else: Path.join(Support.bench_dir(), "RESULTS.md")
+          if smoke? or only, do: nil, else: Path.join(Support.bench_dir(), "RESULTS.md")
 
         path ->
           path
@@ -160,6 +166,15 @@ defmodule Bench.Suite do
       for r <- results, r.bad > 0, do: IO.puts(:stderr, "  #{r.title}: #{r.bad} wrong")
 
       System.halt(1)
+    end
+  end
+
+  # `--only 2,3`: run those sections alone (for working on the suite; nothing is written to
+  # bench/RESULTS.md).
+  defp only_sections(argv) do
+    case Enum.drop_while(argv, &(&1 != "--only")) do
+      ["--only", list | _] -> String.split(list, ",", trim: true)
+      _ -> nil
     end
   end
 
@@ -245,6 +260,7 @@ defmodule Bench.Suite do
             for {id, pool, _} <- pools, into: %{} do
               call = fn -> Pools.call(pool, "ping", %{}) == {:ok, "pong"} end
               progress("  #{Pools.shape(pool)}: round trip, #{p.rtt_calls} calls")
+              Measure.warm_for(call, p.warm_ms)
               rtt = Measure.round_trip(call, p.rtt_calls, p.warmup)
 
               tp =
@@ -312,7 +328,7 @@ defmodule Bench.Suite do
       lines:
         [
           "Showcase adapter's `ping` (returns `\"pong\"`). Round trip: one caller, #{p.rtt_calls} timed calls " <>
-            "after #{p.warmup} warm-up calls. Calls/s: N caller processes calling back to back for " <>
+            "after #{p.warm_ms} ms and #{p.warmup} calls of warm-up. Calls/s: N caller processes calling back to back for " <>
             "#{p.duration_ms} ms. #{p.rounds} round(s); medians over the rounds. Shapes are workers × threads per worker.",
           "",
           "| path | RTT median (µs) | RTT p99 (µs) | #{caller_cols} |",
@@ -341,7 +357,6 @@ defmodule Bench.Suite do
   ## 2. Parallel scaling
 
   defp scaling(p, ctx) do
-    bg = quiet(p)
     anchor = ctx.anchor
 
     # Calibrate each unit of work to about task_ms on one thread.
@@ -417,6 +432,8 @@ defmodule Bench.Suite do
 
         {{profile, n}, pool}
       end
+
+    bg = quiet(p)
 
     runs =
       try do
@@ -507,7 +524,7 @@ defmodule Bench.Suite do
             "- NumPy's np.dot releases the GIL while OpenBLAS (one thread per call here) computes, so on a " <>
               "GIL build too (b) runs on several cores at once; the Python around each product is serialised.",
             "- Other processes' CPU use before the section: #{Support.pct(bg.share)}."
-          ],
+          ] ++ numpy_note(measured, plain, p.tasks),
       headline: %{
         cpu_thread_top: speedup.(:thread, :cpu, top),
         cpu_process_top: speedup.(:process, :cpu, top),
@@ -516,6 +533,27 @@ defmodule Bench.Suite do
         top: top
       }
     }
+  end
+
+  # One NumPy task ran ~30 % slower on a :thread pool than in plain Python or a :process worker
+  # when this suite was written; say so (and why) when a run shows it.
+  defp numpy_note(measured, plain, tasks) do
+    thread_ms = 1000 * measured[{:thread, :numpy, 1}].seconds / tasks
+    process_ms = 1000 * measured[{:process, :numpy, 1}].seconds / tasks
+
+    if plain.numpy && thread_ms > 1.15 * plain.numpy do
+      [
+        "- One NumPy task takes #{Support.ms(thread_ms)} ms on a :thread pool against " <>
+          "#{Support.ms(plain.numpy)} ms in plain Python and #{Support.ms(process_ms)} ms on a :process " <>
+          "worker. Inside the BEAM every 720 KB `np.dot` result is a fresh mmap, page-faulted anew on " <>
+          "each call (176 minor faults per product; none with `np.dot(a, b, out=buf)`), presumably because " <>
+          "ERTS sets malloc's trim threshold at start, which turns off glibc's adaptive mmap threshold. " <>
+          "`ERL_FLAGS=\"+MYtt 65536\"` together with `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=8388608` " <>
+          "removed the gap in a test; see bench/README.md."
+      ]
+    else
+      []
+    end
   end
 
   defp best_ms(fun) do
@@ -531,14 +569,21 @@ defmodule Bench.Suite do
   ## 3. Data
 
   defp data(p, _ctx) do
-    bg = quiet(p)
-
     thread =
       Pools.start!(:thread, name: :bench_data_t, adapter: @bench_adapter, threads_per_worker: 1)
 
     process = Pools.start!(:process, name: :bench_data_p, adapter: @bench_adapter, pool_size: 1)
     port = open_echo_port()
     echo_pid = spawn_link(fn -> echo_loop() end)
+
+    # The port's Python must be up before anything is timed. And after an idle spell (the wait
+    # for a quiet CPU) a :thread pool answers ~10× slower for some tens of ms: calls back to back
+    # for a while bring it back to its usual pace.
+    Port.command(port, "ready?")
+    receive do: ({^port, {:data, "ready?"}} -> :ok)
+    bg = quiet(p)
+    Measure.warm_for(fn -> Pools.call(thread, "ping", %{}) end, p.warm_ms)
+    Measure.warm_for(fn -> Pools.call(process, "ping", %{}) end, p.warm_ms)
 
     results =
       try do
@@ -553,28 +598,21 @@ defmodule Bench.Suite do
 
           per_pool =
             for pool <- [thread, process], into: %{} do
-              prof = pool.profile
-
-              sink =
-                mbps(etf, calls, fn ->
-                  Pools.call(pool, "sink", %{value: value}, @long) == {:ok, expected_len}
-                end)
-
               {:ok, true} = Pools.call(pool, "prepare", %{kind: kind, count: count}, @long)
 
-              source =
-                mbps(etf, calls, fn ->
+              directions = [
+                sink: fn ->
+                  Pools.call(pool, "sink", %{value: value}, @long) == {:ok, expected_len}
+                end,
+                source: fn ->
                   Pools.call(pool, "source", %{kind: kind, count: count}, @long) == {:ok, value}
-                end)
+                end,
+                echo: fn -> Pools.call(pool, "echo", %{value: value}, @long) == {:ok, value} end
+              ]
 
+              figures = directions_mbps(etf, calls, directions)
               Pools.call(pool, "clear_cache", %{}, @long)
-
-              echo =
-                mbps(etf, calls, fn ->
-                  Pools.call(pool, "echo", %{value: value}, @long) == {:ok, value}
-                end)
-
-              {prof, %{sink: sink, source: source, echo: echo}}
+              {pool.profile, figures}
             end
 
           port_echo =
@@ -637,11 +675,13 @@ defmodule Bench.Suite do
       bad: bad,
       lines:
         [
-          "MB/s (10^6 bytes per second) of payload, one caller, calls back to back. Payload size = its " <>
+          "MB/s (10^6 bytes per second) of payload = payload size / median time of one call; one caller, " <>
+            "calls back to back. Payload size = its " <>
             "Erlang external term format size (`byte_size(:erlang.term_to_binary(value))`, the \"ETF bytes\" " <>
             "column); KB/MB in the first column are approximate. in: `sink(value)` returns `len(value)`; " <>
             "out: `source(kind, count)` returns a value cached in Python (built before timing); echo: " <>
             "`echo(value)` returns its argument (the payload crosses twice; MB/s counts it once). " <>
+            "The three directions of a pool are interleaved call by call. " <>
             "Pools: :thread 1×1, :process 1×1. Calls per figure: " <>
             Enum.map_join(p.sizes, ", ", &"#{p.data_calls[&1]} at #{Support.size_label(&1)}") <>
             ", after one untimed warm-up call. Every result is compared with the value " <>
@@ -664,8 +704,11 @@ defmodule Bench.Suite do
               "(two copies between process heaps, no Python).",
             "",
             "Notes:",
-            "- Nested maps are trees of maps with at most 100 keys each: a :thread pool that returns a " <>
-              "Python dict of more than 128 keys crashes the BEAM (segfault) on this OTP; see bench/README.md.",
+            "- Nested maps are trees of maps with at most 100 keys each (see bench/README.md, " <>
+              "\"Maps of more than 128 keys\").",
+            "- :thread in for large maps is held back by Python's cyclic GC, which runs again and again " <>
+              "while the conversion creates the dicts (a 64 MB `sink` took 2.8 s with it, 1.05 s without, " <>
+              "in a test); see bench/README.md.",
             "- Other processes' CPU use before the section: #{Support.pct(bg.share)}."
           ],
       headline: %{
@@ -679,16 +722,45 @@ defmodule Bench.Suite do
   end
 
   # One untimed warm-up call first: the first call of a size pays for growing both heaps
-  # (page faults), which made single 64 MB figures inconsistent (echo faster than sink).
+  # (page faults), which made single 64 MB figures inconsistent (echo faster than sink). Then
+  # `calls` calls, each timed; MB/s from the median time of one call, so that one stall (a GC,
+  # a wake-up that comes late) does not decide a figure made of many short calls.
   defp mbps(bytes, calls, call) do
     warm_bad = if call.(), do: 0, else: 1
 
-    {seconds, bad} =
-      Measure.timed(fn ->
-        Enum.reduce(1..calls, 0, fn _, b -> if call.(), do: b, else: b + 1 end)
-      end)
+    samples =
+      for _ <- 1..calls do
+        {seconds, ok?} = Measure.timed(call)
+        {seconds, if(ok?, do: 0, else: 1)}
+      end
 
-    %{mbps: bytes * calls / seconds / 1.0e6, bad: bad + warm_bad}
+    seconds = samples |> Enum.map(&elem(&1, 0)) |> Support.median()
+    bad = samples |> Enum.map(&elem(&1, 1)) |> Enum.sum()
+    %{mbps: bytes / seconds / 1.0e6, bad: bad + warm_bad}
+  end
+
+  # The three directions of one pool, interleaved call by call (sink, source, echo, sink, ...)
+  # after one untimed warm-up call each, so that a slow spell of the pool falls on all three
+  # alike. MB/s from the median time of one call of each direction.
+  defp directions_mbps(bytes, calls, directions) do
+    warm_bad = Enum.count(directions, fn {_, call} -> not call.() end)
+
+    samples =
+      for _ <- 1..calls, {dir, call} <- directions do
+        {seconds, ok?} = Measure.timed(call)
+        {dir, seconds, if(ok?, do: 0, else: 1)}
+      end
+
+    figures =
+      for {dir, _} <- directions, into: %{} do
+        mine = Enum.filter(samples, &(elem(&1, 0) == dir))
+        seconds = mine |> Enum.map(&elem(&1, 1)) |> Support.median()
+        {dir, %{mbps: bytes / seconds / 1.0e6, bad: mine |> Enum.map(&elem(&1, 2)) |> Enum.sum()}}
+      end
+
+    # Charge the warm-up's wrong replies to the first direction.
+    {first, _} = hd(directions)
+    update_in(figures, [first, :bad], &(&1 + warm_bad))
   end
 
   defp open_echo_port do
@@ -750,8 +822,10 @@ defmodule Bench.Suite do
           "(`mix run --no-start bench/lib/fresh_node.exs memory #{cap}`: no pool has started Python " <>
           "before). Adapter: bench_adapter.BenchAdapter (imports NumPy). :thread figures are growth of " <>
           "the BEAM's VmRSS when the pool starts, read after every thread has served one call " <>
-          "(#{cap} concurrent `time.sleep(50 ms)` calls) and a GC, with the pools started before it " <>
-          "still running. :process figures add up the workers' own OS processes.",
+          "(#{cap} concurrent `time.sleep(50 ms)` calls), with the pools started before it still " <>
+          "running; before each reading the embedded Python runs gc.collect() and malloc_trim(0) and " <>
+          "every Erlang process is garbage-collected. 1×#{cap} and 1×#{2 * cap} are each started three " <>
+          "times per BEAM (medians). :process figures add up the workers' own OS processes.",
         "",
         "| pool | capacity | resident memory (MB) | per unit |",
         "| --- | ---: | ---: | --- |",
@@ -772,9 +846,10 @@ defmodule Bench.Suite do
           "#{Support.mib(first + one_c)} MB (first pool + 1×#{cap}); a :process pool of #{cap} costs " <>
           "#{Support.mib(proc_rss)} MB of RSS (#{Support.mib(proc_pss)} MB Pss): every worker is a whole " <>
           "interpreter with its own NumPy.",
-        "- A few hundred KB is within the noise of a BEAM's RSS (allocator carriers come and go), so the " <>
-          "small :thread rows can move by ±1 MB from run to run (even below 0); the 1×#{big_n} row gives " <>
-          "the steadier per-thread figure.",
+        "- Single readings of a few hundred KB move by up to ±2 MB with the order in which pools start " <>
+          "(some memory is released now and then), hence the medians; the 1×#{big_n} row gives a " <>
+          "per-thread figure that no such jump can blur. The BEAM's own growth for the :process pool is " <>
+          "within that noise.",
         "- Other processes' CPU use before the section: #{Support.pct(bg.share)}."
       ],
       headline: %{
@@ -916,16 +991,10 @@ defmodule Bench.Suite do
 
   ## Report
 
-  defp render(p, f, results, elapsed_s, smoke?) do
-    by = Map.new(results, &{&1.title |> String.first(), &1})
-    h1 = by["1"].headline
-    h2 = by["2"].headline
-    h3 = by["3"].headline
-    h4 = by["4"].headline
-    h5 = by["5"].headline
-    bad = results |> Enum.map(& &1.bad) |> Enum.sum()
+  defp headlines(by, f) do
+    %{"1" => h1, "2" => h2, "3" => h3, "4" => h4, "5" => h5} = by
 
-    headlines = [
+    [
       "- `ping` round trip: #{Support.us(h1.t_rtt)} µs on a :thread pool vs #{Support.us(h1.p_rtt)} µs " <>
         "on a :process pool (#{Support.fixed(h1.p_rtt / h1.t_rtt, 1)}× shorter); the plain Python call itself " <>
         "takes #{Support.us(h1.loop_ns / 1000)} µs.",
@@ -944,6 +1013,16 @@ defmodule Bench.Suite do
         "#{Support.ms(h5.thread_warm)} ms (:thread 1×8; #{Support.ms(h5.thread_cold)} ms in a fresh BEAM) vs " <>
         "#{Support.ms(h5.process_8)} ms (:process 8×1)."
     ]
+  end
+
+  defp render(p, f, results, elapsed_s, smoke?) do
+    by = Map.new(results, &{&1.title |> String.first(), &1.headline})
+    bad = results |> Enum.map(& &1.bad) |> Enum.sum()
+
+    headlines =
+      if map_size(by) == 5,
+        do: headlines(by, f),
+        else: ["- (partial run: sections #{Enum.join(Enum.sort(Map.keys(by)), ", ")})"]
 
     blas = f.blas
 

@@ -14,7 +14,9 @@ Put on ``sys.path`` by the suite (``config :snakepit, python_path``); the class 
 * ``source(kind, count)`` — returns a value built by ``make_value`` (``"binary"``, ``"floats"`` or
   ``"map"``), cached per ``(kind, count)`` so that only its conversion and transfer are timed
   (``prepare(kind, count)`` fills the cache without returning the value);
-* ``blas_info()`` — the BLAS NumPy uses and its current thread count.
+* ``blas_info()`` — the BLAS NumPy uses and its current thread count;
+* ``settle()`` — ``gc.collect()`` and glibc's ``malloc_trim(0)``, so that a reading of RSS that
+  follows shows live memory rather than garbage or free heap not yet returned to the OS.
 
 When NumPy is imported (here, or earlier by another pool of the same BEAM), the adapter sets
 OpenBLAS's thread count to ``BENCH_BLAS_THREADS`` (default 1) through the library's own
@@ -25,6 +27,7 @@ effect: BLAS threads would otherwise blur the scaling measured with pool threads
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import threading
 import time
@@ -232,6 +235,16 @@ class BenchAdapter(ThreadSafeAdapter):
     def clear_cache(self) -> bool:
         with self.acquire_lock():
             self._cache.clear()
+        return True
+
+    @thread_safe_method
+    @tool(description="gc.collect() and malloc_trim(0): let RSS show live memory only")
+    def settle(self) -> bool:
+        gc.collect()
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
         return True
 
     @thread_safe_method

@@ -17,15 +17,17 @@
 #     first  — a 1x1 pool: the embedded interpreter, NumPy and the bench adapter, paid once;
 #     1x1    — another 1x1 pool: one adapter instance and one thread;
 #     1xC    — a :thread pool of 1 worker x C threads;
-#     1x2C   — 1 worker x 2C threads (per extra thread: (1x2C - 1xC) / C);
+#     1x2C   — 1 worker x 2C threads (per extra thread: (1x2C - 1xC) / C); these two are each
+#              started three times, interleaved, and the medians reported;
 #     1x16C  — 1 worker x 16C threads (a per-thread figure less blurred by RSS noise:
 #              (1x16C - 1x1) / (16C - 1));
 #     2xC/2  — 2 workers x C/2 threads;
 #     process C — a :process pool of C workers: the BEAM's own delta, and the sum of VmRSS and
 #     of Pss (/proc/<pid>/smaps_rollup) of the worker OS processes.
 #   Every thread of a pool serves one call (C concurrent time.sleep(50 ms) calls) before RSS is
-#   read, so each has run Python once. Before each reading every Erlang process is
-#   garbage-collected and the node idles SETTLE_MS (default 300).
+#   read, so each has run Python once. Before each reading the embedded Python runs gc.collect()
+#   and malloc_trim(0) (through the first pool), every Erlang process is garbage-collected and
+#   the node idles SETTLE_MS (default 300).
 
 Code.require_file("support.exs", __DIR__)
 Logger.configure(level: :error)
@@ -62,8 +64,23 @@ defmodule Bench.FreshNode do
       grow(:thread, name: :mem_first, pool_size: 1, threads_per_worker: 1, adapter_env: @blas_env)
 
     {one_1, bad6} = grow(:thread, name: :mem_1x1, pool_size: 1, threads_per_worker: 1)
-    {one_c, bad2} = grow(:thread, name: :mem_1xc, pool_size: 1, threads_per_worker: cap)
-    {one_2c, bad3} = grow(:thread, name: :mem_1x2c, pool_size: 1, threads_per_worker: 2 * cap)
+    # 1xC and 1x2C three times each, interleaved, all kept running: a single reading of a few
+    # hundred KB moves by up to 2 MB with the order of the pools (some memory is released now
+    # and then while a pool starts), so each figure is the median of three.
+    {pairs, bad2} =
+      Enum.map_reduce(1..3, 0, fn i, bad ->
+        {c, b1} = grow(:thread, name: :"mem_1xc_#{i}", pool_size: 1, threads_per_worker: cap)
+
+        {c2, b2} =
+          grow(:thread, name: :"mem_1x2c_#{i}", pool_size: 1, threads_per_worker: 2 * cap)
+
+        {{c, c2}, bad + b1 + b2}
+      end)
+
+    bad3 = 0
+    one_c = %{delta: pairs |> Enum.map(&elem(&1, 0).delta) |> Support.median()}
+    one_2c = %{delta: pairs |> Enum.map(&elem(&1, 1).delta) |> Support.median()}
+    extra = Enum.flat_map(pairs, fn {a, b} -> [a, b] end)
 
     {big, bad7} = grow(:thread, name: :mem_big, pool_size: 1, threads_per_worker: 16 * cap)
 
@@ -92,7 +109,7 @@ defmodule Bench.FreshNode do
       bad: bad1 + bad2 + bad3 + bad4 + bad5 + bad6 + bad7
     )
 
-    for p <- [proc, two, big, one_2c, one_c, one_1, first], do: Pools.stop(p.pool)
+    for p <- [proc, two, big] ++ Enum.reverse(extra) ++ [one_1, first], do: Pools.stop(p.pool)
   end
 
   defp start_app do
@@ -103,14 +120,26 @@ defmodule Bench.FreshNode do
 
   # Starts a pool, has every thread serve one call, and returns the growth of this BEAM's RSS.
   defp grow(profile, opts) do
-    Support.settle(Process.get(:settle_ms))
+    settle()
     before = Support.vm_rss()
     pool = Pools.start!(profile, Keyword.put_new(opts, :adapter, @bench_adapter))
+    if Process.get(:first_pool) == nil, do: Process.put(:first_pool, pool)
     capacity = pool.size * pool.threads
     call = fn -> Pools.call(pool, "sleep", %{ms: 50}) == {:ok, 50} end
     %{bad: bad} = Measure.batch(call, capacity, capacity)
-    Support.settle(Process.get(:settle_ms))
+    settle()
     {%{pool: pool, delta: Support.vm_rss() - before}, bad}
+  end
+
+  # Garbage-collects the Erlang processes and the embedded Python (gc.collect, malloc_trim
+  # through the first pool), then idles, so that RSS shows live memory.
+  defp settle do
+    case Process.get(:first_pool) do
+      nil -> :ok
+      pool -> {:ok, true} = Pools.call(pool, "settle", %{})
+    end
+
+    Support.settle(Process.get(:settle_ms))
   end
 
   defp first_ping(call, tries \\ 1000) do

@@ -10,11 +10,12 @@ defmodule Bench.Pools do
   #
   # `:process` pools: while `Snakepit.start_pool/1` refuses `worker_profile: :process`, they are
   # driven through `Snakepit.ProcessPool` directly. `@process_via` picks the route:
-  #   :auto         — try `Snakepit.start_pool/1`, fall back to `Snakepit.ProcessPool` when it
-  #                   says the profile is not available yet (the default);
+  #   :auto         — `Snakepit.start_pool/1`, falling back to `Snakepit.ProcessPool` only when
+  #                   it refuses the profile as not available yet (the default);
   #   :snakepit     — `Snakepit.start_pool/1` + `Snakepit.execute/4` only;
   #   :process_pool — `Snakepit.ProcessPool` only.
-  # Once the profile is wired in, set it to :snakepit: that is the one-line switch.
+  # Now that the profile is wired into Snakepit.start_pool/1, :auto takes that route; :snakepit
+  # makes it the only one (the one-line switch). The report names the route that ran.
   @process_via :auto
 
   defstruct [:name, :profile, :via, :pid, :call, :size, :threads]
@@ -42,9 +43,21 @@ defmodule Bench.Pools do
     opts = Keyword.put(opts, :worker_profile, :process)
 
     case @process_via do
-      :process_pool -> start_process_pool(opts)
-      :snakepit -> start_snakepit_process(opts)
-      :auto -> with {:error, _} <- start_snakepit_process(opts), do: start_process_pool(opts)
+      :process_pool ->
+        start_process_pool(opts)
+
+      :snakepit ->
+        start_snakepit_process(opts)
+
+      :auto ->
+        case start_snakepit_process(opts) do
+          # "worker_profile :process is not available yet": drive Snakepit.ProcessPool.
+          {:error, %Snakepit.Error{category: :validation, details: %{key: :worker_profile}}} ->
+            start_process_pool(opts)
+
+          other ->
+            other
+        end
     end
   end
 
@@ -149,6 +162,21 @@ defmodule Bench.Measure do
   defp percentile(sorted, n, q), do: elem(sorted, min(n - 1, max(0, ceil(q * n) - 1)))
 
   def warm(call, n), do: Enum.each(1..n//1, fn _ -> call.() end)
+
+  @doc "Calls back to back for `ms` milliseconds (after an idle spell the machine needs a while)."
+  def warm_for(call, ms) do
+    deadline = System.monotonic_time(:millisecond) + ms
+    warm_until(call, deadline)
+  end
+
+  defp warm_until(call, deadline) do
+    if System.monotonic_time(:millisecond) < deadline do
+      call.()
+      warm_until(call, deadline)
+    else
+      :ok
+    end
+  end
 
   @doc """
   `callers` processes, each warmed before a common start signal, then calling back to back
