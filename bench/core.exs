@@ -38,6 +38,8 @@
 # one the targets are about; `:bench_small` is judged the same way for comparison. A MISS does
 # not change the exit status.
 
+Code.require_file("lib/support.exs", __DIR__)
+
 defmodule Snakepit.Bench.Core do
   @moduledoc false
 
@@ -280,33 +282,11 @@ defmodule Snakepit.Bench.Core do
 
   ## Measurement
 
-  # One caller, back-to-back calls, each one timed. `call` returns true when the reply was right.
-  defp round_trip(call, params) do
-    warm(call, params.warmup)
-    {samples, bad} = time_calls(call, params.rtt_calls, [], 0)
-    sorted = samples |> Enum.sort() |> List.to_tuple()
-    n = tuple_size(sorted)
+  # One caller, back-to-back calls, each one timed (shared with the suite: bench/lib/support.exs).
+  defp round_trip(call, params),
+    do: Bench.Measure.round_trip(call, params.rtt_calls, params.warmup)
 
-    %{
-      median_us: percentile(sorted, n, 0.5) / 1000,
-      p99_us: percentile(sorted, n, 0.99) / 1000,
-      bad: bad
-    }
-  end
-
-  defp time_calls(_call, 0, acc, bad), do: {acc, bad}
-
-  defp time_calls(call, n, acc, bad) do
-    t0 = :erlang.monotonic_time(:nanosecond)
-    ok? = call.()
-    t1 = :erlang.monotonic_time(:nanosecond)
-    time_calls(call, n - 1, [t1 - t0 | acc], if(ok?, do: bad, else: bad + 1))
-  end
-
-  # Nearest-rank percentile of a sorted tuple.
-  defp percentile(sorted, n, q), do: elem(sorted, min(n - 1, max(0, ceil(q * n) - 1)))
-
-  defp warm(call, n), do: Enum.each(1..n, fn _ -> call.() end)
+  defp warm(call, n), do: Bench.Measure.warm(call, n)
 
   # `callers` processes, each set up and warmed before a common start signal, then calling
   # back to back until the shared deadline.
