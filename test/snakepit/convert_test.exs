@@ -93,6 +93,17 @@ defmodule Snakepit.ConvertTest do
     assert from_py == deep
   end
 
+  test "a large nested argument converts, and Python's GC is on again afterwards", %{pool: p} do
+    # 20,000 small maps: past the point where the conversion pauses the cyclic GC.
+    value = for i <- 1..20_000, do: %{"i" => i, "tags" => [i]}
+
+    assert {:ok, %{"enabled" => true, "size" => 20_000}} =
+             Snakepit.execute(p, "gc_state", %{value: value})
+
+    assert echo(p, value) == {:ok, value}
+    assert {:ok, %{"enabled" => true}} = Snakepit.execute(p, "gc_state", %{})
+  end
+
   test "nesting past the limit is a conversion error, not a crash", %{pool: p} do
     deep = Enum.reduce(1..100_000, [], fn _, acc -> [acc] end)
     assert {:error, %Snakepit.Error{category: :conversion, message: msg}} = echo(p, deep)

@@ -45,9 +45,37 @@ impl PyPid {
 // Erlang -> Python
 // ---------------------------------------------------------------------------------------------
 
+/// After this many containers (lists, tuples, dicts, sets) in one conversion, Python's cyclic
+/// GC is paused until the conversion ends: otherwise it runs again and again over the objects
+/// being built (a 64 MB nested map converted 2.5x slower with it).
+const GC_PAUSE_AFTER: usize = 10_000;
+
+thread_local! {
+    static CONTAINERS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    static GC_PAUSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Converts a term to a Python object.
 pub fn term_to_py<'py>(py: Python<'py>, term: Term<'_>) -> Result<Bound<'py, PyAny>> {
-    to_py(py, term, 0)
+    CONTAINERS.with(|c| c.set(0));
+    let result = to_py(py, term, 0);
+    if GC_PAUSED.with(|p| p.replace(false)) {
+        unsafe { pyo3::ffi::PyGC_Enable() };
+    }
+    result
+}
+
+/// Counts a container built by the current conversion; pauses the GC past the threshold
+/// (and only if it was enabled: a user's `gc.disable()` stays as it was).
+fn built_container() {
+    let n = CONTAINERS.with(|c| {
+        let n = c.get() + 1;
+        c.set(n);
+        n
+    });
+    if n == GC_PAUSE_AFTER && unsafe { pyo3::ffi::PyGC_Disable() } == 1 {
+        GC_PAUSED.with(|p| p.set(true));
+    }
 }
 
 fn too_deep() -> Error {
@@ -96,6 +124,7 @@ fn to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> Result<Bound<'py
             binary_to_py(py, bin.as_slice())
         }
         TermType::List => {
+            built_container();
             let list = PyList::empty(py);
             let mut tail = term;
             loop {
@@ -118,6 +147,7 @@ fn to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> Result<Bound<'py
                     return Ok(PyBytes::new(py, bin.as_slice()).into_any());
                 }
             }
+            built_container();
             let items = elems
                 .iter()
                 .map(|t| to_py(py, *t, depth + 1))
@@ -184,6 +214,7 @@ fn bigint_to_py<'py>(py: Python<'py>, big: &BigInt) -> Result<Bound<'py, PyAny>>
 }
 
 fn map_to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> Result<Bound<'py, PyAny>> {
+    built_container();
     let env = term.get_env();
     // %MapSet{map: %{elem => _}} becomes a set of its elements.
     if let Ok(s) = term.map_get(atoms::__struct__().encode(env)) {

@@ -174,6 +174,12 @@ class TestAdapter(ThreadSafeAdapter):
     def stream_state(self):
         return {"produced": getattr(self, "produced", 0), "closed": getattr(self, "closed", None)}
 
+    @tool(description="Whether Python's cyclic GC is enabled, and the size of the argument.")
+    def gc_state(self, value=None):
+        import gc
+
+        return {"enabled": gc.isenabled(), "size": len(value) if value is not None else 0}
+
     @tool(description="The current thread's name.")
     def thread_name(self):
         return threading.current_thread().name
