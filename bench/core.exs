@@ -42,6 +42,8 @@ Code.require_file("lib/support.exs", __DIR__)
 
 defmodule Snakepit.Bench.Core do
   @moduledoc false
+  # Machine facts, quiet-CPU sampling and number formatting shared with the suite.
+  import Bench.Support, only: [background_cpu: 1, cpu_model: 0, median: 1, pct: 1, us: 1, rate: 1]
 
   @concurrency [1, 8, 64]
   @rtt_target 0.2
@@ -391,41 +393,6 @@ defmodule Snakepit.Bench.Core do
     end)
   end
 
-  # Share of all CPUs busy over `ms` while this bench does nothing, from /proc/stat; nil where
-  # there is none.
-  defp background_cpu(ms) do
-    with {:ok, a} <- cpu_jiffies(),
-         :ok <- Process.sleep(ms),
-         {:ok, b} <- cpu_jiffies() do
-      {busy, total} = {b.busy - a.busy, b.total - a.total}
-      if total > 0, do: busy / total, else: nil
-    else
-      _ -> nil
-    end
-  end
-
-  defp cpu_jiffies do
-    with {:ok, text} <- File.read("/proc/stat"),
-         ["cpu" <> _ | fields] <- text |> String.split("\n") |> hd() |> String.split() do
-      # user nice system idle iowait irq softirq steal ...
-      values = fields |> Enum.take(8) |> Enum.map(&String.to_integer/1)
-      idle = Enum.at(values, 3) + Enum.at(values, 4)
-      total = Enum.sum(values)
-      {:ok, %{busy: total - idle, total: total}}
-    else
-      _ -> :error
-    end
-  end
-
-  defp cpu_model do
-    with {:ok, text} <- File.read("/proc/cpuinfo"),
-         [_, model] <- Regex.run(~r/^model name\s*:\s*(.+)$/m, text) do
-      String.trim(model)
-    else
-      _ -> "unknown"
-    end
-  end
-
   ## Report
 
   defp render(r) do
@@ -554,37 +521,10 @@ defmodule Snakepit.Bench.Core do
     end
   end
 
-  defp median(values) do
-    sorted = Enum.sort(values)
-    n = length(sorted)
-
-    if rem(n, 2) == 1,
-      do: Enum.at(sorted, div(n, 2)),
-      else: (Enum.at(sorted, div(n, 2) - 1) + Enum.at(sorted, div(n, 2))) / 2
-  end
-
   defp status(true), do: "PASS"
   defp status(false), do: "MISS"
 
   defp ratio3(x), do: :erlang.float_to_binary(x / 1, decimals: 3)
-
-  defp pct(nil), do: "n/a"
-  defp pct(x), do: :erlang.float_to_binary(x * 100, decimals: 0) <> " %"
-
-  defp us(x) when x < 10, do: :erlang.float_to_binary(x / 1, decimals: 2)
-  defp us(x), do: :erlang.float_to_binary(x / 1, decimals: 1)
-
-  # 1234567.8 -> "1,234,568"
-  defp rate(x) do
-    x
-    |> round()
-    |> Integer.to_string()
-    |> String.reverse()
-    |> String.graphemes()
-    |> Enum.chunk_every(3)
-    |> Enum.join(",")
-    |> String.reverse()
-  end
 
   defp progress(msg) do
     IO.puts("[bench #{Time.utc_now() |> Time.truncate(:second)}] #{msg}")
