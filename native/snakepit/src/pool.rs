@@ -523,14 +523,20 @@ fn run_job(
 /// Bookkeeping for a job cancelled while it ran: an async exception may still be pending for
 /// this thread (clear it), count it, drop the caller monitor.
 fn cancelled_while_running(pool: &PoolInner, slot: &ThreadSlot, job: &Job) {
+    clear_pending_interrupt(slot);
+    pool.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+    JobCtl::demonitor(&job.ctl);
+}
+
+/// Drops an async exception set for this thread but not raised yet. Call with `slot.current`
+/// cleared, so that no new one can be set.
+fn clear_pending_interrupt(slot: &ThreadSlot) {
     unsafe {
         ffi::PyThreadState_SetAsyncExc(
             slot.ident.load(Ordering::SeqCst) as std::os::raw::c_long,
             std::ptr::null_mut(),
         );
     }
-    pool.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-    JobCtl::demonitor(&job.ctl);
 }
 
 /// Once the Python work of a job is over: the thread is free (ready again before it replies,
@@ -579,11 +585,17 @@ fn run_stream(
     let mut cancelled = false;
     if let Ok(iterator) = &iterator {
         let mut chunk_env = OwnedEnv::new();
+        let running = *slot.current.lock();
         loop {
+            // While it waits for demand the thread is in Rust: a cancellation then needs no
+            // async exception (the wait sees it), and one must not land in the generator's
+            // `finally` when it is closed below. Only the generator's own code is interruptible.
+            *slot.current.lock() = 0;
             if !py.detach(|| job.ctl.take_credit()) {
                 cancelled = true;
                 break;
             }
+            *slot.current.lock() = running;
             let item = match iterator.call_method0("__next__") {
                 Ok(item) => item,
                 Err(e) if e.is_instance_of::<pyo3::exceptions::PyStopIteration>(py) => break,
@@ -612,8 +624,10 @@ fn run_stream(
                 break;
             }
         }
+        *slot.current.lock() = 0;
         if cancelled || outcome.is_err() {
-            // Let the generator run its finally blocks.
+            // Let the generator run its finally blocks, without an interrupt still pending.
+            clear_pending_interrupt(slot);
             if iterator.hasattr("close").unwrap_or(false) {
                 let _ = iterator.call_method0("close");
             }
