@@ -288,54 +288,13 @@ defmodule Snakepit.Bench.Core do
   defp round_trip(call, params),
     do: Bench.Measure.round_trip(call, params.rtt_calls, params.warmup)
 
-  defp warm(call, n), do: Bench.Measure.warm(call, n)
-
   # `callers` processes, each set up and warmed before a common start signal, then calling
   # back to back until the shared deadline.
   defp throughput(callers, duration_ms, path) do
-    parent = self()
-    ref = make_ref()
-
-    pids =
-      for _ <- 1..callers do
-        spawn_link(fn ->
-          state = path.setup.()
-          warm(fn -> path.call.(state) end, 10)
-          send(parent, {ref, :ready})
-
-          receive do
-            {^ref, :go, deadline} ->
-              {count, bad} = call_until(path.call, state, deadline, 0, 0)
-              finished = :erlang.monotonic_time(:nanosecond)
-              path.teardown.(state)
-              send(parent, {ref, :done, count, bad, finished})
-          end
-        end)
-      end
-
-    for _ <- pids, do: receive(do: ({^ref, :ready} -> :ok))
-
-    start = :erlang.monotonic_time(:nanosecond)
-    deadline = start + duration_ms * 1_000_000
-    Enum.each(pids, &send(&1, {ref, :go, deadline}))
-
-    {count, bad, last} =
-      Enum.reduce(pids, {0, 0, start}, fn _, {c, b, l} ->
-        receive do
-          {^ref, :done, count, bad, finished} -> {c + count, b + bad, max(l, finished)}
-        end
-      end)
-
-    %{calls_per_s: count / ((last - start) / 1.0e9), bad: bad}
-  end
-
-  defp call_until(call, state, deadline, count, bad) do
-    if :erlang.monotonic_time(:nanosecond) >= deadline do
-      {count, bad}
-    else
-      bad = if call.(state), do: bad, else: bad + 1
-      call_until(call, state, deadline, count + 1, bad)
-    end
+    Bench.Measure.throughput(path.call, callers, duration_ms,
+      setup: path.setup,
+      teardown: path.teardown
+    )
   end
 
   ## Facts about the machine

@@ -183,12 +183,26 @@ defmodule Bench.Measure do
   until the shared deadline: %{calls_per_s, bad}. calls/s = completed calls / time from the
   start signal to the last caller's finish.
   """
-  def throughput(call, callers, duration_ms) do
+  def throughput(call, callers, duration_ms, opts \\ []) do
+    # With `:setup`, each caller makes its own state and `call` takes it (`:teardown` ends it).
+    {setup, call} =
+      case Keyword.fetch(opts, :setup) do
+        {:ok, setup} -> {setup, call}
+        :error -> {fn -> nil end, fn _state -> call.() end}
+      end
+
+    teardown = Keyword.get(opts, :teardown, fn _ -> :ok end)
+
     %{count: count, bad: bad, seconds: s} =
       run_callers(
         callers,
-        fn deadline -> call_until(call, deadline, 0, 0) end,
-        fn -> warm(call, 10) end,
+        fn deadline, state -> call_until(fn -> call.(state) end, deadline, 0, 0) end,
+        fn ->
+          state = setup.()
+          warm(fn -> call.(state) end, 10)
+          state
+        end,
+        teardown,
         duration_ms
       )
 
@@ -202,28 +216,31 @@ defmodule Bench.Measure do
   def batch(call, callers, tasks) do
     per = div(tasks, callers)
 
-    work = fn _deadline ->
+    work = fn _deadline, _state ->
       Enum.reduce(1..per//1, {0, 0}, fn _, {c, b} -> {c + 1, if(call.(), do: b, else: b + 1)} end)
     end
 
-    run_callers(callers, work, fn -> :ok end, 0)
+    run_callers(callers, work, fn -> nil end, fn _ -> :ok end, 0)
   end
 
-  # Spawns the callers, lets each `prepare`, starts them together, waits for all.
-  defp run_callers(callers, work, prepare, duration_ms) do
+  # Spawns the callers, lets each `prepare` its state, starts them together, waits for all;
+  # each caller's `teardown` runs after its finish time is taken.
+  defp run_callers(callers, work, prepare, teardown, duration_ms) do
     parent = self()
     ref = make_ref()
 
     pids =
       for _ <- 1..callers do
         spawn_link(fn ->
-          prepare.()
+          state = prepare.()
           send(parent, {ref, :ready})
 
           receive do
             {^ref, :go, deadline} ->
-              {count, bad} = work.(deadline)
-              send(parent, {ref, :done, count, bad, :erlang.monotonic_time(:nanosecond)})
+              {count, bad} = work.(deadline, state)
+              finished = :erlang.monotonic_time(:nanosecond)
+              teardown.(state)
+              send(parent, {ref, :done, count, bad, finished})
           end
         end)
       end
