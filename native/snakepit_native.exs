@@ -153,7 +153,9 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
   end
 
   defp build_key(python, info) do
-    hash = :crypto.hash(:sha256, python) |> Base.encode16(case: :lower) |> binary_part(0, 8)
+    # :erlang.md5/1 needs no application: since Elixir 1.15 Mix prunes the code path of a
+    # compiler to the applications the project declares, and :crypto is not one of them.
+    hash = :erlang.md5(python) |> Base.encode16(case: :lower) |> binary_part(0, 8)
     ft = if info["free_threaded"], do: "t", else: ""
     "py#{info["version"]}#{ft}-#{hash}"
   end
