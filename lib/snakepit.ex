@@ -24,7 +24,7 @@ defmodule Snakepit do
   > pool thread until then.
   """
 
-  alias Snakepit.{Config, Error, Native, Pool, ProcessPool}
+  alias Snakepit.{Config, Error, Native, Pool, ProcessPool, Registry}
 
   @default_timeout 60_000
 
@@ -56,9 +56,13 @@ defmodule Snakepit do
   def execute(pool_or_command, command_or_args, args_or_opts \\ [], opts \\ [])
 
   def execute(command, args, opts, []) when is_binary(command) and is_list(opts) do
-    case Keyword.get(opts, :pool_name) || Config.default_pool() do
-      nil -> {:error, Error.new(:pool, "no :pool_name given and no default pool configured")}
-      pool -> execute(pool, command, args, opts)
+    if Keyword.keyword?(opts) do
+      case Keyword.get(opts, :pool_name) || Config.default_pool() do
+        nil -> {:error, Error.new(:pool, "no :pool_name given and no default pool configured")}
+        pool -> execute(pool, command, args, opts)
+      end
+    else
+      {:error, Registry.not_running(command)}
     end
   end
 
@@ -77,6 +81,9 @@ defmodule Snakepit do
       other -> other
     end
   end
+
+  # A pool name that is not an atom ("my_pool", 123): a :pool error, never a FunctionClauseError.
+  def execute(pool, _command, _args, _opts), do: {:error, Registry.not_running(pool)}
 
   # The local pool, or the result of the call made on another node that has the pool.
   defp local_or_remote(pool, command, args, opts) do
@@ -199,10 +206,11 @@ defmodule Snakepit do
       Snakepit.execute_stream(:hpc_pool, "count_up", %{limit: 1_000_000}) |> Enum.take(5)
 
   An exception in the generator raises `Snakepit.Error` in the consumer, after the items that
-  came before it. `:timeout` (default #{@default_timeout} ms) bounds the wait for each item.
+  came before it. A pool that is not running (or a name that is not an atom) raises a `:pool`
+  `Snakepit.Error` when the stream is consumed. `:timeout` (default #{@default_timeout} ms) bounds the wait for each item.
   """
   @spec execute_stream(pool(), command(), args(), keyword()) :: Enumerable.t()
-  def execute_stream(pool, command, args, opts \\ []) when is_atom(pool) do
+  def execute_stream(pool, command, args, opts \\ []) do
     timeout = Keyword.get(opts, :timeout, @default_timeout)
     window = Keyword.get(opts, :window, 4)
 
@@ -297,7 +305,7 @@ defmodule Snakepit do
         {:ok, Map.put(stats, :python, Map.take(python, [:version, :free_threaded, :gil_enabled]))}
 
       nil ->
-        Pool.lookup(pool)
+        {:error, Registry.not_running(pool)}
     end
   end
 
@@ -325,6 +333,13 @@ defmodule Snakepit do
         error
     end
   end
+
+  @doc """
+  The pid of the pool named `pool` in this node, or `nil` (as `GenServer.whereis/1` answers).
+  A pool that has stopped or died is never returned.
+  """
+  @spec whereis(pool()) :: pid() | nil
+  def whereis(pool), do: Registry.whereis(pool)
 
   @doc "The Python interpreter in use (started if it was not): version, build, executable."
   @spec python_info() :: {:ok, map()} | {:error, Error.t()}
@@ -365,7 +380,7 @@ defmodule Snakepit do
         end
 
       nil ->
-        Pool.lookup(name) |> elem(1) |> then(&{:error, &1})
+        {:error, Registry.not_running(name)}
     end
   end
 end

@@ -2,30 +2,42 @@ defmodule Snakepit.Application do
   @moduledoc false
   use Application
 
+  # Snakepit.Supervisor, rest_for_one (docs/architecture.md, "Supervision"):
+  #
+  #   PythonLogger        Python logging -> Logger
+  #   Registry            the one writer of pool names (a restart wipes them, so all below restart)
+  #   Cluster             the :pg scope pools join
+  #   PoolSupervisor      DynamicSupervisor: every pool, configured or started at run time
+  #   ConfiguredPools     adds `config :snakepit, pools:` to PoolSupervisor; restarted with it,
+  #                       so the configured pools come back if PoolSupervisor ever restarts
+  # Pools are independent: a few restarts of different pools in quick succession must not
+  # take PoolSupervisor (and so every pool) down, as OTP's default of 3 in 5 s would.
+  @pool_restarts 10
+  @pool_restart_seconds 5
+
   @impl true
   def start(_type, _args) do
     Snakepit.Telemetry.refresh()
 
-    children = [
-      Snakepit.PythonLogger,
-      Snakepit.Cluster,
-      {DynamicSupervisor, name: Snakepit.PoolSupervisor, strategy: :one_for_one}
-    ]
+    with {:ok, pools} <- Snakepit.Config.pools() do
+      children = [
+        Snakepit.PythonLogger,
+        Snakepit.Registry,
+        Snakepit.Cluster,
+        {DynamicSupervisor,
+         name: Snakepit.PoolSupervisor,
+         strategy: :one_for_one,
+         max_restarts: @pool_restarts,
+         max_seconds: @pool_restart_seconds},
+        {Snakepit.ConfiguredPools, pools}
+      ]
 
-    with {:ok, sup} <-
-           Supervisor.start_link(children, strategy: :one_for_one, name: Snakepit.Supervisor),
-         {:ok, pools} <- Snakepit.Config.pools(),
-         :ok <- start_pools(pools) do
-      {:ok, sup}
-    end
-  end
-
-  defp start_pools(pools) do
-    Enum.reduce_while(pools, :ok, fn pool, :ok ->
-      case Snakepit.start_pool(pool) do
-        {:ok, _pid} -> {:cont, :ok}
-        {:error, e} -> {:halt, {:error, e}}
+      case Supervisor.start_link(children, strategy: :rest_for_one, name: Snakepit.Supervisor) do
+        {:ok, sup} -> {:ok, sup}
+        # A configured pool that cannot start fails the application with its own error.
+        {:error, {:shutdown, {:failed_to_start_child, _, %Snakepit.Error{} = e}}} -> {:error, e}
+        {:error, _} = error -> error
       end
-    end)
+    end
   end
 end

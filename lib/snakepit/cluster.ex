@@ -81,10 +81,18 @@ defmodule Snakepit.Cluster do
     :pg.start_link(@scope)
   end
 
-  @doc "Makes the calling pool process a member of its pool's group."
-  @spec join(atom()) :: :ok
-  def join(pool) do
-    :pg.join(@scope, {:snakepit_pool, pool}, self())
+  @doc false
+  # Makes pool process `pid` a member of its pool's group. Called by Snakepit.Registry when a
+  # pool of any profile publishes its name; :pg drops the member when the process exits.
+  @spec join(atom(), pid()) :: :ok
+  def join(pool, pid) do
+    :pg.join(@scope, {:snakepit_pool, pool}, pid)
+  end
+
+  @doc false
+  @spec leave(atom(), pid()) :: :ok | :not_joined
+  def leave(pool, pid) do
+    :pg.leave(@scope, {:snakepit_pool, pool}, pid)
   end
 
   @doc """

@@ -62,41 +62,25 @@ defmodule Snakepit.Pool do
   end
 
   @doc false
-  @spec lookup(atom()) :: {:ok, reference() | {:process, pid()}} | {:error, Error.t()}
-  def lookup(name) do
-    case :persistent_term.get({__MODULE__, name}, nil) do
-      {_pid, ref, _info} ->
-        {:ok, ref}
-
-      nil ->
-        {:error,
-         Error.new(:pool, "no pool named #{inspect(name)} is running",
-           details: %{pool: name, running: running()}
-         )}
-    end
-  end
+  @spec lookup(term()) :: {:ok, reference() | {:process, pid()}} | {:error, Error.t()}
+  defdelegate lookup(name), to: Snakepit.Registry
 
   @doc false
-  @spec entry(atom()) :: {pid(), reference(), map()} | nil
-  def entry(name), do: :persistent_term.get({__MODULE__, name}, nil)
+  @spec entry(term()) :: {pid(), reference() | {:process, pid()}, map()} | nil
+  defdelegate entry(name), to: Snakepit.Registry
 
   @doc "Names of the pools running in this node."
   @spec running() :: [atom()]
-  def running do
-    for {{__MODULE__, name}, _} <- :persistent_term.get(), do: name
-  end
+  defdelegate running(), to: Snakepit.Registry
 
   @impl true
   def init(%Config{} = config) do
     Process.flag(:trap_exit, true)
 
-    if entry(config.name) do
-      {:stop,
-       Error.new(:pool, "a pool named #{inspect(config.name)} is already running",
-         details: %{pool: config.name}
-       )}
-    else
-      start_native(config)
+    # Claim the name before any thread starts: a second pool of the same name stops here.
+    case Snakepit.Registry.claim(config.name) do
+      :ok -> start_native(config)
+      {:error, %Error{} = e} -> {:stop, e}
     end
   end
 
@@ -104,8 +88,7 @@ defmodule Snakepit.Pool do
     with {:ok, runtime} <- Runtime.native_config(),
          {:ok, ref} <- native_start(config, runtime),
          {:ok, python} <- Runtime.info() do
-      :persistent_term.put({__MODULE__, config.name}, {self(), ref, python})
-      Snakepit.Cluster.join(config.name)
+      :ok = Snakepit.Registry.publish(config.name, ref, python)
       Snakepit.Compatibility.warn_if_gil(config.name, python, config)
       {:ok, %{config: config, ref: ref}}
     else
@@ -171,7 +154,7 @@ defmodule Snakepit.Pool do
 
   @impl true
   def terminate(_reason, %{config: config, ref: ref}) do
-    :persistent_term.erase({__MODULE__, config.name})
+    Snakepit.Registry.release(config.name)
     {:ok, leaked} = Native.stop_pool(ref, @shutdown_grace)
 
     if leaked > 0 do

@@ -404,10 +404,7 @@ defmodule Snakepit.ProcessPool do
 
       case await_ready(state, deadline) do
         {:ok, state} ->
-          :persistent_term.put(
-            {Snakepit.Pool, config.name},
-            {self(), {:process, self()}, python_info(state)}
-          )
+          :ok = Snakepit.Registry.publish(config.name, {:process, self()}, python_info(state))
 
           {:ok, state}
 
@@ -420,16 +417,8 @@ defmodule Snakepit.ProcessPool do
     end
   end
 
-  defp check_name(config) do
-    if Snakepit.Pool.entry(config.name) do
-      {:error,
-       Error.new(:pool, "a pool named #{inspect(config.name)} is already running",
-         details: %{pool: config.name}
-       )}
-    else
-      :ok
-    end
-  end
+  # Claim the name before any worker starts: a second pool of the same name stops here.
+  defp check_name(config), do: Snakepit.Registry.claim(config.name)
 
   defp python_executable(%Config{python: nil, name: name}) do
     case Runtime.build_info() do
@@ -470,7 +459,9 @@ defmodule Snakepit.ProcessPool do
     base = [
       {"PYTHONPATH", Enum.join(Runtime.python_path(), ":")},
       {"PYTHONUNBUFFERED", "1"},
-      {"SNAKEPIT_BEAM_PID", System.pid()}
+      {"SNAKEPIT_BEAM_PID", System.pid()},
+      {"SNAKEPIT_MAPSET_FIELDS",
+       Enum.map_join(Runtime.mapset_fields(), ",", fn {k, v} -> "#{k}=#{v}" end)}
     ]
 
     for {k, v} <- base ++ blas ++ adapter_env,
@@ -1267,7 +1258,7 @@ defmodule Snakepit.ProcessPool do
 
   @impl true
   def terminate(_reason, state) do
-    :persistent_term.erase({Snakepit.Pool, state.name})
+    Snakepit.Registry.release(state.name)
 
     stopped =
       Error.new(:pool, "pool #{inspect(state.name)} was stopped before the job ran",

@@ -40,9 +40,21 @@ defmodule Snakepit.Runtime do
          executable: info.executable,
          site_packages: info.site_packages,
          python_path: python_path(),
-         log_level: Snakepit.PythonLogger.python_level()
+         log_level: Snakepit.PythonLogger.python_level(),
+         mapset_fields: mapset_fields()
        }}
     end
+  end
+
+  @doc false
+  # The fields of %MapSet{} besides :__struct__ and :map, as this Elixir lays it out: Elixir
+  # 1.14 has `version: 2`, 1.15 and later none. Python sets are built with exactly these, so
+  # they are == to MapSet.new/1's on every version. Element values are [] in all of them.
+  @spec mapset_fields() :: [{String.t(), integer()}]
+  def mapset_fields do
+    for {field, value} <- MapSet.new() |> Map.from_struct() |> Map.delete(:map) |> Enum.sort(),
+        is_integer(value),
+        do: {Atom.to_string(field), value}
   end
 
   @doc "The directories put first on `sys.path`: Snakepit's `priv/python`, then `python_path`."

@@ -122,6 +122,22 @@ defmodule Snakepit.ConformanceCase do
           assert py_type(ctx, 2 ** 100) == "int"
         end
 
+        test "integers past CPython's 4,300-digit str limit, both ways", ctx do
+          huge = 10 ** 5_000 + 7
+          assert echo(ctx, huge) == {:ok, huge}
+          assert echo(ctx, -huge) == {:ok, -huge}
+          assert echo(ctx, 2 ** 100_000) == {:ok, 2 ** 100_000}
+          # Made in Python, not only echoed: 10 ** 5000 computed there.
+          assert exec(ctx, "power", %{base: 10, exp: 5_000}) == {:ok, 10 ** 5_000}
+        end
+
+        test "a set from Python is == to MapSet.new/1 of its elements", ctx do
+          {:ok, set} = echo(ctx, MapSet.new([3, "y"]))
+          assert set == MapSet.new([3, "y"])
+          assert Map.keys(set) |> Enum.sort() == Map.keys(MapSet.new([3, "y"])) |> Enum.sort()
+          assert MapSet.member?(MapSet.put(set, 4), 4)
+        end
+
         test "floats, and NaN and infinities from Python as atoms", ctx do
           for v <- [0.0, -1.5, 1.0e300, 5.0e-324], do: assert(echo(ctx, v) == {:ok, v})
           assert py_type(ctx, 1.5) == "float"

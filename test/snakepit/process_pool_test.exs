@@ -257,6 +257,7 @@ defmodule Snakepit.ProcessPoolTest do
     support = Path.expand("../support/python", __DIR__)
 
     script = """
+    {:ok, _} = Application.ensure_all_started(:snakepit)
     {:ok, pool} = Snakepit.ProcessPool.start_link(name: :vm_exit, pool_size: 2,
       adapter: "#{@adapter}")
     spawn(fn -> Snakepit.ProcessPool.execute(pool, "sleep", %{seconds: 120}, :infinity) end)

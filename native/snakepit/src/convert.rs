@@ -11,6 +11,7 @@ use pyo3::types::{
 };
 use rustler::types::tuple::{get_tuple, make_tuple};
 use rustler::{Atom, BigInt, Binary, Encoder, Env, LocalPid, NewBinary, Term, TermType};
+use std::sync::OnceLock;
 
 use crate::atoms;
 use crate::error::{Error, Result};
@@ -206,10 +207,13 @@ fn binary_to_py<'py>(py: Python<'py>, bytes: &[u8]) -> Result<Bound<'py, PyAny>>
     }
 }
 
+/// Integers beyond 64 bits cross as bytes (pyo3's num-bigint conversion), never as decimal
+/// text: CPython refuses `int(str)` and `str(int)` past 4,300 digits, and bytes are faster.
+/// (rustler's `BigInt` is num-bigint 0.5, pyo3's 0.4: they meet as little-endian bytes.)
 fn bigint_to_py<'py>(py: Python<'py>, big: &BigInt) -> Result<Bound<'py, PyAny>> {
-    let int_type = py.get_type::<PyInt>();
-    int_type
-        .call1((big.to_string(),))
+    num_bigint::BigInt::from_signed_bytes_le(&big.to_signed_bytes_le())
+        .into_pyobject(py)
+        .map(|i| i.into_any())
         .map_err(|e| py_err(py, e))
 }
 
@@ -271,10 +275,8 @@ fn to_term<'a>(env: Env<'a>, obj: &Bound<'_, PyAny>, depth: usize) -> Result<Ter
         if let Ok(v) = i.extract::<i64>() {
             return Ok(v.encode(env));
         }
-        let text = i.str().map_err(|e| py_err(py, e))?.to_string();
-        let big = BigInt::parse_bytes(text.as_bytes(), 10)
-            .ok_or_else(|| Error::conversion("cannot convert Python int"))?;
-        return Ok(big.encode(env));
+        let big: num_bigint::BigInt = i.extract().map_err(|e| py_err(py, e))?;
+        return Ok(BigInt::from_signed_bytes_le(&big.to_signed_bytes_le()).encode(env));
     }
     if let Ok(f) = obj.cast::<PyFloat>() {
         let v = f.value();
@@ -411,13 +413,28 @@ fn mapset<'a>(env: Env<'a>, items: &[Bound<'_, PyAny>], depth: usize) -> Result<
     }
     let values = vec![empty_list; keys.len()];
     let inner = map_from(env, &keys, &values)?;
-    let struct_keys = [
-        atoms::__struct__().encode(env),
-        atoms::map().encode(env),
-        atoms::version().encode(env),
-    ];
-    let struct_values = [atoms::mapset_module().encode(env), inner, 2.encode(env)];
+    let mut struct_keys = vec![atoms::__struct__().encode(env), atoms::map().encode(env)];
+    let mut struct_values = vec![atoms::mapset_module().encode(env), inner];
+    for (field, value) in mapset_fields() {
+        let field = Atom::from_str(env, field).map_err(|_| Error::conversion("bad MapSet field"))?;
+        struct_keys.push(field.encode(env));
+        struct_values.push(value.encode(env));
+    }
     map_from(env, &struct_keys, &struct_values)
+}
+
+/// The fields of `%MapSet{}` besides `__struct__` and `map`, as this node's Elixir lays it out
+/// (`[{"version", 2}]` on Elixir 1.14, none on 1.15 and later), so that a set built here is
+/// `==` to one built by `MapSet.new/1`. `Snakepit.Runtime.native_config/0` reads them off a
+/// real MapSet; the elements map to `[]` in every version.
+static MAPSET_FIELDS: OnceLock<Vec<(String, i64)>> = OnceLock::new();
+
+pub fn set_mapset_fields(fields: &[(String, i64)]) {
+    let _ = MAPSET_FIELDS.set(fields.to_vec());
+}
+
+fn mapset_fields() -> &'static [(String, i64)] {
+    MAPSET_FIELDS.get().map_or(&[], |f| f.as_slice())
 }
 
 /// A Python TypeError for use by Python-facing functions.

@@ -34,7 +34,12 @@ fn python_info(env: Env<'_>) -> Term<'_> {
 #[rustler::nif(schedule = "DirtyIo")]
 fn start_pool(env: Env<'_>, config: PoolConfig) -> Term<'_> {
     match PoolInner::start(config, env.pid()) {
-        Ok(inner) => (atoms::ok(), ResourceArc::new(PoolRef(inner))).encode(env),
+        Ok(inner) => {
+            let pool = ResourceArc::new(PoolRef(inner));
+            // The owner is the pool's Elixir process (the caller): see PoolRef's `down`.
+            pool.monitor(Some(env), &env.pid());
+            (atoms::ok(), pool).encode(env)
+        }
         Err(e) => error_tuple(env, &e),
     }
 }

@@ -90,11 +90,24 @@ pub struct PoolInner {
     started_at: Instant,
 }
 
-/// The resource Elixir holds for a pool.
+/// The resource Elixir holds for a pool. It monitors the pool's Elixir process: when that
+/// process dies without stopping the pool (killed, so no `terminate/2`), the pool is stopped
+/// anyway, so no native pool outlives its owner.
 pub struct PoolRef(pub Arc<PoolInner>);
 
 #[rustler::resource_impl]
-impl rustler::Resource for PoolRef {}
+impl rustler::Resource for PoolRef {
+    fn down<'a>(&'a self, _env: Env<'a>, _pid: LocalPid, _monitor: rustler::Monitor) {
+        if self.0.is_stopped() {
+            return;
+        }
+        // Stopping joins threads: never on the scheduler that runs this callback.
+        let pool = Arc::clone(&self.0);
+        let _ = std::thread::Builder::new()
+            .name("snakepit-stop".into())
+            .spawn(move || pool.stop(Duration::from_secs(5)));
+    }
+}
 
 impl PoolInner {
     /// Starts the interpreter if needed, creates the adapters and the threads.

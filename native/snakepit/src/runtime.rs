@@ -34,6 +34,8 @@ pub struct RuntimeConfig {
     pub python_path: Vec<String>,
     /// Python logging level of the root logger (records go to Elixir's Logger).
     pub log_level: i64,
+    /// `%MapSet{}` fields besides `__struct__` and `map` in this Elixir (see convert.rs).
+    pub mapset_fields: Vec<(String, i64)>,
 }
 
 static STARTED: OnceLock<std::result::Result<(), Error>> = OnceLock::new();
@@ -41,6 +43,8 @@ static START_LOCK: Mutex<()> = Mutex::new(());
 
 /// Starts the interpreter on first use; later calls only add `python_path` entries.
 pub fn ensure_started(config: &RuntimeConfig) -> Result<()> {
+    #[cfg(feature = "nif")]
+    convert::set_mapset_fields(&config.mapset_fields);
     {
         let _guard = START_LOCK.lock();
         STARTED.get_or_init(|| unsafe { start(config) }).clone()?;

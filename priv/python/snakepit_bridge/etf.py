@@ -40,6 +40,7 @@ this module is not used.
 from __future__ import annotations
 
 import math
+import os
 import struct
 import sys
 import zlib
@@ -52,6 +53,7 @@ __all__ = [
     "decode",
     "encode",
     "encode_into",
+    "set_mapset_fields",
     "type_name",
 ]
 
@@ -396,18 +398,9 @@ _FALSE = bytes([SMALL_ATOM_UTF8_EXT, 5]) + b"false"
 _NAN = bytes([SMALL_ATOM_UTF8_EXT, 3]) + b"nan"
 _INF = bytes([SMALL_ATOM_UTF8_EXT, 8]) + b"infinity"
 _NEG_INF = bytes([SMALL_ATOM_UTF8_EXT, 12]) + b"neg_infinity"
-_MAPSET_HEAD = (
-    _p_tag_u32(MAP_EXT, 3)
-    + bytes([SMALL_ATOM_UTF8_EXT, 10])
-    + b"__struct__"
-    + bytes([SMALL_ATOM_UTF8_EXT, 13])
-    + b"Elixir.MapSet"
-    + bytes([SMALL_ATOM_UTF8_EXT, 7])
-    + b"version"
-    + bytes([SMALL_INTEGER_EXT, 2])
-    + bytes([SMALL_ATOM_UTF8_EXT, 3])
-    + b"map"
-)
+# Set by set_mapset_fields() at import (below), from SNAKEPIT_MAPSET_FIELDS.
+_MAPSET_HEAD = b""
+
 
 # Key types whose distinct Python values always encode to distinct terms: a dict or set made
 # of these needs no de-duplication of keys after conversion.
@@ -691,3 +684,30 @@ def _encode(out: bytearray, obj: Any, depth: int) -> None:
     else:
         _encode_other(out, obj, depth)
 
+
+
+def set_mapset_fields(fields: List[Tuple[str, int]]) -> None:
+    """Lays out encoded sets as the running Elixir's ``%MapSet{}``.
+
+    ``fields`` are the struct's fields besides ``__struct__`` and ``map``: ``[("version", 2)]``
+    on Elixir 1.14, none on 1.15 and later. A process pool passes them in the environment
+    variable ``SNAKEPIT_MAPSET_FIELDS`` (``"version=2"``), read at import; without it sets are
+    encoded the way Elixir 1.15 and later lay them out.
+    """
+    global _MAPSET_HEAD
+    head = bytearray(_p_tag_u32(MAP_EXT, 2 + len(fields)))
+    _encode_atom(head, "__struct__")
+    _encode_atom(head, "Elixir.MapSet")
+    for name, value in fields:
+        _encode_atom(head, name)
+        _encode_int(head, int(value))
+    _encode_atom(head, "map")
+    _MAPSET_HEAD = bytes(head)
+
+
+def _fields_from_env(text: str) -> List[Tuple[str, int]]:
+    pairs = (item.partition("=") for item in text.split(",") if item)
+    return [(name, int(value)) for name, _, value in pairs]
+
+
+set_mapset_fields(_fields_from_env(os.environ.get("SNAKEPIT_MAPSET_FIELDS", "")))

@@ -22,6 +22,10 @@ class TestAdapter(ThreadSafeAdapter):
     def echo(self, value=None):
         return value
 
+    @tool(description="base ** exp, computed in Python.")
+    def power(self, base: int = 2, exp: int = 10):
+        return base**exp
+
     @tool(description="Return the Python type name and repr of the value.")
     def inspect(self, value=None):
         return {"type": type(value).__name__, "repr": repr(value)}
