@@ -24,7 +24,7 @@ defmodule Snakepit do
   > pool thread until then.
   """
 
-  alias Snakepit.{Config, Error, Native, Pool, ProcessPool, Registry}
+  alias Snakepit.{Caller, Config, Error, Pool, Registry}
 
   @default_timeout 60_000
 
@@ -66,75 +66,11 @@ defmodule Snakepit do
     end
   end
 
-  def execute(pool, command, args, opts) when is_atom(pool) and is_list(opts) do
-    timeout = Keyword.get(opts, :timeout, @default_timeout)
-
-    with {:ok, command} <- command_name(command),
-         {:ok, ref} <- local_or_remote(pool, command, args, opts) do
-      if Snakepit.Telemetry.enabled?() do
-        instrumented(pool, ref, command, normalize_args(args), timeout)
-      else
-        call(ref, command, normalize_args(args), timeout)
-      end
-    else
-      {:remote, result} -> result
-      other -> other
-    end
-  end
+  def execute(pool, command, args, opts) when is_atom(pool) and is_list(opts),
+    do: Caller.execute(pool, command, args, opts)
 
   # A pool name that is not an atom ("my_pool", 123): a :pool error, never a FunctionClauseError.
   def execute(pool, _command, _args, _opts), do: {:error, Registry.not_running(pool)}
-
-  # The local pool, or the result of the call made on another node that has the pool.
-  defp local_or_remote(pool, command, args, opts) do
-    case Pool.lookup(pool) do
-      {:ok, ref} ->
-        {:ok, ref}
-
-      {:error, _} = not_here ->
-        case Snakepit.Cluster.execute_remote(pool, command, normalize_args(args), opts) do
-          :no_remote -> not_here
-          result -> {:remote, result}
-        end
-    end
-  end
-
-  defp instrumented(pool, ref, command, args, timeout) do
-    alias Snakepit.Telemetry
-    meta = %{pool: pool, command: command}
-    start = System.monotonic_time()
-    Telemetry.execute([:snakepit, :execute, :start], %{system_time: System.system_time()}, meta)
-
-    try do
-      call(ref, command, args, timeout)
-    catch
-      kind, reason ->
-        duration = System.monotonic_time() - start
-
-        Telemetry.execute(
-          [:snakepit, :execute, :exception],
-          %{duration: duration},
-          Map.merge(meta, %{kind: kind, reason: reason})
-        )
-
-        :erlang.raise(kind, reason, __STACKTRACE__)
-    else
-      result ->
-        duration = System.monotonic_time() - start
-
-        with {:error, %Error{details: %{reason: :saturated, max_queue: max}}} <- result do
-          Telemetry.execute([:snakepit, :pool, :saturated], %{max_queue: max}, %{pool: pool})
-        end
-
-        Telemetry.execute(
-          [:snakepit, :execute, :stop],
-          %{duration: duration},
-          Map.put(meta, :result, elem(result, 0))
-        )
-
-        result
-    end
-  end
 
   @doc "Like `execute/4`, but returns the result or raises `Snakepit.Error`."
   @spec execute!(pool() | command(), command() | args(), args() | keyword(), keyword()) ::
@@ -145,54 +81,6 @@ defmodule Snakepit do
       {:error, %Error{} = e} -> raise e
     end
   end
-
-  defp command_name(command) when is_binary(command), do: {:ok, command}
-  defp command_name(command) when is_atom(command), do: {:ok, Atom.to_string(command)}
-
-  defp command_name(command),
-    do: {:error, Error.new(:validation, "command must be a string, got: #{inspect(command)}")}
-
-  # A keyword list means keyword arguments, as a map would.
-  defp normalize_args([{k, _} | _] = args) when is_atom(k) do
-    if Keyword.keyword?(args), do: Map.new(args), else: args
-  end
-
-  defp normalize_args(args), do: args
-
-  @compile {:inline, call: 4}
-  defp call({:process, pid}, command, args, timeout),
-    do: ProcessPool.execute(pid, command, args, timeout)
-
-  defp call(ref, command, args, timeout) do
-    tag = make_ref()
-
-    case Native.submit(ref, tag, command, args) do
-      {:ok, job} ->
-        receive do
-          {^tag, reply} -> reply(reply)
-        after
-          timeout ->
-            case Native.cancel(job) do
-              :cancelled ->
-                {:error,
-                 Error.new(:timeout, "no result within #{timeout} ms; the call was cancelled",
-                   details: %{timeout: timeout, command: command}
-                 )}
-
-              :done ->
-                receive do
-                  {^tag, reply} -> reply(reply)
-                end
-            end
-        end
-
-      {:error, map} ->
-        {:error, Error.from_native(map)}
-    end
-  end
-
-  defp reply({:ok, _} = ok), do: ok
-  defp reply({:error, map}), do: {:error, Error.from_native(map)}
 
   @doc """
   Runs `command`, a method that returns an iterator or generator, and streams its items.
@@ -210,83 +98,8 @@ defmodule Snakepit do
   `Snakepit.Error` when the stream is consumed. `:timeout` (default #{@default_timeout} ms) bounds the wait for each item.
   """
   @spec execute_stream(pool(), command(), args(), keyword()) :: Enumerable.t()
-  def execute_stream(pool, command, args, opts \\ []) do
-    timeout = Keyword.get(opts, :timeout, @default_timeout)
-    window = Keyword.get(opts, :window, 4)
-
-    case Pool.lookup(pool) do
-      {:ok, {:process, pid}} ->
-        ProcessPool.execute_stream(pid, command, normalize_args(args),
-          timeout: timeout,
-          window: window
-        )
-
-      _ ->
-        Stream.resource(
-          fn -> start_stream(pool, command, normalize_args(args), window) end,
-          fn state -> next_chunk(state, timeout) end,
-          &close_stream/1
-        )
-    end
-  end
-
-  defp start_stream(pool, command, args, window) do
-    with {:ok, ref} <- Pool.lookup(pool),
-         {:ok, command} <- command_name(command) do
-      tag = make_ref()
-
-      case Native.submit_stream(ref, tag, command, args, window) do
-        {:ok, job} -> {tag, job, :running}
-        {:error, map} -> raise Error.from_native(map)
-      end
-    else
-      {:error, %Error{} = e} -> raise e
-    end
-  end
-
-  defp next_chunk({_tag, _job, :finished} = state, _timeout), do: {:halt, state}
-
-  defp next_chunk({tag, job, :running} = state, timeout) do
-    receive do
-      {^tag, {:chunk, value}} ->
-        Native.stream_demand(job, 1)
-        {[value], state}
-
-      {^tag, :done} ->
-        {:halt, {tag, job, :finished}}
-
-      {^tag, {:error, map}} ->
-        # The stream's last message: close_stream (run as the exception unwinds) must not wait.
-        Process.put({__MODULE__, tag}, :finished)
-        raise Error.from_native(map)
-    after
-      timeout ->
-        raise Error.new(:timeout, "no stream item within #{timeout} ms; the stream was cancelled")
-    end
-  end
-
-  defp close_stream({_tag, _job, :finished}), do: :ok
-
-  defp close_stream({tag, job, :running}) do
-    case Process.delete({__MODULE__, tag}) do
-      :finished ->
-        :ok
-
-      nil ->
-        Native.cancel(job)
-        drain_stream(tag)
-    end
-  end
-
-  # Drop the chunks still in flight, up to the stream's last message.
-  defp drain_stream(tag) do
-    receive do
-      {^tag, {:chunk, _}} -> drain_stream(tag)
-      {^tag, _last} -> :ok
-    after
-      5_000 -> :ok
-    end
-  end
+  def execute_stream(pool, command, args, opts \\ []),
+    do: Caller.stream(pool, command, args, opts)
 
   @doc """
   Counters of a pool: `total_requests`, `active_requests`, `queued`, `completed`, `failed`,
@@ -296,16 +109,9 @@ defmodule Snakepit do
   """
   @spec stats(pool()) :: {:ok, map()} | {:error, Error.t()}
   def stats(pool) do
-    case Pool.entry(pool) do
-      {_pid, {:process, pid}, _python} ->
-        {:ok, ProcessPool.stats(pid)}
-
-      {_pid, ref, python} ->
-        stats = Native.stats(ref)
-        {:ok, Map.put(stats, :python, Map.take(python, [:version, :free_threaded, :gil_enabled]))}
-
-      nil ->
-        {:error, Registry.not_running(pool)}
+    case Registry.entry(pool) do
+      {_pid, {mod, handle}, info} -> {:ok, mod.stats(handle, info)}
+      nil -> {:error, Registry.not_running(pool)}
     end
   end
 
@@ -319,19 +125,7 @@ defmodule Snakepit do
   """
   @spec tools(pool()) :: {:ok, [map()]} | {:error, Error.t()}
   def tools(pool) do
-    case Pool.lookup(pool) do
-      {:ok, {:process, pid}} ->
-        ProcessPool.tools(pid)
-
-      {:ok, ref} ->
-        case Native.tools(ref) do
-          {:ok, tools} -> {:ok, tools}
-          {:error, map} -> {:error, Error.from_native(map)}
-        end
-
-      {:error, _} = error ->
-        error
-    end
+    with {:ok, {mod, handle}} <- Registry.lookup(pool), do: mod.tools(handle)
   end
 
   @doc """
@@ -365,8 +159,8 @@ defmodule Snakepit do
   """
   @spec stop_pool(pool()) :: :ok | {:error, Error.t()}
   def stop_pool(name) do
-    case Pool.entry(name) do
-      {pid, _ref, _} ->
+    case Registry.entry(name) do
+      {pid, _handle, _} ->
         case DynamicSupervisor.terminate_child(Snakepit.PoolSupervisor, pid) do
           :ok ->
             :ok

@@ -1,10 +1,15 @@
 defmodule Snakepit.Pool do
   @moduledoc """
-  A pool of Python workers: `pool_size` adapter instances, each served by
-  `threads_per_worker` native threads inside this BEAM node (the `:thread` profile).
+  A pool of Python workers, and the contract every worker profile implements.
 
-  A pool is a process that owns the native pool and stops it when it terminates, so it can
-  live in any supervision tree:
+  A pool is `pool_size` workers (adapter instances), each served by `threads_per_worker`
+  threads; where a worker lives is its profile (`worker_profile:`):
+
+    * `:thread` (`Snakepit.Pool.Thread`) — native threads inside this BEAM node, one embedded
+      interpreter;
+    * `:process` (`Snakepit.ProcessPool`) — one Python OS process per worker, for isolation.
+
+  A pool is a process, so it can live in any supervision tree:
 
       children = [
         {Snakepit.Pool, name: :my_pool, pool_size: 2, threads_per_worker: 8,
@@ -13,25 +18,72 @@ defmodule Snakepit.Pool do
 
   Pools from `config :snakepit, pools: [...]` start with the `:snakepit` application; others
   with `Snakepit.start_pool/1` and stop with `Snakepit.stop_pool/1`. The options are those of
-  `Snakepit.Config`.
-
-  Calls do not go through this process: `Snakepit.execute/4` hands the job straight to the
-  native queue and the pool thread replies straight to the caller.
+  `Snakepit.Config`. A pool that crashes or is killed is restarted by its supervisor with its
+  config; its name is free again as soon as it is gone (`Snakepit.whereis/1`).
 
   > #### Stopping a pool {: .info}
   >
-  > Stopping refuses new calls, lets running calls finish for up to `:shutdown_grace` ms
-  > (default 5_000), then raises `snakepit_bridge.Cancelled` in the ones still running, answers
-  > queued calls with a `:pool` error, joins the threads and runs each adapter's `cleanup()`.
-  > A thread blocked inside a C call (a long `time.sleep`) can only leave when that call
-  > returns; such a thread is reported in the log and exits on its own afterwards.
+  > Stopping refuses new calls, lets running calls finish for up to 5 s, then cancels the
+  > ones still running (`snakepit_bridge.Cancelled`), answers queued and cut-off calls with a
+  > `:pool` error and runs each adapter's `cleanup()`. A thread blocked inside a C call (a long
+  > `time.sleep`) can only leave when that call returns; such a thread is reported in the log.
+
+  ## The contract
+
+  A profile is one module with these callbacks. It registers `{module, handle}` with
+  `Snakepit.Registry` once it is ready; `Snakepit.Caller` drives every call through the
+  callbacks, so argument handling, timeouts, cancellation, streams and telemetry are written
+  once for all profiles. The messages a profile sends to the caller:
+
+    * a call: exactly one `{tag, reply}`, where `reply` is `{:ok, term}`, `{:error, map}` or
+      `{:etf, binary}` (an external term of either), unless `cancel/3` answered `:cancelled`;
+    * a stream: `{tag, {:chunk, item}}` (`item` a term or `{:etf, binary}`) while there is
+      demand, then one last message: `{tag, :done}`, `{tag, :closed}` (after `cancel/3`) or
+      `{tag, {:error, map}}`;
+    * `{:DOWN, tag, ...}` when `tag` is a monitor of the pool process that went down.
   """
-  use GenServer
-  require Logger
 
-  alias Snakepit.{Config, Error, Native, Runtime}
+  alias Snakepit.{Config, Error}
 
+  @typedoc "What a profile registers for its pool: how the caller reaches it."
+  @type handle :: term()
+  @typedoc "A submitted job, as the profile wants it back in `cancel/3` and `demand/4`."
+  @type job :: term()
+
+  @doc "Starts the pool process (linked), registers its name, and returns once it serves."
+  @callback start_link(Config.t()) :: GenServer.on_start()
+
+  @doc """
+  Queues a call of `command` with `args` (`window` nil), or a stream with `window` chunks in
+  flight. Never blocks. Returns the tag its messages carry.
+  """
+  @callback submit(handle(), String.t(), term(), pos_integer() | nil) ::
+              {:ok, reference(), job()} | {:error, Error.t()}
+
+  @doc """
+  Cancels a job: `:cancelled` (a call: no reply will come; a stream: its last message will),
+  or `:done` (the reply is here or on its way).
+  """
+  @callback cancel(handle(), reference(), job()) :: :cancelled | :done
+
+  @doc "A stream's consumer wants `n` more chunks."
+  @callback demand(handle(), reference(), job(), pos_integer()) :: :ok
+
+  @doc "The caller is done with a stream (its last message was received or given up on)."
+  @callback finished(handle(), reference(), job()) :: :ok
+
+  @doc "The pool's counters, as `Snakepit.stats/1` returns them; `info` as registered."
+  @callback stats(handle(), info :: map()) :: map()
+
+  @doc "The adapter's commands, as `Snakepit.tools/1` returns them."
+  @callback tools(handle()) :: {:ok, [map()]} | {:error, Error.t()}
+
+  @profiles %{thread: Snakepit.Pool.Thread, process: Snakepit.ProcessPool}
   @shutdown_grace 5_000
+
+  @doc false
+  @spec module(Config.worker_profile()) :: module()
+  def module(profile), do: Map.fetch!(@profiles, profile)
 
   @doc false
   def child_spec(config) do
@@ -55,116 +107,20 @@ defmodule Snakepit.Pool do
   @spec start_link(Config.pool_config() | Config.t()) :: GenServer.on_start()
   def start_link(config) do
     case Config.validate_pool(config) do
-      {:ok, %Config{worker_profile: :process} = valid} -> Snakepit.ProcessPool.start_link(valid)
-      {:ok, %Config{} = valid} -> GenServer.start_link(__MODULE__, valid)
+      {:ok, %Config{} = valid} -> module(valid.worker_profile).start_link(valid)
       {:error, %Error{} = e} -> {:error, e}
     end
   end
 
   @doc false
-  @spec lookup(term()) :: {:ok, reference() | {:process, pid()}} | {:error, Error.t()}
+  @spec lookup(term()) :: {:ok, {module(), handle()}} | {:error, Error.t()}
   defdelegate lookup(name), to: Snakepit.Registry
 
   @doc false
-  @spec entry(term()) :: {pid(), reference() | {:process, pid()}, map()} | nil
+  @spec entry(term()) :: {pid(), {module(), handle()}, map()} | nil
   defdelegate entry(name), to: Snakepit.Registry
 
   @doc "Names of the pools running in this node."
   @spec running() :: [atom()]
   defdelegate running(), to: Snakepit.Registry
-
-  @impl true
-  def init(%Config{} = config) do
-    Process.flag(:trap_exit, true)
-
-    # Claim the name before any thread starts: a second pool of the same name stops here.
-    case Snakepit.Registry.claim(config.name) do
-      :ok -> start_native(config)
-      {:error, %Error{} = e} -> {:stop, e}
-    end
-  end
-
-  defp start_native(%Config{} = config) do
-    with {:ok, runtime} <- Runtime.native_config(),
-         {:ok, ref} <- native_start(config, runtime),
-         {:ok, python} <- Runtime.info() do
-      :ok = Snakepit.Registry.publish(config.name, ref, python)
-      Snakepit.Compatibility.warn_if_gil(config.name, python, config)
-      {:ok, %{config: config, ref: ref}}
-    else
-      {:error, %Error{} = e} -> {:stop, e}
-    end
-  end
-
-  defp native_start(config, runtime) do
-    native = %{
-      name: Atom.to_string(config.name),
-      pool_size: config.pool_size,
-      threads_per_worker: config.threads_per_worker,
-      adapter: config.adapter,
-      max_queue: config.max_queue,
-      thread_safety_check: config.thread_safety_check,
-      adapter_env: config.adapter_env,
-      runtime: runtime,
-      worker_max_requests: infinity_as_zero(config.worker_max_requests),
-      worker_ttl_ms: infinity_as_zero(config.worker_ttl)
-    }
-
-    case Native.start_pool(native) do
-      {:ok, ref} ->
-        {:ok, ref}
-
-      {:error, map} ->
-        e = Error.from_native(map)
-        {:error, %{e | message: "pool #{inspect(config.name)} failed to start: #{e.message}"}}
-    end
-  end
-
-  defp infinity_as_zero(:infinity), do: 0
-  defp infinity_as_zero(n) when is_integer(n), do: n
-
-  @impl true
-  def handle_info({:snakepit_recycled, worker, reason, served}, %{config: config} = state) do
-    Logger.debug(
-      "snakepit: pool #{inspect(config.name)} recycled worker #{worker} (#{reason}) after #{served} calls"
-    )
-
-    Snakepit.Telemetry.execute([:snakepit, :worker, :recycled], %{requests: served}, %{
-      pool: config.name,
-      worker: worker,
-      reason: reason
-    })
-
-    {:noreply, state}
-  end
-
-  def handle_info({:snakepit_recycle_failed, worker, reason, error}, %{config: config} = state) do
-    e = Error.from_native(error)
-
-    Logger.error(
-      "snakepit: pool #{inspect(config.name)} could not recycle worker #{worker} (#{reason}); " <>
-        "it keeps its current instance and retries with backoff: #{Exception.message(e)}",
-      pool: config.name
-    )
-
-    {:noreply, state}
-  end
-
-  def handle_info(_other, state), do: {:noreply, state}
-
-  @impl true
-  def terminate(_reason, %{config: config, ref: ref}) do
-    Snakepit.Registry.release(config.name)
-    {:ok, leaked} = Native.stop_pool(ref, @shutdown_grace)
-
-    if leaked > 0 do
-      Logger.warning(
-        "snakepit: pool #{inspect(config.name)} stopped with #{leaked} thread(s) still inside a C call; they exit when it returns"
-      )
-    end
-
-    :ok
-  end
-
-  def terminate(_reason, _state), do: :ok
 end

@@ -61,7 +61,9 @@ defmodule Snakepit.ProcessPool do
   use GenServer
   require Logger
 
-  alias Snakepit.{Config, Error, Runtime}
+  @behaviour Snakepit.Pool
+
+  alias Snakepit.{Caller, Config, Error, Runtime}
 
   # Frame kinds, Elixir -> worker.
   @call 0
@@ -145,6 +147,7 @@ defmodule Snakepit.ProcessPool do
   adapter's `__init__`) makes this return `{:error, %Snakepit.Error{}}` with the Python type,
   message and traceback.
   """
+  @impl Snakepit.Pool
   @spec start_link(Config.t() | Config.pool_config()) :: GenServer.on_start()
   def start_link(config) do
     with {:ok, config} <- validate(config) do
@@ -186,18 +189,11 @@ defmodule Snakepit.ProcessPool do
   """
   @spec execute(server(), String.t() | atom(), map() | list() | nil, timeout()) ::
           {:ok, term()} | {:error, Error.t()}
-  def execute(server, command, args, timeout \\ 60_000)
-
-  def execute(server, command, args, timeout) when is_atom(command),
-    do: execute(server, Atom.to_string(command), args, timeout)
-
-  def execute(server, command, args, timeout) when is_binary(command) do
-    payload = [<<@call, byte_size(command)::32>>, command | :erlang.term_to_binary(args)]
-    request(server, payload, :call, timeout, command)
+  def execute(server, command, args, timeout \\ 60_000) do
+    with {:ok, command} <- Caller.command_name(command) do
+      Caller.call({__MODULE__, server}, command, Caller.normalize_args(args), timeout)
+    end
   end
-
-  def execute(_server, command, _args, _timeout),
-    do: {:error, Error.new(:validation, "command must be a string, got: #{inspect(command)}")}
 
   @doc """
   Streams the items of the iterator `command` returns; same contract as
@@ -212,91 +208,103 @@ defmodule Snakepit.ProcessPool do
   """
   @spec execute_stream(server(), String.t() | atom(), map() | list() | nil, keyword()) ::
           Enumerable.t()
-  def execute_stream(server, command, args, opts \\ []) do
-    timeout = Keyword.get(opts, :timeout, 60_000)
-    window = Keyword.get(opts, :window, 4)
+  def execute_stream(server, command, args, opts \\ []),
+    do: Caller.stream({:target, {__MODULE__, server}}, command, args, opts)
 
-    Stream.resource(
-      fn -> start_stream(server, command, args, window) end,
-      fn state -> next_chunk(state, timeout) end,
-      &close_stream/1
-    )
+  ## The Snakepit.Pool contract (the caller's side; Snakepit.Caller drives it)
+
+  @impl Snakepit.Pool
+  def submit(server, command, args, window) do
+    frame =
+      if window,
+        do: [<<@stream, window::32, byte_size(command)::32>>, command],
+        else: [<<@call, byte_size(command)::32>>, command]
+
+    {:ok, tag, kind} = send_request(server, [frame | :erlang.term_to_binary(args)], window)
+    {:ok, tag, kind}
+  rescue
+    ArgumentError ->
+      {:error, Error.new(:conversion, "the arguments cannot be encoded: #{inspect(args)}")}
   end
 
-  defp start_stream(server, command, args, window) do
-    command =
-      case command do
-        c when is_binary(c) -> c
-        c when is_atom(c) -> Atom.to_string(c)
-        c -> raise Error.new(:validation, "command must be a string, got: #{inspect(c)}")
-      end
-
-    payload = [
-      <<@stream, window::32, byte_size(command)::32>>,
-      command | :erlang.term_to_binary(args)
-    ]
-
+  # The reply comes to a monitor alias: a reply that arrives after a timeout is dropped by the
+  # runtime and never reaches the caller's mailbox; a pool that dies sends :DOWN (also at once
+  # for a name that is not registered).
+  defp send_request(server, payload, window) do
     server = GenServer.whereis(server) || server
     tag = :erlang.monitor(:process, server, [{:alias, :demonitor}])
-    if is_pid(server), do: send(server, {:"$snakepit_call", tag, self(), payload, :stream})
-    {server, tag, :running}
+    kind = if window, do: :stream, else: :call
+    if is_pid(server), do: send(server, {:"$snakepit_call", tag, self(), payload, kind})
+    {:ok, tag, {server, kind}}
   end
 
-  defp next_chunk({_server, _tag, :finished} = state, _timeout), do: {:halt, state}
+  @impl Snakepit.Pool
+  def cancel(_server, tag, {server, :call}) do
+    # Deactivate the alias first: from now on no reply can arrive. One may be here already.
+    Process.demonitor(tag, [:flush])
 
-  defp next_chunk({server, tag, :running} = state, timeout) do
     receive do
-      {^tag, {:chunk, bin}} ->
-        send(server, {:"$snakepit_demand", tag, 1})
-        {[:erlang.binary_to_term(bin, [:safe])], state}
-
-      {^tag, :done} ->
-        Process.demonitor(tag, [:flush])
-        {:halt, {server, tag, :finished}}
-
-      {^tag, reply} ->
-        Process.demonitor(tag, [:flush])
-        # The stream's last message: close_stream (run as the exception unwinds) has nothing
-        # left to cancel.
-        Process.put({__MODULE__, tag}, :finished)
-        {:error, e} = decode_reply(reply)
-        raise e
-
-      {:DOWN, ^tag, _, _, reason} ->
-        Process.put({__MODULE__, tag}, :finished)
-        raise Error.new(:pool, "the pool stopped during the stream (#{inspect(reason)})")
+      {^tag, _} = reply ->
+        send(self(), reply)
+        :done
     after
-      timeout ->
-        raise Error.new(:timeout, "no stream item within #{timeout} ms; the stream was cancelled",
-                details: %{timeout: timeout}
-              )
+      0 ->
+        if is_pid(server), do: send(server, {:"$snakepit_cancel", tag})
+        :cancelled
     end
   end
 
-  defp close_stream({_server, _tag, :finished}), do: :ok
+  def cancel(_server, tag, {server, :stream}) do
+    # The pool answers with the stream's last message ({tag, :closed} or :done).
+    if is_pid(server), do: send(server, {:"$snakepit_cancel", tag})
+    :cancelled
+  end
 
-  defp close_stream({server, tag, :running}) do
-    if Process.delete({__MODULE__, tag}) != :finished do
-      # Deactivating the alias drops every chunk sent from now on; flush those already here.
-      Process.demonitor(tag, [:flush])
-      if is_pid(server), do: send(server, {:"$snakepit_close", tag})
-      flush_stream(tag)
-    end
-
+  @impl Snakepit.Pool
+  def demand(_server, tag, {server, :stream}, n) do
+    if is_pid(server), do: send(server, {:"$snakepit_demand", tag, n})
     :ok
   end
 
-  defp flush_stream(tag) do
+  @impl Snakepit.Pool
+  def finished(_server, tag, _job) do
+    Process.demonitor(tag, [:flush])
+    flush(tag)
+  end
+
+  defp flush(tag) do
     receive do
-      {^tag, _} -> flush_stream(tag)
+      {^tag, _} -> flush(tag)
     after
       0 -> :ok
     end
   end
 
+  @impl Snakepit.Pool
+  def stats(server, _info), do: stats(server)
+
+  @impl Snakepit.Pool
+  def tools(server), do: tools(server, 60_000)
+
   @doc "The adapter's commands, as `Snakepit.tools/1` returns them."
   @spec tools(server(), timeout()) :: {:ok, [map()]} | {:error, Error.t()}
-  def tools(server, timeout \\ 60_000), do: request(server, <<@tools>>, :tools, timeout, "tools")
+  def tools(server, timeout) do
+    {:ok, tag, job} = send_request(server, <<@tools>>, nil)
+
+    receive do
+      {^tag, reply} ->
+        Process.demonitor(tag, [:flush])
+        Caller.result(reply)
+
+      {:DOWN, ^tag, _, _, reason} ->
+        {:error,
+         Error.new(:pool, "the pool stopped before the call finished (#{inspect(reason)})")}
+    after
+      timeout ->
+        cancel(server, tag, job)
+        {:error, Error.new(:timeout, "no result within #{timeout} ms")}
+    end
+  end
 
   @doc """
   Counters of the pool, with the keys of the `:thread` profile's stats: `total_requests`,
@@ -315,53 +323,7 @@ defmodule Snakepit.ProcessPool do
   @spec stop(server(), timeout()) :: :ok
   def stop(server, timeout \\ :infinity), do: GenServer.stop(server, :normal, timeout)
 
-  # The caller side of a call: the reply comes to a monitor alias, so a reply that arrives
-  # after a timeout is dropped by the runtime and never reaches the caller's mailbox.
-  defp request(server, payload, kind, timeout, command) do
-    # A name that is not registered gives an immediate :DOWN (noproc) below.
-    server = GenServer.whereis(server) || server
-    tag = :erlang.monitor(:process, server, [{:alias, :demonitor}])
-    if is_pid(server), do: send(server, {:"$snakepit_call", tag, self(), payload, kind})
-
-    receive do
-      {^tag, reply} ->
-        Process.demonitor(tag, [:flush])
-        decode_reply(reply)
-
-      {:DOWN, ^tag, _, _, reason} ->
-        {:error,
-         Error.new(:pool, "the pool stopped before the call finished (#{inspect(reason)})",
-           details: %{command: command}
-         )}
-    after
-      timeout ->
-        Process.demonitor(tag, [:flush])
-
-        receive do
-          {^tag, reply} -> decode_reply(reply)
-        after
-          0 ->
-            if is_pid(server), do: send(server, {:"$snakepit_cancel", tag})
-
-            {:error,
-             Error.new(:timeout, "no result within #{timeout} ms; the call was cancelled",
-               details: %{timeout: timeout, command: command}
-             )}
-        end
-    end
-  end
-
-  defp decode_reply(bin) when is_binary(bin) do
-    case :erlang.binary_to_term(bin, [:safe]) do
-      {:ok, _} = ok -> ok
-      {:error, map} when is_map(map) -> {:error, Error.from_native(map)}
-    end
-  rescue
-    ArgumentError ->
-      {:error, Error.new(:conversion, "the worker's reply could not be decoded")}
-  end
-
-  defp decode_reply({:error, %Error{}} = error), do: error
+  defp decode_reply(bin) when is_binary(bin), do: Caller.result({:etf, bin})
 
   ## Server
 
@@ -404,7 +366,7 @@ defmodule Snakepit.ProcessPool do
 
       case await_ready(state, deadline) do
         {:ok, state} ->
-          :ok = Snakepit.Registry.publish(config.name, {:process, self()}, python_info(state))
+          :ok = Snakepit.Registry.publish(config.name, {__MODULE__, self()}, python_info(state))
 
           {:ok, state}
 
@@ -804,8 +766,10 @@ defmodule Snakepit.ProcessPool do
 
   defp cancel(state, tag) do
     case Map.pop(state.jobs, tag) do
-      {{^tag, _caller, mon, _payload, _kind}, jobs} ->
+      {{^tag, _caller, mon, _payload, kind}, jobs} ->
         Process.demonitor(mon, [:flush])
+        # A stream's consumer waits for its last message; a call's caller waits for nothing.
+        if kind == :stream, do: reply(tag, :closed)
 
         %{
           state
@@ -894,7 +858,7 @@ defmodule Snakepit.ProcessPool do
     case w do
       %{status: :busy, job: {_, _, _, _, _}} ->
         {tag, state} = finish_job(state, index, if(kind == @reply_ok, do: :ok, else: :error))
-        reply(tag, bin)
+        reply(tag, {:etf, bin})
         worker_free(state, index)
 
       %{status: :starting} ->
@@ -909,7 +873,7 @@ defmodule Snakepit.ProcessPool do
 
   defp worker_frame(state, index, @chunk, bin) do
     case state.workers[index] do
-      %{status: :busy, job: {tag, _, _, _, :stream}} -> reply(tag, {:chunk, bin})
+      %{status: :busy, job: {tag, _, _, _, :stream}} -> reply(tag, {:chunk, {:etf, bin}})
       _ -> :ok
     end
 
@@ -920,7 +884,7 @@ defmodule Snakepit.ProcessPool do
     case state.workers[index] do
       %{status: :busy, job: {_, _, _, _, :stream}} ->
         {tag, state} = finish_job(state, index, if(closed == 1, do: :cancelled, else: :ok))
-        reply(tag, :done)
+        reply(tag, if(closed == 1, do: :closed, else: :done))
         worker_free(state, index)
 
       _ ->
@@ -1090,8 +1054,9 @@ defmodule Snakepit.ProcessPool do
 
     state =
       case w do
-        %{status: :busy, job: {_, _, _, _, _}} ->
-          {_tag, state} = finish_job(state, index, :cancelled)
+        %{status: :busy, job: {_, _, _, _, kind}} ->
+          {tag, state} = finish_job(state, index, :cancelled)
+          if kind == :stream, do: reply(tag, :closed)
           state
 
         _ ->
@@ -1304,7 +1269,7 @@ defmodule Snakepit.ProcessPool do
                 case state.workers[index] do
                   %{status: :busy, job: {_, _, _, _, _}} ->
                     {tag, state} = finish_job(state, index, :ok)
-                    reply(tag, bin)
+                    reply(tag, {:etf, bin})
                     update_worker(state, index, &%{&1 | status: :idle})
 
                   _ ->

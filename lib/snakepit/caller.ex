@@ -1,0 +1,254 @@
+defmodule Snakepit.Caller do
+  @moduledoc false
+  # The caller's side of every call, for every profile (docs/architecture.md, "One call"):
+  # argument normalisation, the receive/timeout/cancel loop, the stream resource and the
+  # telemetry events. A profile only submits, cancels and feeds demand (the Snakepit.Pool
+  # behaviour); the messages it sends to the caller follow the protocol in Snakepit.Pool.
+
+  alias Snakepit.{Error, Registry, Telemetry}
+
+  @default_timeout 60_000
+  # How long a closed stream waits for its last message before it gives up on it.
+  @close_grace 5_000
+
+  @type target :: {module(), term()}
+
+  @doc "Runs `command` on the pool named `pool` (this node's, else another node's)."
+  @spec execute(atom(), term(), term(), keyword()) :: {:ok, term()} | {:error, Error.t()}
+  def execute(pool, command, args, opts) do
+    timeout = Keyword.get(opts, :timeout, @default_timeout)
+
+    with {:ok, command} <- command_name(command),
+         {:ok, target} <- local_or_remote(pool, command, args, opts) do
+      if Telemetry.enabled?() do
+        instrumented(pool, target, command, normalize_args(args), timeout)
+      else
+        call(target, command, normalize_args(args), timeout)
+      end
+    else
+      {:remote, result} -> result
+      other -> other
+    end
+  end
+
+  # The local pool, or the result of the call made on another node that has the pool.
+  defp local_or_remote(pool, command, args, opts) do
+    case Registry.lookup(pool) do
+      {:ok, target} ->
+        {:ok, target}
+
+      {:error, _} = not_here ->
+        case Snakepit.Cluster.execute_remote(pool, command, normalize_args(args), opts) do
+          :no_remote -> not_here
+          result -> {:remote, result}
+        end
+    end
+  end
+
+  @doc "One call on a profile's pool handle: submit, then wait for the one reply."
+  @spec call(target(), String.t(), term(), timeout()) :: {:ok, term()} | {:error, Error.t()}
+  def call({mod, handle}, command, args, timeout) do
+    case mod.submit(handle, command, args, nil) do
+      {:ok, tag, job} ->
+        receive do
+          {^tag, reply} -> result(reply)
+          {:DOWN, ^tag, _, _, reason} -> pool_down(reason, command)
+        after
+          timeout ->
+            case mod.cancel(handle, tag, job) do
+              :cancelled ->
+                {:error,
+                 Error.new(:timeout, "no result within #{timeout} ms; the call was cancelled",
+                   details: %{timeout: timeout, command: command}
+                 )}
+
+              :done ->
+                receive do
+                  {^tag, reply} -> result(reply)
+                  {:DOWN, ^tag, _, _, reason} -> pool_down(reason, command)
+                end
+            end
+        end
+
+      {:error, %Error{}} = error ->
+        error
+    end
+  end
+
+  defp pool_down(reason, command) do
+    {:error,
+     Error.new(:pool, "the pool stopped before the call finished (#{inspect(reason)})",
+       details: %{command: command}
+     )}
+  end
+
+  @doc false
+  # A reply body as the caller returns it. Replies of OS workers come as undecoded external
+  # terms ({:etf, binary}), decoded here, in the caller, never in the pool process.
+  @spec result(term()) :: {:ok, term()} | {:error, Error.t()}
+  def result({:ok, _} = ok), do: ok
+  def result({:error, %Error{}} = error), do: error
+  def result({:error, map}) when is_map(map), do: {:error, Error.from_native(map)}
+  def result({:etf, bin}), do: bin |> decode() |> result()
+
+  defp decode(bin) do
+    :erlang.binary_to_term(bin, [:safe])
+  rescue
+    ArgumentError -> {:error, Error.new(:conversion, "the worker's reply could not be decoded")}
+  end
+
+  defp value({:etf, bin}) do
+    case decode(bin) do
+      {:error, %Error{} = e} -> raise e
+      value -> value
+    end
+  end
+
+  defp value(term), do: term
+
+  defp instrumented(pool, target, command, args, timeout) do
+    meta = %{pool: pool, command: command}
+    start = System.monotonic_time()
+    Telemetry.execute([:snakepit, :execute, :start], %{system_time: System.system_time()}, meta)
+
+    try do
+      call(target, command, args, timeout)
+    catch
+      kind, reason ->
+        duration = System.monotonic_time() - start
+
+        Telemetry.execute(
+          [:snakepit, :execute, :exception],
+          %{duration: duration},
+          Map.merge(meta, %{kind: kind, reason: reason})
+        )
+
+        :erlang.raise(kind, reason, __STACKTRACE__)
+    else
+      result ->
+        duration = System.monotonic_time() - start
+
+        with {:error, %Error{details: %{reason: :saturated, max_queue: max}}} <- result do
+          Telemetry.execute([:snakepit, :pool, :saturated], %{max_queue: max}, %{pool: pool})
+        end
+
+        Telemetry.execute(
+          [:snakepit, :execute, :stop],
+          %{duration: duration},
+          Map.put(meta, :result, elem(result, 0))
+        )
+
+        result
+    end
+  end
+
+  ## Streams
+
+  @doc """
+  A lazy stream of the items of `command`'s iterator on `pool` (a name, or `{:target, target}`
+  for a pool driven without its name). Nothing runs until it is consumed.
+  """
+  @spec stream(atom() | {:target, target()}, term(), term(), keyword()) :: Enumerable.t()
+  def stream(pool, command, args, opts) do
+    timeout = Keyword.get(opts, :timeout, @default_timeout)
+    window = Keyword.get(opts, :window, 4)
+
+    Stream.resource(
+      fn -> start_stream(pool, command, normalize_args(args), window) end,
+      fn state -> next_chunk(state, timeout) end,
+      &close_stream/1
+    )
+  end
+
+  defp start_stream(pool, command, args, window) do
+    with {:ok, {mod, handle}} <- target(pool),
+         {:ok, command} <- command_name(command),
+         {:ok, tag, job} <- mod.submit(handle, command, args, window) do
+      {mod, handle, tag, job, :running}
+    else
+      {:error, %Error{} = e} -> raise e
+    end
+  end
+
+  defp target({:target, target}), do: {:ok, target}
+  defp target(pool), do: Registry.lookup(pool)
+
+  defp next_chunk({_, _, _, _, :finished} = state, _timeout), do: {:halt, state}
+
+  defp next_chunk({mod, handle, tag, job, :running} = state, timeout) do
+    receive do
+      {^tag, {:chunk, item}} ->
+        mod.demand(handle, tag, job, 1)
+        {[value(item)], state}
+
+      {^tag, last} when last in [:done, :closed] ->
+        {:halt, finished(state)}
+
+      {^tag, reply} ->
+        # The stream's last message: close_stream (run as the exception unwinds) must not
+        # wait for another.
+        Process.put({__MODULE__, tag}, :finished)
+        {:error, e} = result(reply)
+        raise e
+
+      {:DOWN, ^tag, _, _, reason} ->
+        Process.put({__MODULE__, tag}, :finished)
+        raise Error.new(:pool, "the pool stopped during the stream (#{inspect(reason)})")
+    after
+      timeout ->
+        raise Error.new(:timeout, "no stream item within #{timeout} ms; the stream was cancelled",
+                details: %{timeout: timeout}
+              )
+    end
+  end
+
+  defp finished({mod, handle, tag, job, _}) do
+    mod.finished(handle, tag, job)
+    {mod, handle, tag, job, :finished}
+  end
+
+  defp close_stream({_, _, _, _, :finished}), do: :ok
+
+  defp close_stream({mod, handle, tag, job, :running}) do
+    case Process.delete({__MODULE__, tag}) do
+      :finished ->
+        mod.finished(handle, tag, job)
+
+      nil ->
+        # Every profile ends a cancelled stream with one last message (or its pool's DOWN);
+        # drop the chunks in flight up to it.
+        mod.cancel(handle, tag, job)
+        drain(tag)
+        mod.finished(handle, tag, job)
+    end
+  end
+
+  defp drain(tag) do
+    receive do
+      {^tag, {:chunk, _}} -> drain(tag)
+      {^tag, _last} -> :ok
+      {:DOWN, ^tag, _, _, _} -> :ok
+    after
+      @close_grace -> :ok
+    end
+  end
+
+  ## Arguments
+
+  @doc false
+  @spec command_name(term()) :: {:ok, String.t()} | {:error, Error.t()}
+  def command_name(command) when is_binary(command), do: {:ok, command}
+  def command_name(command) when is_atom(command), do: {:ok, Atom.to_string(command)}
+
+  def command_name(command),
+    do: {:error, Error.new(:validation, "command must be a string, got: #{inspect(command)}")}
+
+  @doc false
+  # A keyword list means keyword arguments, as a map would.
+  @spec normalize_args(term()) :: term()
+  def normalize_args([{k, _} | _] = args) when is_atom(k) do
+    if Keyword.keyword?(args), do: Map.new(args), else: args
+  end
+
+  def normalize_args(args), do: args
+end
