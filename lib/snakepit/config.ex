@@ -819,30 +819,8 @@ defmodule Snakepit.Config do
              "drop one of them or give the same value"
          )}
 
-      {{:ok, threads}, _} when profile == :process and threads > 1 ->
-        {:error,
-         invalid_as_is(
-           pool,
-           :threads_per_worker,
-           threads,
-           "worker_profile :process runs one thread per worker, got #{threads}; " <>
-             "drop threads_per_worker or use worker_profile :thread",
-           %{}
-         )}
-
       {{:ok, threads}, _} ->
         {:ok, threads}
-
-      {:error, {:ok, {text, n}}} when profile == :process and n > 1 ->
-        {:error,
-         conflict(
-           pool,
-           args,
-           "--max-workers",
-           :worker_profile,
-           "adapter_args --max-workers #{text} conflicts with worker_profile: :process, " <>
-             "which runs one thread per worker"
-         )}
 
       {:error, {:ok, {_, n}}} ->
         {:ok, n}

@@ -7,7 +7,7 @@ defmodule Snakepit.Pool do
 
     * `:thread` (`Snakepit.Pool.Thread`) — native threads inside this BEAM node, one embedded
       interpreter;
-    * `:process` (`Snakepit.ProcessPool`) — one Python OS process per worker, for isolation.
+    * `:process` (`Snakepit.Pool.Process`) — one Python OS process per worker, for isolation.
 
   A pool is a process, so it can live in any supervision tree:
 
@@ -78,7 +78,7 @@ defmodule Snakepit.Pool do
   @doc "The adapter's commands, as `Snakepit.tools/1` returns them."
   @callback tools(handle()) :: {:ok, [map()]} | {:error, Error.t()}
 
-  @profiles %{thread: Snakepit.Pool.Thread, process: Snakepit.ProcessPool}
+  @profiles %{thread: Snakepit.Pool.Thread, process: Snakepit.Pool.Process}
   @shutdown_grace 5_000
 
   @doc false

@@ -42,14 +42,22 @@ defmodule Snakepit.PythonLogger do
   def elixir_level(level) when level >= 20, do: :info
   def elixir_level(_level), do: :debug
 
+  @doc false
+  # One Python logging record, from any profile: the :thread profile's handler (above) and the
+  # log frames of :process workers.
+  @spec log(integer(), String.t(), String.t(), String.t(), atom() | nil) :: :ok
+  def log(level, logger, message, thread, pool) do
+    metadata = [python_logger: logger, python_thread: thread]
+    metadata = if pool, do: [{:pool, pool} | metadata], else: metadata
+    Logger.log(elixir_level(level), "[#{thread}] #{message}", metadata)
+  end
+
   @impl true
   def init(nil), do: {:ok, nil}
 
   @impl true
   def handle_info({:snakepit_log, level, logger, message, thread, pool}, state) do
-    metadata = [python_logger: logger, python_thread: thread]
-    metadata = if pool, do: [{:pool, pool_name(pool)} | metadata], else: metadata
-    Logger.log(elixir_level(level), "[#{thread}] #{message}", metadata)
+    log(level, logger, message, thread, pool && pool_name(pool))
     {:noreply, state}
   end
 

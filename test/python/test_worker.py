@@ -23,12 +23,14 @@ ADAPTER = "snakepit_process_adapters.ProcessAdapter"
 
 CALL, TOOLS, STOP, INIT = 0, 1, 2, 3
 OK, ERROR, READY, SEND, LOG = 0, 1, 2, 3, 4
+# Every job frame carries an id after its kind byte; these tests run one job at a time.
+JOB = struct.pack(">I", 1)
 # A pid as :erlang.term_to_binary(self()) wrote it (OTP 25), without the version byte.
 PID_RAW = bytes.fromhex("5864000d6e6f6e6f6465406e6f686f7374000000600000000000000000")
 
 
 class WorkerProcess:
-    def __init__(self, adapter=ADAPTER, env=None):
+    def __init__(self, adapter=ADAPTER, env=None, threads=1):
         full_env = dict(os.environ, PYTHONPATH=PYTHONPATH, **(env or {}))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "snakepit_bridge.worker"],
@@ -37,8 +39,8 @@ class WorkerProcess:
             stderr=subprocess.PIPE,
             env=full_env,
         )
-        init = {"adapter": adapter, "pool_name": "pytest", "index": 0,
-                "options": {"threaded": False, "max_workers": 1}}
+        init = {"adapter": adapter, "pool_name": "pytest", "index": 0, "threads": threads,
+                "options": {"threaded": threads > 1, "max_workers": threads}}
         self.write(bytes([INIT]) + encode(init))
 
     def write(self, payload: bytes) -> None:
@@ -51,6 +53,8 @@ class WorkerProcess:
             return None
         (size,) = struct.unpack(">I", header)
         payload = self.proc.stdout.read(size)
+        if payload[0] in (OK, ERROR, 5):  # reply, error and chunk frames carry the job id
+            return payload[0], decode(payload[5:])
         return payload[0], decode(payload[1:])
 
     def ready(self):
@@ -60,7 +64,7 @@ class WorkerProcess:
 
     def call(self, command: str, args=None):
         name = command.encode()
-        self.write(bytes([CALL]) + struct.pack(">I", len(name)) + name + encode(args))
+        self.write(bytes([CALL]) + JOB + struct.pack(">I", len(name)) + name + encode(args))
         return self.read()
 
     def close(self):
@@ -144,7 +148,7 @@ def test_conversion_errors(worker):
 
 
 def test_tools(worker):
-    worker.write(bytes([TOOLS]))
+    worker.write(bytes([TOOLS]) + JOB)
     kind, (_, tools) = worker.read()
     assert kind == OK
     assert "whoami" in [t["name"] for t in tools]
@@ -153,7 +157,7 @@ def test_tools(worker):
 def test_send_frame_comes_before_the_reply(worker):
     pid = Pid(PID_RAW)
     name = b"send_to"
-    worker.write(bytes([CALL]) + struct.pack(">I", len(name)) + name
+    worker.write(bytes([CALL]) + JOB + struct.pack(">I", len(name)) + name
                  + encode({"pid": pid, "message": {"hi": [1]}}))
     assert worker.read() == (SEND, (pid, {"hi": [1]}))
     assert worker.read() == (OK, ("ok", pid))
@@ -166,7 +170,7 @@ def test_print_does_not_corrupt_the_frames(worker):
 
 def test_logging_reaches_elixir_as_log_frames(worker):
     name = b"warn"
-    worker.write(bytes([CALL]) + struct.pack(">I", len(name)) + name + encode({"message": "hm"}))
+    worker.write(bytes([CALL]) + JOB + struct.pack(">I", len(name)) + name + encode({"message": "hm"}))
     kind, (level, logger, message, thread) = worker.read()
     assert (kind, level, logger, message) == (LOG, 30, "snakepit_process_adapters", "hm")
     assert worker.read() == (OK, ("ok", "hm"))
@@ -218,9 +222,9 @@ def test_import_error_frame():
 
 def test_an_exception_escaping_the_loop_ends_the_process(worker):
     name = b"break_loop"
-    worker.write(bytes([CALL]) + struct.pack(">I", len(name)) + name + encode(None))
+    worker.write(bytes([CALL]) + JOB + struct.pack(">I", len(name)) + name + encode(None))
     assert worker.read() is None  # no reply: the process died
-    assert worker.proc.wait(10) == 1
+    assert worker.proc.wait(10) == 70
     assert b"the worker loop broke" in worker.proc.stderr.read()
 
 
@@ -283,7 +287,7 @@ CHUNK, DONE = 5, 6
 
 def _stream(worker, command, args, window):
     name = command.encode()
-    worker.write(bytes([STREAM]) + struct.pack(">II", window, len(name)) + name + encode(args))
+    worker.write(bytes([STREAM]) + JOB + struct.pack(">II", window, len(name)) + name + encode(args))
 
 
 def _read_raw(worker):
@@ -297,10 +301,10 @@ def test_stream_sends_window_chunks_then_waits_for_demand(worker):
     assert worker.read() == (CHUNK, {"i": 0})
     assert worker.read() == (CHUNK, {"i": 1})
     # No credit left: the generator is not advanced until demand comes.
-    worker.write(bytes([DEMAND]) + struct.pack(">I", 10))
+    worker.write(bytes([DEMAND]) + JOB + struct.pack(">I", 10))
     for i in range(2, 6):
         assert worker.read() == (CHUNK, {"i": i})
-    assert _read_raw(worker) == bytes([DONE, 0])
+    assert _read_raw(worker) == bytes([DONE]) + JOB + bytes([0])
     assert worker.call("stream_state", None) == (OK, ("ok", {"produced": 6, "closed": True}))
 
 
@@ -308,11 +312,11 @@ def test_stream_cancel_closes_the_generator(worker):
     _stream(worker, "count_up", {"limit": 1000}, 3)
     for i in range(3):
         assert worker.read() == (CHUNK, {"i": i})
-    worker.write(bytes([CANCEL]))
-    assert _read_raw(worker) == bytes([DONE, 1])
+    worker.write(bytes([CANCEL]) + JOB)
+    assert _read_raw(worker) == bytes([DONE]) + JOB + bytes([1])
     assert worker.call("stream_state", None) == (OK, ("ok", {"produced": 3, "closed": True}))
     # A late demand for the finished stream is ignored.
-    worker.write(bytes([DEMAND]) + struct.pack(">I", 1))
+    worker.write(bytes([DEMAND]) + JOB + struct.pack(">I", 1))
     assert worker.call("ping", None) == (OK, ("ok", "pong"))
 
 
@@ -330,3 +334,60 @@ def test_stream_of_a_non_iterable_is_a_conversion_error(worker):
     kind, (_, error) = worker.read()
     assert (kind, error["category"]) == (ERROR, "conversion")
     assert "iterator" in error["message"]
+
+
+def _threaded_worker(threads):
+    w = WorkerProcess(threads=threads)
+    w.ready()
+    return w
+
+
+def _raw_frame(w):
+    header = w.proc.stdout.read(4)
+    (size,) = struct.unpack(">I", header)
+    payload = w.proc.stdout.read(size)
+    return payload[0], struct.unpack(">I", payload[1:5])[0], payload[5:]
+
+
+def _call_frame(job_id, command, args):
+    name = command.encode()
+    return bytes([CALL]) + struct.pack(">II", job_id, len(name)) + name + encode(args)
+
+
+def test_threads_run_jobs_at_once_and_replies_carry_their_ids():
+    w = _threaded_worker(3)
+    try:
+        # Three calls that only return when all three wait at the barrier together.
+        for job_id in (7, 8, 9):
+            w.write(_call_frame(job_id, "rendezvous", {"parties": 3}))
+        replies = {}
+        for _ in range(3):
+            kind, job_id, body = _raw_frame(w)
+            assert kind == OK
+            replies[job_id] = decode(body)[1]
+        assert sorted(replies) == [7, 8, 9]
+        assert len({r["thread"] for r in replies.values()}) == 3
+    finally:
+        w.close()
+
+
+def test_cancel_interrupts_one_job_and_leaves_the_others():
+    w = _threaded_worker(2)
+    try:
+        w.write(_call_frame(1, "busy", {"seconds": 60}))
+        w.write(_call_frame(2, "sleep", {"seconds": 0.2}))
+        # The sleep finishes while the busy loop spins.
+        kind, job_id, body = _raw_frame(w)
+        assert (kind, job_id) == (OK, 2)
+        w.write(bytes([6]) + struct.pack(">I", 1))
+        kind, job_id, body = _raw_frame(w)
+        _, error = decode(body)
+        assert (kind, job_id) == (ERROR, 1)
+        assert error["python_type"] == "snakepit_bridge.errors.Cancelled"
+        # The thread serves on, and a cancel for a job that has ended is ignored.
+        w.write(bytes([6]) + struct.pack(">I", 1))
+        w.write(_call_frame(3, "last_interrupt_name", None))
+        kind, job_id, body = _raw_frame(w)
+        assert (kind, job_id, decode(body)) == (OK, 3, ("ok", "Cancelled"))
+    finally:
+        w.close()

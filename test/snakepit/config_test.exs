@@ -242,11 +242,12 @@ defmodule Snakepit.ConfigTest do
       end
     end
 
-    test "threads_per_worker > 1 with worker_profile :process" do
-      error = error!(name: :p, worker_profile: :process, threads_per_worker: 4)
-      assert error.message =~ "pool :p: invalid threads_per_worker: worker_profile :process"
-      assert error.message =~ "got 4"
-      assert error.details == %{key: :threads_per_worker, value: 4, pool: :p}
+    test "threads_per_worker means the same in both profiles" do
+      {:ok, config} =
+        Snakepit.Config.validate_pool(name: :p, worker_profile: :process, threads_per_worker: 4)
+
+      assert {config.worker_profile, config.pool_size > 0, config.threads_per_worker} ==
+               {:process, true, 4}
     end
   end
 
@@ -608,12 +609,11 @@ defmodule Snakepit.ConfigTest do
              }
     end
 
-    test "--max-workers above 1 on a process pool" do
-      error = args_error!(["--mode", "process", "--max-workers", "4"])
-      assert error.message =~ "--max-workers 4 conflicts with worker_profile: :process"
+    test "--max-workers above 1 on a process pool sets its threads" do
+      config = [name: :p, adapter_args: ["--mode", "process", "--max-workers", "4"]]
 
-      assert {:ok, %Config{threads_per_worker: 1}} =
-               Config.validate_pool(name: :p, adapter_args: ["--mode=process", "--max-workers=1"])
+      assert {:ok, %{worker_profile: :process, threads_per_worker: 4}} =
+               Config.validate_pool(config)
     end
 
     test "--adapter against adapter" do

@@ -4,7 +4,8 @@ defmodule Snakepit.ConformanceCase do
   # errors, timeouts and cancellation, concurrency, stats and tools.
   #
   # `Snakepit.ConformanceThreadTest` and `Snakepit.ConformanceProcessTest` below `use` this
-  # template with `profile: :thread | :process`. The helpers `start/2`, `call/5`, `stats/2`,
+  # template with `profile: :thread | :process | :process_threaded` (:process workers of two
+  # threads each). The helpers `start/2`, `call/5`, `stats/2`,
   # `tools/2` and `stop/2` are the only places that know how each profile is driven; once
   # `Snakepit.start_pool/1` routes `worker_profile: :process`, the :process clauses become
   # the same as the :thread ones.
@@ -23,7 +24,12 @@ defmodule Snakepit.ConformanceCase do
         :"conf_#{profile}_#{System.unique_integer([:positive])}"
       end)
 
-    opts = Keyword.merge([name: name, adapter: @adapter, worker_profile: profile], opts)
+    opts =
+      Keyword.merge(
+        [name: name, adapter: @adapter, worker_profile: worker_profile(profile)],
+        opts
+      )
+
     with {:ok, _} <- Snakepit.start_pool(opts), do: {:ok, name}
   end
 
@@ -61,6 +67,13 @@ defmodule Snakepit.ConformanceCase do
   @doc "Pool options giving `capacity` concurrent calls in either profile."
   def capacity(:thread, n), do: [pool_size: 1, threads_per_worker: n]
   def capacity(:process, n), do: [pool_size: n]
+  # OS workers with several threads each (the guide's threaded server), 1 thread for n = 1.
+  def capacity(:process_threaded, 1), do: [pool_size: 1, threads_per_worker: 1]
+  def capacity(:process_threaded, n), do: [pool_size: div(n, 2), threads_per_worker: 2]
+
+  @doc "The `worker_profile` of a template profile."
+  def worker_profile(:process_threaded), do: :process
+  def worker_profile(profile), do: profile
 
   using opts do
     profile = Keyword.fetch!(opts, :profile)
@@ -603,4 +616,8 @@ end
 
 defmodule Snakepit.ConformanceProcessTest do
   use Snakepit.ConformanceCase, profile: :process, async: true
+end
+
+defmodule Snakepit.ConformanceProcessThreadedTest do
+  use Snakepit.ConformanceCase, profile: :process_threaded, async: true
 end

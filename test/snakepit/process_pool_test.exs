@@ -142,13 +142,48 @@ defmodule Snakepit.ProcessPoolTest do
     end
   end
 
+  describe "threads_per_worker" do
+    test "one OS process runs threads_per_worker calls at once over one adapter instance" do
+      pool = start!(pool_size: 1, threads_per_worker: 4)
+      stats = ProcessPool.stats(pool)
+      assert {stats.max_workers, stats.threads_per_worker} == {4, 4}
+
+      # Each call waits at a barrier of 4: they can only return if all 4 run together.
+      results =
+        1..4
+        |> Enum.map(fn _ -> Task.async(fn -> exec(pool, "rendezvous", %{parties: 4}) end) end)
+        |> Enum.map(&Task.await(&1, 60_000))
+
+      [os_pid] = os_pids(pool)
+      assert Enum.all?(results, &match?({:ok, %{"os_pid" => ^os_pid}}, &1))
+      threads = for {:ok, %{"thread" => t}} <- results, do: t
+
+      assert threads |> Enum.map(&String.replace(&1, ~r/^snakepit-.*-w0-/, "")) |> Enum.sort() ==
+               ["t0", "t1", "t2", "t3"]
+    end
+
+    test "a cancelled call on one thread leaves the others' calls running" do
+      pool = start!(pool_size: 1, threads_per_worker: 2)
+      [os_pid] = os_pids(pool)
+      other = Task.async(fn -> exec(pool, "sleep", %{seconds: 1.0}) end)
+
+      assert {:error, %Error{category: :timeout}} = exec(pool, "busy", %{seconds: 60}, 300)
+      assert {:ok, _} = Task.await(other, 30_000)
+      # The busy loop was interrupted in its thread (Cancelled), not by killing the process.
+      assert {:ok, "Cancelled"} = exec(pool, "last_interrupt_name")
+      assert os_pids(pool) == [os_pid]
+    end
+  end
+
   describe "streams" do
     test "a stream whose generator is stuck in C: halting kills the worker after a grace" do
       pool = start!([])
       [stuck] = os_pids(pool)
 
+      # Halt only once the generator is inside time.sleep (it says so just before).
       assert [1] =
-               ProcessPool.execute_stream(pool, "stuck_stream", %{}, window: 1)
+               ProcessPool.execute_stream(pool, "stuck_stream", %{notify: self()}, window: 1)
+               |> Stream.each(fn _ -> assert_receive "stuck", 30_000 end)
                |> Enum.take(1)
 
       {us, result} = :timer.tc(fn -> exec(pool, "whoami") end)
@@ -356,9 +391,9 @@ defmodule Snakepit.ProcessPoolTest do
       assert exec(pool, "ping", nil) == {:ok, "pong"}
     end
 
-    test "the worker's main thread carries the pool's name" do
+    test "the worker's threads carry the pool's name, as the :thread profile's do" do
       pool = start!(name: :proc_named_pool)
-      assert {:ok, "snakepit-proc_named_pool-w0"} = exec(pool, "thread_name")
+      assert {:ok, "snakepit-proc_named_pool-w0-t0"} = exec(pool, "thread_name")
     end
 
     test "python: picks the interpreter of the workers, not necessarily the NIF's" do

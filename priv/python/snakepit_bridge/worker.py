@@ -1,11 +1,13 @@
-"""A worker of the ``:process`` profile: one adapter instance in its own Python OS process.
+"""A worker of the ``:process`` profile: one adapter instance in its own Python OS process,
+served by ``threads`` threads (the pool's ``threads_per_worker``).
 
 Elixir (``Snakepit.ProcessPool``) starts ``python -m snakepit_bridge.worker`` through an Erlang
 port and talks to it over the process's stdin and stdout with length-prefixed frames
 (``{:packet, 4}``: a 4-byte big-endian length, then the payload). Not a user API.
 
-Every payload starts with one kind byte; terms are in the Erlang external term format
-(:mod:`snakepit_bridge.etf`).
+Every payload starts with one kind byte; a job's frames then carry its id (``id::32``, chosen
+by Elixir, unique among the worker's jobs in flight); terms are in the Erlang external term
+format (:mod:`snakepit_bridge.etf`).
 
 Elixir → worker:
 
@@ -13,16 +15,21 @@ Elixir → worker:
 kind   payload after the kind byte                  meaning
 =====  ===========================================  ==============================================
 3      ``term_to_binary(%{adapter:, pool_name:,      the first frame: create the adapter
-       index:, log_level:, options: %{...}})``      (``_runtime.create_adapter``); ``log_level``
-                                                    is the Python level of Elixir's Logger
-0      ``<<len::32, command::binary-size(len),       call ``command``; ``args`` a map (keyword
-       term_to_binary(args)::binary>>``             arguments), a list (positional) or nil
-1      (nothing)                                    ``_runtime.tools(adapter)``
-2      (nothing)                                    run ``cleanup()`` and exit
-4      ``<<window::32>>`` then as a call frame      stream the items of the iterator the command
-                                                    returns; ``window`` chunks may be in flight
-5      ``<<n::32>>``                                demand: ``n`` more chunks of the stream
-6      (nothing)                                    cancel the stream (close the generator)
+       index:, log_level:, threads:,                (``_runtime.create_adapter``) and start
+       options: %{...}})``                          ``threads`` threads; ``log_level`` is the
+                                                    Python level of Elixir's Logger
+0      ``<<id::32, len::32,                          call ``command``; ``args`` a map (keyword
+       command::binary-size(len),                   arguments), a list (positional) or nil
+       term_to_binary(args)::binary>>``
+1      ``<<id::32>>``                               ``_runtime.tools(adapter)``
+2      (nothing)                                    finish the jobs in flight, run ``cleanup()``
+                                                    and exit
+4      ``<<id::32, window::32>>`` then as a call     stream the items of the iterator the command
+       frame after its id                           returns; ``window`` chunks may be in flight
+5      ``<<id::32, n::32>>``                        demand: ``n`` more chunks of stream ``id``
+6      ``<<id::32>>``                               cancel job ``id``: a running call gets
+                                                    ``snakepit_bridge.Cancelled`` raised in its
+                                                    thread; a stream's generator is closed
 =====  ===========================================  ==============================================
 
 Worker → Elixir:
@@ -31,19 +38,20 @@ Worker → Elixir:
 kind   payload after the kind byte                  meaning
 =====  ===========================================  ==============================================
 2      ``{:ok, %{python:, os_pid:, adapter:}}``     the adapter is ready (answers the init frame)
-0      ``{:ok, value}``                             the result of the current call
-1      ``{:error, %{category:, message:,            the current call (or the start-up) failed
-       python_type:, python_traceback:, details:}}``
+0      ``<<id::32>>`` ``{:ok, value}``              the result of job ``id``
+1      ``<<id::32>>`` ``{:error, %{category:,        job ``id`` failed (id 0: the start-up failed)
+       message:, python_type:,
+       python_traceback:, details:}}``
 3      ``{pid, term}``                              ``snakepit_bridge.send(pid, term)``
 4      ``{level, logger, message, thread}``         a Python ``logging`` record (``log_level`` and
                                                     up)
-5      ``value``                                    one item of the current stream
-6      ``<<closed::8>>`` (not a term)               the stream ended: 0 exhausted, 1 cancelled
+5      ``<<id::32>>`` ``value``                     one item of stream ``id``
+6      ``<<id::32, closed::8>>`` (not a term)       stream ``id`` ended: 0 exhausted, 1 cancelled
 =====  ===========================================  ==============================================
 
-One call (or stream) runs at a time; replies come in request order, so they carry no id. A
-stream ends with a done frame or an error frame. A send frame is written before the reply of
-the call that sent it, so the message reaches its pid first.
+Every job ends with exactly one reply, error or done frame, a cancelled one too (Elixir frees
+the job's thread slot on it). A send frame is written before the reply of the call that sent
+it, so the message reaches its pid first. Frames of different jobs interleave.
 
 The worker exits when its stdin closes (the port was closed or the VM died), when its parent
 dies (``PR_SET_PDEATHSIG`` on Linux, and a watchdog thread that notices the re-parenting or
@@ -53,11 +61,13 @@ the end of the BEAM whose OS pid is in ``SNAKEPIT_BEAM_PID``), or after a stop f
 
 from __future__ import annotations
 
+import ctypes
 import io
 import json
 import logging
 import os
 import platform
+import queue
 import signal
 import struct
 import sys
@@ -67,6 +77,7 @@ import traceback
 from typing import Any, Callable, Dict, Optional
 
 from . import _runtime, etf
+from .errors import Cancelled
 from .etf import Atom, ConversionError
 
 __all__ = ["main"]
@@ -85,11 +96,24 @@ _K_TRACEBACK = Atom("python_traceback")
 _K_DETAILS = Atom("details")
 
 _u32 = struct.Struct(">I")
+_u32x2 = struct.Struct(">II")
+
+#: Stack of each serving thread: room for deep conversions (as the ``:thread`` profile's).
+THREAD_STACK = 16 * 1024 * 1024
 
 logger = logging.getLogger("snakepit_bridge.worker")
 
 #: The worker of this process, once :func:`main` runs (tests and ``send`` reach it here).
 current: Optional["Worker"] = None
+
+# PyThreadState_SetAsyncExc(id, exc) raises `exc` in thread `id`; with NULL it drops one
+# that is pending. Two prototypes of the one C function (ctypes caches argtypes per name).
+_set_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(
+    ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
+)
+_clear_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(
+    ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
+)
 
 
 def exception_type_name(exc: BaseException) -> str:
@@ -118,15 +142,15 @@ def error_map(
     }
 
 
-def python_error(exc: BaseException, skip: Any = None) -> Dict[Atom, Any]:
+def python_error(exc: BaseException) -> Dict[Atom, Any]:
     """The error map of a Python exception: type, message and the formatted traceback.
 
-    ``skip``: a code object; a first traceback entry running it (the worker's own dispatch
-    frame) is left out, so the traceback starts in adapter code as in the ``:thread`` profile.
+    The worker's own frames at the head of the traceback are left out, so that it starts in
+    adapter code as in the ``:thread`` profile.
     """
     python_type = exception_type_name(exc)
     tb_head = exc.__traceback__
-    if skip is not None and tb_head is not None and tb_head.tb_frame.f_code is skip:
+    while tb_head is not None and tb_head.tb_frame.f_code.co_filename == __file__:
         tb_head = tb_head.tb_next
     try:
         message = str(exc)
@@ -139,13 +163,37 @@ def python_error(exc: BaseException, skip: Any = None) -> Dict[Atom, Any]:
     return error_map("python_error", message, python_type, tb)
 
 
+class Job:
+    """One call, stream or tools request, from its frame to its one terminal frame."""
+
+    __slots__ = ("id", "kind", "frame", "lock", "credit", "credits", "cancelled", "thread",
+                 "interruptible")
+
+    def __init__(self, job_id: int, kind: int, frame: memoryview) -> None:
+        self.id = job_id
+        self.kind = kind
+        self.frame = frame
+        self.lock = threading.Lock()
+        self.credit = threading.Condition(self.lock)
+        self.credits = 0
+        self.cancelled = False
+        #: ``threading.get_ident()`` of the thread running it, while it runs adapter code.
+        self.thread = 0
+        self.interruptible = False
+
+
 class Worker:
-    """Reads request frames from ``in_fd``, runs them on one adapter, writes replies."""
+    """Reads request frames from ``in_fd``, runs them on one adapter with ``threads`` threads,
+    writes replies."""
 
     def __init__(self, in_fd: int, out_fd: int) -> None:
         self._reader = io.open(in_fd, "rb", buffering=1 << 16, closefd=True)
         self._out_fd = out_fd
         self._write_lock = threading.Lock()
+        self._jobs: Dict[int, Job] = {}
+        self._jobs_lock = threading.Lock()
+        self._queue: "queue.SimpleQueue[Optional[Job]]" = queue.SimpleQueue()
+        self._threads: list = []
         self.adapter: Any = None
         self.commands: Dict[str, Callable[..., Any]] = {}
         self.names: list = []
@@ -165,18 +213,13 @@ class Worker:
             return None
         return data
 
-    def write_term(self, kind: int, term: Any) -> None:
-        """Encode ``term`` and write it as one frame of ``kind``.
+    def write_term(self, kind: int, term: Any, job_id: Optional[int] = None) -> None:
+        """Encode ``term`` and write it as one frame of ``kind`` (for job ``job_id``).
 
         Raises:
             ConversionError: ``term`` cannot be encoded; nothing was written.
         """
-        out = bytearray(6)
-        out[4] = kind
-        out[5] = etf.VERSION
-        etf.encode_into(out, term)
-        _u32.pack_into(out, 0, len(out) - 4)
-        self._write(out)
+        self._write(_frame(kind, term, job_id))
 
     def _write(self, data: bytearray) -> None:
         view = memoryview(data)
@@ -185,14 +228,28 @@ class Worker:
                 written = os.write(self._out_fd, view)
                 view = view[written:]
 
-    def reply_ok(self, value: Any) -> None:
-        try:
-            self.write_term(REPLY_OK, (_OK, value))
-        except ConversionError as exc:
-            self.reply_error(error_map("conversion", str(exc)))
+    # A job's terminal frame (reply, error or done) is written once: writing it forgets the job.
 
-    def reply_error(self, error: Dict[Atom, Any]) -> None:
-        self.write_term(REPLY_ERROR, (_ERROR, error))
+    def reply_ok(self, job_id: int, value: Any) -> None:
+        try:
+            frame = _frame(REPLY_OK, (_OK, value), job_id)
+        except ConversionError as exc:
+            self.reply_error(job_id, error_map("conversion", str(exc)))
+            return
+        self._forget(job_id)
+        self._write(frame)
+
+    def reply_error(self, job_id: int, error: Dict[Atom, Any]) -> None:
+        self._forget(job_id)
+        self.write_term(REPLY_ERROR, (_ERROR, error), job_id)
+
+    def done(self, job_id: int, closed: bool) -> None:
+        self._forget(job_id)
+        self._write(bytearray(_u32.pack(6) + bytes((DONE,)) + _u32.pack(job_id) + bytes((closed,))))
+
+    def _forget(self, job_id: int) -> None:
+        with self._jobs_lock:
+            self._jobs.pop(job_id, None)
 
     def send(self, pid: Any, term: Any) -> None:
         """``snakepit_bridge.send`` inside a worker: a send frame Elixir delivers."""
@@ -200,16 +257,17 @@ class Worker:
             raise TypeError(f"send expects a snakepit_bridge.Pid, got {type(pid).__name__}")
         self.write_term(SEND, (pid, term))
 
-    # -- requests --------------------------------------------------------------------------
+    # -- start -----------------------------------------------------------------------------
 
     def start(self, frame: bytes) -> bool:
-        """Handles the init frame; returns whether the adapter is ready."""
+        """Handles the init frame; returns whether the adapter is ready (and the threads run)."""
         try:
             if not frame or frame[0] != INIT:
                 raise RuntimeError("the first frame of a worker must be its init frame")
             init = etf.decode(memoryview(frame)[1:])
             pool_name = init.get("pool_name", "")
             index = int(init.get("index", 0))
+            threads = max(1, int(init.get("threads", 1)))
             _runtime.set_thread_name(f"snakepit-{pool_name}-w{index}")
             level = int(init.get("log_level", logging.WARNING))
             self.log_handler.setLevel(level)
@@ -221,8 +279,9 @@ class Worker:
             self.commands = _runtime.commands(self.adapter)
             self.names = sorted(self.commands)
             self.class_name = type(self.adapter).__qualname__
+            self._start_threads(threads, f"snakepit-{pool_name}-w{index}", pool_name)
         except BaseException as exc:  # noqa: BLE001 - reported to Elixir as the start-up error
-            self.reply_error(python_error(exc))
+            self.reply_error(0, python_error(exc))
             return False
         self.write_term(
             READY,
@@ -237,7 +296,96 @@ class Worker:
         )
         return True
 
-    def invoke(self, frame: memoryview, offset: int) -> Any:
+    def _start_threads(self, n: int, prefix: str, pool_name: str) -> None:
+        try:
+            previous = threading.stack_size(THREAD_STACK)
+        except (ValueError, RuntimeError):
+            previous = None
+        try:
+            for t in range(n):
+                name = f"{prefix}-t{t}"
+                thread = threading.Thread(
+                    target=self._serve_jobs, args=(name, pool_name), name=name, daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+        finally:
+            if previous is not None:
+                threading.stack_size(previous)
+
+    # -- the serving threads ---------------------------------------------------------------
+
+    def _serve_jobs(self, name: str, pool_name: str) -> None:
+        _runtime.set_thread_name(name, pool_name)
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            try:
+                self._run(job)
+            except Cancelled:
+                # A cancellation that landed between the adapter's code and the job's reply.
+                _clear_pending()
+            except BaseException:  # noqa: BLE001 - the worker's own machinery failed
+                # Nothing can be trusted any more (a frame may be half written): die, so that
+                # Elixir fails the jobs in flight with :worker and starts a fresh process.
+                traceback.print_exc()
+                os._exit(70)
+            with self._jobs_lock:
+                unanswered = self._jobs.get(job.id) is job
+            if unanswered:
+                if job.kind == STREAM:
+                    self.done(job.id, True)
+                else:
+                    self.reply_error(job.id, cancelled_error())
+
+    def _run(self, job: Job) -> None:
+        if job.kind == CALL:
+            ok, result = self._interruptibly(job, lambda: self.invoke(job, job.frame, 5))
+            if ok:
+                self.reply_ok(job.id, result)
+        elif job.kind == STREAM:
+            self.stream(job)
+        else:
+            try:
+                described = _runtime.tools(self.adapter)
+            except BaseException as exc:  # noqa: BLE001
+                self.reply_error(job.id, python_error(exc))
+                return
+            self.reply_ok(job.id, described)
+
+    def _interruptibly(self, job: Job, body: Callable[[], Any]) -> Any:
+        """Runs ``body`` (adapter code) so that :meth:`cancel` can interrupt it.
+
+        Returns ``(True, result)``, or ``(False, None)`` after replying with the error. The
+        interrupt can only land while ``job.interruptible`` is set, under ``job.lock``; it is
+        cleared before the reply is written, so a cancellation never cuts a frame in half.
+        """
+        with job.lock:
+            if job.cancelled:
+                self.reply_error(job.id, cancelled_error())
+                return False, None
+            job.thread = threading.get_ident()
+            job.interruptible = True
+        try:
+            return body()
+        except Cancelled as exc:
+            self._leave(job)
+            self.reply_error(job.id, python_error(exc))
+            return False, None
+        finally:
+            self._leave(job)
+
+    def _leave(self, job: Job) -> None:
+        with job.lock:
+            was = job.interruptible
+            job.interruptible = False
+        if was and job.cancelled:
+            _clear_pending()
+
+    # -- requests --------------------------------------------------------------------------
+
+    def invoke(self, job: Job, frame: memoryview, offset: int) -> Any:
         """Looks up and runs the command of a call or stream frame.
 
         The frame holds, from ``offset``, ``<<len::32, command, term_to_binary(args)>>``.
@@ -249,31 +397,34 @@ class Worker:
         func = self.commands.get(name)
         if func is None:
             self.reply_error(
+                job.id,
                 error_map(
                     "validation",
                     f"unknown command {json.dumps(name, ensure_ascii=False)} for adapter "
                     f"{self.class_name}; available commands: {', '.join(self.names)}",
                     details={Atom("available"): self.names},
-                )
+                ),
             )
             return False, None
         try:
             args = etf.decode(frame[start + size :])
         except ConversionError as exc:
-            self.reply_error(error_map("conversion", str(exc)))
+            self.reply_error(job.id, error_map("conversion", str(exc)))
             return False, None
         if type(args) is dict and any(not isinstance(key, str) for key in args):
             key = next(key for key in args if not isinstance(key, str))
             self.reply_error(
-                error_map("conversion", f"argument names must be atoms or strings, got {key!r}")
+                job.id,
+                error_map("conversion", f"argument names must be atoms or strings, got {key!r}"),
             )
             return False, None
         if not (args is None or type(args) is dict or type(args) is list):
             self.reply_error(
+                job.id,
                 error_map(
                     "conversion",
                     "arguments must be a map (keyword arguments), a list (positional) or nil",
-                )
+                ),
             )
             return False, None
         try:
@@ -283,75 +434,86 @@ class Worker:
                 result = func(*args)
             else:
                 result = func()
+        except Cancelled:
+            raise
         except BaseException as exc:  # noqa: BLE001 - SystemExit too: a value, not an exit
-            self.reply_error(python_error(exc, skip=Worker.invoke.__code__))
+            self.reply_error(job.id, python_error(exc))
             return False, None
         return True, result
 
-    def call(self, frame: memoryview) -> None:
-        ok, result = self.invoke(frame, 1)
-        if ok:
-            self.reply_ok(result)
-
-    def stream(self, frame: memoryview) -> bool:
-        """Runs a stream frame: ``<<window::32>>`` then as :meth:`invoke`.
+    def stream(self, job: Job) -> None:
+        """Runs a stream job: ``<<id::32, window::32>>`` then as :meth:`invoke`.
 
         Each item of the iterator the command returns is a chunk frame, sent while the
         consumer has credit (``window`` at the start, plus each demand frame); a done frame ends
         the stream (``0``: exhausted, ``1``: closed after a cancel frame), an error frame ends
-        it with the exception. Returns False when the worker must stop (stop frame, end of
-        input) instead of serving on.
+        it with the exception.
         """
-        (credits,) = _u32.unpack_from(frame, 1)
-        ok, result = self.invoke(frame, 5)
+        with job.lock:
+            job.credits += _u32.unpack_from(job.frame, 5)[0]
+        ok, result = self._interruptibly(job, lambda: self.invoke(job, job.frame, 9))
         if not ok:
-            return True
+            return
         try:
             iterator = iter(result)
         except TypeError:
             self.reply_error(
+                job.id,
                 error_map(
                     "conversion",
                     "execute_stream needs a command that returns an iterator or generator, got "
                     f"{etf.type_name(result)}",
-                )
+                ),
             )
-            return True
+            return
         while True:
-            while credits <= 0:
-                control = self.read_frame()
-                kind = control[0] if control else STOP
-                if kind == DEMAND:
-                    credits += _u32.unpack_from(control, 1)[0]
-                elif kind in (CANCEL, STOP):
-                    _close(iterator)
-                    if kind == STOP:
-                        return False
-                    self._write(bytearray(b"\x00\x00\x00\x02" + bytes((DONE, 1))))
-                    return True
+            with job.lock:
+                while job.credits <= 0 and not job.cancelled:
+                    job.credit.wait()
+                if job.cancelled:
+                    break
+                job.credits -= 1
             try:
-                item = next(iterator)
+                ok, item = self._interruptibly(job, lambda: (True, next(iterator)))
             except StopIteration:
-                self._write(bytearray(b"\x00\x00\x00\x02" + bytes((DONE, 0))))
-                return True
+                self.done(job.id, False)
+                return
             except BaseException as exc:  # noqa: BLE001 - ends the stream, as a value
-                self.reply_error(python_error(exc, skip=Worker.stream.__code__))
-                return True
+                self.reply_error(job.id, python_error(exc))
+                return
+            if not ok:
+                # Cancelled inside the generator: the error frame was the stream's last.
+                _close(iterator)
+                return
             try:
-                self.write_term(CHUNK, item)
+                self.write_term(CHUNK, item, job.id)
             except ConversionError as exc:
                 _close(iterator)
-                self.reply_error(error_map("conversion", str(exc)))
-                return True
-            credits -= 1
+                self.reply_error(job.id, error_map("conversion", str(exc)))
+                return
+        _close(iterator)
+        self.done(job.id, True)
 
-    def tools(self) -> None:
-        try:
-            described = _runtime.tools(self.adapter)
-        except BaseException as exc:  # noqa: BLE001
-            self.reply_error(python_error(exc))
+    def cancel(self, job_id: int) -> None:
+        """Cancels job ``job_id``: a queued job answers at once when a thread takes it; a stream
+        waiting for demand closes; adapter code running gets ``Cancelled`` raised into it."""
+        with self._jobs_lock:
+            job = self._jobs.get(job_id)
+        if job is None:
             return
-        self.reply_ok(described)
+        with job.lock:
+            job.cancelled = True
+            job.credit.notify_all()
+            if job.interruptible and job.thread:
+                _set_async_exc(job.thread, Cancelled)
+
+    def demand(self, job_id: int, n: int) -> None:
+        with self._jobs_lock:
+            job = self._jobs.get(job_id)
+        if job is not None:
+            with job.lock:
+                job.credits += n
+                job.credit.notify_all()
 
     def cleanup(self) -> None:
         if self.adapter is None:
@@ -362,27 +524,60 @@ class Worker:
             logger.exception("cleanup() of adapter %s failed", self.class_name)
 
     def serve(self) -> None:
-        """Answers frames until a stop frame or the end of input."""
+        """Reads frames until a stop frame or the end of input; then lets the jobs in flight
+        finish (Elixir kills the process if they take too long) and runs ``cleanup()``."""
         while True:
             frame = self.read_frame()
             if frame is None:
                 break
             kind = frame[0]
-            if kind == CALL:
-                self.call(memoryview(frame))
-            elif kind == STREAM:
-                if not self.stream(memoryview(frame)):
-                    break
-            elif kind == TOOLS:
-                self.tools()
+            if kind in (CALL, STREAM, TOOLS):
+                view = memoryview(frame)
+                job = Job(_u32.unpack_from(view, 1)[0], kind, view)
+                with self._jobs_lock:
+                    self._jobs[job.id] = job
+                self._queue.put(job)
+            elif kind == DEMAND:
+                job_id, n = _u32x2.unpack_from(frame, 1)
+                self.demand(job_id, n)
+            elif kind == CANCEL:
+                self.cancel(_u32.unpack_from(frame, 1)[0])
             elif kind == STOP:
                 break
-            elif kind in (DEMAND, CANCEL):
-                pass  # for a stream that has ended already
             else:
                 raise RuntimeError(f"unknown frame kind {kind}")
             frame = None
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
         self.cleanup()
+
+
+def _frame(kind: int, term: Any, job_id: Optional[int]) -> bytearray:
+    """One frame of ``kind`` (for job ``job_id``) holding ``term``, length prefix included.
+
+    Raises:
+        ConversionError: ``term`` cannot be encoded.
+    """
+    head = 5 if job_id is None else 9
+    out = bytearray(head + 1)
+    out[4] = kind
+    if job_id is not None:
+        _u32.pack_into(out, 5, job_id)
+    out[head] = etf.VERSION
+    etf.encode_into(out, term)
+    _u32.pack_into(out, 0, len(out) - 4)
+    return out
+
+
+def cancelled_error() -> Dict[Atom, Any]:
+    return error_map("python_error", "", "snakepit_bridge.errors.Cancelled")
+
+
+def _clear_pending() -> None:
+    """Drops an async exception set for this thread but not raised yet."""
+    _clear_async_exc(threading.get_ident(), None)
 
 
 def _close(iterator: Any) -> None:

@@ -4,10 +4,15 @@ import ctypes
 import logging
 import os
 import signal
+import threading
 import sys
 
 from snakepit_bridge import tool
 from snakepit_test_adapters import TestAdapter
+
+
+_BARRIERS = {}
+_BARRIERS_LOCK = threading.Lock()
 
 
 class ProcessAdapter(TestAdapter):
@@ -16,6 +21,13 @@ class ProcessAdapter(TestAdapter):
     @tool(description="The worker's OS pid and this adapter instance's id.")
     def whoami(self):
         return {"os_pid": os.getpid(), "instance": id(self)}
+
+    @tool(description="Wait until `parties` calls wait here at once; then the OS pid and thread.")
+    def rendezvous(self, parties: int, timeout: float = 30.0):
+        with _BARRIERS_LOCK:
+            barrier = _BARRIERS.setdefault(parties, threading.Barrier(parties))
+        barrier.wait(timeout)
+        return {"os_pid": os.getpid(), "thread": threading.current_thread().name}
 
     @tool(description="Leave the process at once with the exit code (no cleanup, no reply).")
     def os_exit(self, code: int = 7):
@@ -27,7 +39,9 @@ class ProcessAdapter(TestAdapter):
 
     @tool(description="Send SIGSEGV to this process.")
     def sigsegv(self):
-        os.kill(os.getpid(), signal.SIGSEGV)
+        # To this thread, as a real fault would be (a process-directed signal may be taken
+        # by another thread while this one goes on to reply).
+        signal.pthread_kill(threading.get_ident(), signal.SIGSEGV)
 
     @tool(description="Send SIGKILL to this process, as the kernel's OOM killer does.")
     def sigkill(self):
@@ -37,7 +51,7 @@ class ProcessAdapter(TestAdapter):
     def break_loop(self):
         from snakepit_bridge import worker
 
-        def broken(value):
+        def broken(*_args):
             raise RuntimeError("the worker loop broke")
 
         worker.current.reply_ok = broken
@@ -58,10 +72,14 @@ class ProcessAdapter(TestAdapter):
         return message
 
     @tool(description="Yield one item, then block in C for a long time.")
-    def stuck_stream(self, seconds: float = 30.0):
+    def stuck_stream(self, seconds: float = 30.0, notify=None):
         import time
 
+        from snakepit_bridge import worker
+
         yield 1
+        if notify is not None:
+            worker.current.send(notify, "stuck")
         time.sleep(seconds)
         yield 2
 
