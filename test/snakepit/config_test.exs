@@ -820,6 +820,15 @@ defmodule Snakepit.ConfigEnvTest do
       assert {:error, error} = Config.validate_global()
       assert error.message =~ "pool :a: unknown key :pool_sise; did you mean :pool_size?"
     end
+
+    test "the application does not start with a bad key, and says which" do
+      Application.put_env(:snakepit, :pyhton_path, [])
+
+      assert {:error, %Snakepit.Error{details: %{key: :pyhton_path}} = error} =
+               Snakepit.Application.start(:normal, [])
+
+      assert error.message =~ "did you mean :python_path?"
+    end
   end
 
   describe "python_path/0" do
