@@ -19,7 +19,9 @@ defmodule Snakepit.Application do
   def start(_type, _args) do
     Snakepit.Telemetry.refresh()
 
-    with {:ok, pools} <- Snakepit.Config.pools() do
+    # A bad or unknown key of `config :snakepit` fails the start with an error naming it.
+    with :ok <- Snakepit.Config.validate_global(),
+         {:ok, pools} <- Snakepit.Config.pools() do
       children = [
         Snakepit.PythonLogger,
         Snakepit.Registry,

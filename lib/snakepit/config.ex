@@ -1,4 +1,278 @@
 defmodule Snakepit.Config do
+  # Each key is declared once, in @pool_keys or @global_keys: the struct, its type, the
+  # validation and the "## Options" part of the moduledoc are generated from those lists. A key
+  # has a `type` (a key of @types, or {:or, literal, type}), a `doc`, and `required: true`, a
+  # `default`, or `by_profile: [thread: v, process: v]` (v may be a zero-arity remote function,
+  # called when a config is validated). `profiles: [...]` limits a key to those worker profiles
+  # (`profile_error` says why). A new key is one more entry; a new kind of value is one more
+  # entry of @types and clause of cast/2. The adapter_args flags are declared in @flags and all
+  # applied by apply_flags/2.
+
+  alias Snakepit.Error
+
+  @ttl_units [milliseconds: 1, seconds: 1_000, minutes: 60_000, hours: 3_600_000]
+  units = Enum.reduce(Enum.reverse(Keyword.keys(@ttl_units)), &{:|, [], [&1, &2]})
+
+  # type => {what a value must be, its typespec normalized, its typespec as written if different}
+  @types %{
+    pool_name: {"an atom", quote(do: atom())},
+    profile: {":thread or :process", quote(do: :thread | :process)},
+    pos_integer: {"a positive integer", quote(do: pos_integer())},
+    boolean: {"true or false", quote(do: boolean())},
+    adapter_module:
+      {"Snakepit.Adapters.Python (or its alias Snakepit.Adapters.GRPCPython)",
+       quote(do: module())},
+    python_class: {~s(a Python class path such as "package.module.Class"), quote(do: String.t())},
+    strings: {"a list of strings", quote(do: [String.t()])},
+    env: {"a list of {name, value} string tuples", quote(do: [{String.t(), String.t()}])},
+    duration:
+      {":infinity or {n, #{Macro.to_string(units)}} with n a positive integer",
+       quote(do: :infinity | pos_integer()),
+       quote(do: :infinity | {pos_integer(), unquote(units)})},
+    interpreter: {"an interpreter path (a string)", quote(do: String.t())},
+    path: {"a path", quote(do: String.t())},
+    paths:
+      {"a path or a list of paths", quote(do: [String.t()]), quote(do: String.t() | [String.t()])},
+    pools: {"a list of pool configs", quote(do: [t()]), quote(do: [pool_config()])}
+  }
+
+  # flag, the key it sets, and its argument: a placeholder (the value is read as the key's
+  # type), a list of {word, value}, or :switch (no value, or =true / =false).
+  @flags [
+    {"--adapter", :adapter, "CLASS"},
+    {"--mode", :worker_profile, [{"threaded", :thread}, {"process", :process}]},
+    {"--max-workers", :threads_per_worker, "N"},
+    {"--thread-safety-check", :thread_safety_check, :switch}
+  ]
+
+  # The flags of the gRPC server that the in-process NIF replaces: errors asking for removal.
+  @grpc_flags ["--port", "--elixir-address", "--host", "--grpc-port"]
+
+  usage = fn
+    {flag, _, :switch} -> flag
+    {flag, _, words} when is_list(words) -> "#{flag} #{Enum.map_join(words, "|", &elem(&1, 0))}"
+    {flag, _, placeholder} -> "#{flag} #{placeholder}"
+  end
+
+  @usage Map.new(@flags, &{elem(&1, 0), usage.(&1)})
+  @all_usage Enum.map_join(@flags, ", ", usage)
+
+  flags_doc =
+    Enum.map_join(@flags, ";\n", fn
+      {flag, key, :switch} ->
+        "* `#{flag}` sets `#{inspect(key)}` to `true` (`#{flag}=false` is accepted too)"
+
+      {_, key, words} = f when is_list(words) ->
+        meaning = Enum.map_join(words, ", ", fn {word, v} -> "`#{word}` is `#{inspect(v)}`" end)
+        "* `#{usage.(f)}` sets `#{inspect(key)}` (#{meaning})"
+
+      {_, key, _} = f ->
+        "* `#{usage.(f)}` sets `#{inspect(key)}`"
+    end)
+
+  @pool_keys [
+    name: [
+      type: :pool_name,
+      required: true,
+      doc: "the pool's name, as in `Snakepit.execute(:hpc_pool, ...)`."
+    ],
+    worker_profile: [
+      type: :profile,
+      default: :thread,
+      doc: """
+      `:thread` runs the adapter on native threads inside the BEAM's embedded interpreter;
+      `:process` runs it in Python OS processes (`python -m snakepit_bridge.worker`).
+      """
+    ],
+    pool_size: [
+      type: :pos_integer,
+      by_profile: [thread: 1, process: &System.schedulers_online/0],
+      doc: "the number of workers (adapter instances)."
+    ],
+    threads_per_worker: [
+      type: :pos_integer,
+      by_profile: [thread: 8, process: 1],
+      doc: """
+      the threads that call each worker's adapter instance, in either profile: native threads
+      for `:thread`, threads of the worker's OS process for `:process`. A pool runs
+      `pool_size * threads_per_worker` calls at once (`capacity/1`).
+      """
+    ],
+    adapter_module: [
+      type: :adapter_module,
+      default: Snakepit.Adapters.Python,
+      doc: """
+      the Elixir side of the adapter. `Snakepit.Adapters.GRPCPython` is accepted as an alias
+      and normalized to `Snakepit.Adapters.Python`; any other module is an error.
+      """
+    ],
+    adapter: [
+      type: :python_class,
+      default: "snakepit_bridge.adapters.threaded_showcase.ThreadedShowcaseAdapter",
+      doc: "the Python adapter class as a dotted path `\"package.module.Class\"`."
+    ],
+    adapter_args: [
+      type: :strings,
+      default: [],
+      doc: """
+      the guide's command-line flags, kept as given in the struct and applied to the keys they
+      stand for:
+
+      #{flags_doc}.
+
+      Each flag also takes the `--flag=value` form. A flag that disagrees with a key given in
+      the same config is an error naming both, as is an unknown flag or a flag missing its
+      value. The gRPC server flags #{Enum.map_join(@grpc_flags, ", ", &"`#{&1}`")} belonged
+      to `grpc_server_threaded.py`, which Snakepit replaces with an in-process NIF: they are an
+      error asking for their removal.
+      """
+    ],
+    adapter_env: [
+      type: :env,
+      default: [],
+      doc: """
+      environment variables set before the adapter module is imported, such as
+      `{"OMP_NUM_THREADS", "16"}`. Names and values are strings (charlists are converted; a
+      map is accepted and sorted by name). A name may appear once.
+      """
+    ],
+    worker_ttl: [
+      type: :duration,
+      default: :infinity,
+      doc: """
+      recycle a worker's adapter instance after this long. Normalized to milliseconds
+      (`{3600, :seconds}` becomes `3_600_000`). A bare integer is an error, since its unit
+      would be a guess.
+      """
+    ],
+    worker_max_requests: [
+      type: {:or, :infinity, :pos_integer},
+      default: :infinity,
+      doc: "recycle a worker's adapter instance after this many requests."
+    ],
+    max_queue: [
+      type: :pos_integer,
+      default: 10_000,
+      doc: """
+      jobs waiting for a thread; a call to a full queue gets
+      `{:error, %Snakepit.Error{category: :pool}}` at once.
+      """
+    ],
+    thread_safety_check: [
+      type: :boolean,
+      default: false,
+      doc: "run the adapter under `snakepit_bridge.thread_safety_checker`."
+    ],
+    python: [
+      type: {:or, nil, :interpreter},
+      default: nil,
+      profiles: [:process],
+      profile_error:
+        "a per-pool interpreter applies only to worker_profile :process; a :thread pool runs " <>
+          "in the node's embedded interpreter (chosen at build time by SNAKEPIT_PYTHON or " <>
+          "config :snakepit, python: ...)",
+      doc: """
+      the interpreter of the pool's worker processes; `nil` means the interpreter Snakepit
+      was built for. A `:thread` pool always runs in the node's embedded interpreter (chosen
+      at build time with `SNAKEPIT_PYTHON` or `config :snakepit, python: ...`).
+      """
+    ],
+    startup_timeout: [
+      type: :pos_integer,
+      default: 60_000,
+      doc: "how long, in milliseconds, a worker may take to import and construct its adapter."
+    ]
+  ]
+
+  @global_keys [
+    pools: [
+      type: :pools,
+      default: [],
+      doc: """
+      the pools started with the application, each validated like `validate_pool/1`; two
+      pools may not share a name. Read by `pools/0`.
+      """
+    ],
+    default_pool: [
+      type: {:or, nil, :pool_name},
+      default: nil,
+      doc: """
+      the pool of `Snakepit.execute/3` without `:pool_name`; `nil` means the first configured
+      pool. Read by `default_pool/0`.
+      """
+    ],
+    python_path: [
+      type: :paths,
+      default: [],
+      doc: """
+      extra directories put on Python's `sys.path`, expanded to absolute paths (relative ones
+      against the current directory; in a release, build them with `Application.app_dir/2` in
+      `config/runtime.exs`). The entries of the `PYTHONPATH` environment variable follow. Read
+      by `python_path/0`.
+      """
+    ],
+    python: [
+      type: {:or, nil, :path},
+      default: nil,
+      doc: """
+      the interpreter to build the NIF for (the `SNAKEPIT_PYTHON` environment variable wins);
+      read at build time.
+      """
+    ]
+  ]
+
+  @profiles [:thread, :process]
+  @default_profile @pool_keys[:worker_profile][:default]
+  @pool_types Map.new(@pool_keys, fn {key, opts} -> {key, opts[:type]} end)
+
+  for {key, opts} <- @pool_keys, by = opts[:by_profile] do
+    if Keyword.keys(by) != @profiles, do: raise("#{key}: by_profile needs #{inspect(@profiles)}")
+  end
+
+  # The typespec of a type: `which` is 1 for the normalized value, 2 for the value as written.
+  type_spec = fn type, which -> elem(@types[type], min(which, tuple_size(@types[type]) - 1)) end
+
+  spec = fn
+    {:or, literal, type}, which -> {:|, [], [literal, type_spec.(type, which)]}
+    type, which -> type_spec.(type, which)
+  end
+
+  show = fn
+    fun when is_function(fun) -> "`#{String.trim_leading(inspect(fun), "&")}`"
+    value -> "`#{inspect(value)}`"
+  end
+
+  options_doc = fn keys ->
+    Enum.map_join(keys, "\n\n", fn {key, opts} ->
+      default =
+        cond do
+          opts[:required] ->
+            "required"
+
+          by = opts[:by_profile] ->
+            Enum.map_join(by, ", ", &"#{show.(elem(&1, 1))} for `:#{elem(&1, 0)}`")
+
+          true ->
+            show.(opts[:default])
+        end
+
+      only = if p = opts[:profiles], do: ", #{Enum.map_join(p, " or ", &"`#{inspect(&1)}`")} only"
+
+      flag =
+        with {flag, _, _} <- List.keyfind(@flags, key, 1),
+             do: " When absent, `#{flag}` in `:adapter_args` may set it."
+
+      # One line per paragraph or list item (IEx rewraps them), indented under this item.
+      text =
+        (String.trim(opts[:doc]) <> "#{flag}")
+        |> String.replace(~r/(?<!\n)\n(?![\n*])/, " ")
+        |> String.replace("\n", "\n    ")
+
+      "  * `#{inspect(key)}` (`#{Macro.to_string(spec.(opts[:type], 2))}`, " <>
+        "#{if opts[:required], do: "", else: "default "}#{default}#{only}) — #{text}"
+    end)
+  end
+
   @moduledoc """
   Validates and normalizes Snakepit configuration.
 
@@ -6,7 +280,8 @@ defmodule Snakepit.Config do
   pool. `validate_pool/1` checks one pool config and returns a `%Snakepit.Config{}` struct with
   every default filled in; `pools/0` does the same for every configured pool. A bad key or value
   is a `%Snakepit.Error{category: :validation}` whose message names the pool and the key, and
-  whose `details` hold `:key`, `:value` and `:pool`:
+  whose `details` hold `:key`, `:value` and `:pool`; an unknown key also gets the closest valid
+  key as a suggestion:
 
       iex> {:error, error} = Snakepit.Config.validate_pool(%{name: :hpc_pool, threads_per_worker: 0})
       iex> error.message
@@ -36,138 +311,31 @@ defmodule Snakepit.Config do
 
   Keys of one pool config (validated when the pool starts):
 
-    * `:name` (`t:atom/0`, required) — the pool's name, as in `Snakepit.execute(:hpc_pool, ...)`.
-    * `:worker_profile` (`:thread | :process`, default `:thread`) — `:thread` runs the adapter on
-      native threads inside the BEAM's embedded interpreter; `:process` runs single-threaded
-      Python OS processes. When absent, `--mode` in `:adapter_args` may set it.
-    * `:pool_size` (`t:pos_integer/0`, default `1` for `:thread`, `System.schedulers_online/0`
-      for `:process`) — the number of workers (adapter instances).
-    * `:threads_per_worker` (`t:pos_integer/0`, default `8`) — the native threads that call each
-      worker's adapter. Always `1` for `:process`: giving more there is an error. When absent,
-      `--max-workers` in `:adapter_args` may set it.
-    * `:adapter_module` (`t:module/0`, default `Snakepit.Adapters.Python`) — the Elixir side of
-      the adapter. `Snakepit.Adapters.GRPCPython` is accepted as an alias and normalized to
-      `Snakepit.Adapters.Python`; any other module is an error.
-    * `:adapter` (`t:String.t/0`, default
-      `"snakepit_bridge.adapters.threaded_showcase.ThreadedShowcaseAdapter"`) — the Python
-      adapter class as a dotted path `"package.module.Class"`. `--adapter` in `:adapter_args` may
-      set it instead.
-    * `:adapter_args` (`[String.t()]`, default `[]`) — the guide's command-line flags, kept as
-      given in the struct and applied to the keys above:
-      * `--adapter CLASS` sets `:adapter`;
-      * `--mode threaded | process` sets `:worker_profile` (`threaded` goes with `:thread`,
-        `process` with `:process`);
-      * `--max-workers N` sets `:threads_per_worker`;
-      * `--thread-safety-check` sets `:thread_safety_check` to `true`
-        (`--thread-safety-check=false` is accepted too).
+  #{options_doc.(@pool_keys)}
 
-      Each flag also takes the `--flag=value` form. A flag that disagrees with a key given in the
-      same config is an error naming both, as is an unknown flag or a flag missing its value. The
-      gRPC server flags `--port`, `--elixir-address`, `--host` and `--grpc-port` belonged to
-      `grpc_server_threaded.py`, which Snakepit replaces with an in-process NIF: they are an
-      error asking for their removal.
-    * `:adapter_env` (`[{String.t(), String.t()}]`, default `[]`) — environment variables set
-      before the adapter module is imported, such as `{"OMP_NUM_THREADS", "16"}`. Names and
-      values are strings (charlists are converted; a map is accepted and sorted by name). A name
-      may appear once.
-    * `:worker_ttl` (`:infinity | {n, :milliseconds | :seconds | :minutes | :hours}`, default
-      `:infinity`) — recycle a worker's adapter instance after this long. Normalized to
-      milliseconds (`{3600, :seconds}` becomes `3_600_000`). A bare integer is an error, since
-      its unit would be a guess.
-    * `:worker_max_requests` (`:infinity | pos_integer`, default `:infinity`) — recycle a
-      worker's adapter instance after this many requests.
-    * `:max_queue` (`t:pos_integer/0`, default `10_000`) — jobs waiting for a thread; a call to a
-      full queue gets `{:error, %Snakepit.Error{category: :pool}}` at once.
-    * `:thread_safety_check` (`t:boolean/0`, default `false`) — run the adapter under
-      `snakepit_bridge.thread_safety_checker`.
-    * `:python` (`String.t() | nil`, default `nil`) — the interpreter of a `:process` pool's
-      workers; `nil` means the interpreter Snakepit was built for. A `:thread` pool always runs in
-      the node's embedded interpreter (chosen at build time with `SNAKEPIT_PYTHON` or
-      `config :snakepit, python: ...`), so setting `:python` on it is an error.
-    * `:startup_timeout` (`t:pos_integer/0` milliseconds, default `60_000`) — how long a worker
-      may take to import and construct its adapter.
+  Global keys of `config :snakepit`, validated by `validate_global/0` when the application
+  starts (which fails with the error). Only Snakepit reads this environment, so any other key
+  is an error too, naming the closest valid key when there is one:
 
-  Global keys of `config :snakepit`:
-
-    * `:pools` (a list of pool configs, default `[]`) — read by `pools/0`.
-    * `:default_pool` (`t:atom/0`, default the first configured pool's name) — the pool of
-      `Snakepit.execute/3` without `:pool_name`; read by `default_pool/0`.
-    * `:python_path` (`String.t() | [String.t()]`, default `[]`) — extra directories put on
-      Python's `sys.path`, expanded to absolute paths (relative ones against the current
-      directory; in a release, build them with `Application.app_dir/2` in `config/runtime.exs`).
-      The entries of the `PYTHONPATH` environment variable follow. Read by `python_path/0`.
-    * `:python` — the interpreter to build against; read at build time, not here.
+  #{options_doc.(@global_keys)}
   """
 
-  alias Snakepit.Error
+  @typedoc "A worker profile: see `:worker_profile` under Options."
+  @type worker_profile :: unquote(spec.(:profile, 1))
 
-  @default_adapter "snakepit_bridge.adapters.threaded_showcase.ThreadedShowcaseAdapter"
-  @adapter_module Snakepit.Adapters.Python
-  @adapter_module_aliases [Snakepit.Adapters.Python, Snakepit.Adapters.GRPCPython]
-
-  @keys [
-    :name,
-    :worker_profile,
-    :pool_size,
-    :threads_per_worker,
-    :adapter_module,
-    :adapter,
-    :adapter_args,
-    :adapter_env,
-    :worker_ttl,
-    :worker_max_requests,
-    :max_queue,
-    :thread_safety_check,
-    :python,
-    :startup_timeout
-  ]
-
-  @ttl_units [milliseconds: 1, seconds: 1_000, minutes: 60_000, hours: 3_600_000]
-
-  @value_flags ["--adapter", "--mode", "--max-workers"]
-  @bool_flags ["--thread-safety-check"]
-  @known_flags @value_flags ++ @bool_flags
-  @grpc_flags ["--port", "--elixir-address", "--host", "--grpc-port"]
-  @flag_usage "--adapter CLASS, --mode threaded|process, --max-workers N, --thread-safety-check"
-
-  @suggestion_threshold 0.8
-
-  @type worker_profile :: :thread | :process
-
+  @typedoc "A validated pool config: every key of one pool config, defaults filled in."
   @type t :: %__MODULE__{
-          name: atom(),
-          worker_profile: worker_profile(),
-          pool_size: pos_integer(),
-          threads_per_worker: pos_integer(),
-          adapter_module: module(),
-          adapter: String.t(),
-          adapter_args: [String.t()],
-          adapter_env: [{String.t(), String.t()}],
-          worker_ttl: :infinity | pos_integer(),
-          worker_max_requests: :infinity | pos_integer(),
-          max_queue: pos_integer(),
-          thread_safety_check: boolean(),
-          python: String.t() | nil,
-          startup_timeout: pos_integer()
+          unquote_splicing(for {key, opts} <- @pool_keys, do: {key, spec.(opts[:type], 1)})
         }
 
   @typedoc "One pool's configuration as written by the user: a map or a keyword list."
   @type pool_config :: map() | keyword()
 
-  defstruct name: nil,
-            worker_profile: :thread,
-            pool_size: 1,
-            threads_per_worker: 8,
-            adapter_module: @adapter_module,
-            adapter: @default_adapter,
-            adapter_args: [],
-            adapter_env: [],
-            worker_ttl: :infinity,
-            worker_max_requests: :infinity,
-            max_queue: 10_000,
-            thread_safety_check: false,
-            python: nil,
-            startup_timeout: 60_000
+  # The default profile's defaults (nil for those computed when a config is validated).
+  defstruct (for {key, opts} <- @pool_keys do
+               default = Keyword.get(opts[:by_profile] || [], @default_profile, opts[:default])
+               {key, if(is_function(default), do: nil, else: default)}
+             end)
 
   ## Public API
 
@@ -189,28 +357,39 @@ defmodule Snakepit.Config do
   """
   @spec validate_pool(pool_config() | t()) :: {:ok, t()} | {:error, Error.t()}
   def validate_pool(%__MODULE__{} = config) do
-    config
-    |> Map.from_struct()
-    |> Map.update!(:worker_ttl, fn
-      ms when is_integer(ms) -> {ms, :milliseconds}
-      other -> other
-    end)
+    # Back to what a user writes, so that a struct validates to itself.
+    for {key, value} <- Map.from_struct(config), into: %{} do
+      if @pool_types[key] == :duration and is_integer(value),
+        do: {key, {value, :milliseconds}},
+        else: {key, value}
+    end
     |> validate_pool()
   end
 
-  def validate_pool(config) when is_map(config) and not is_struct(config) do
-    validate_entries(Map.to_list(config))
-  end
+  def validate_pool(config) when is_map(config) and not is_struct(config),
+    do: validate_entries(Map.to_list(config))
 
   def validate_pool(config) when is_list(config) do
-    if Keyword.keyword?(config) do
-      validate_entries(config)
-    else
-      {:error, invalid_config(config)}
-    end
+    if Keyword.keyword?(config),
+      do: validate_entries(config),
+      else: {:error, invalid_config(config)}
   end
 
   def validate_pool(config), do: {:error, invalid_config(config)}
+
+  @doc """
+  Validates every key of `config :snakepit` (see the module's `## Options`), pools included.
+
+  Called when the application starts, which fails with the error. Returns the first
+  `%Snakepit.Error{category: :validation}`; its `details` hold `:key` and `:value`, and for an
+  unknown key `:suggestion` (the closest valid key, or `nil`) and `:valid_keys`.
+  """
+  @spec validate_global() :: :ok | {:error, Error.t()}
+  def validate_global do
+    with :ok <- check_keys(Application.get_all_env(:snakepit), @global_keys, :global) do
+      Enum.find_value(@global_keys, :ok, fn {key, _} -> with {:ok, _} <- global(key), do: nil end)
+    end
+  end
 
   @doc """
   Validates every pool of `config :snakepit, pools: [...]`.
@@ -219,20 +398,7 @@ defmodule Snakepit.Config do
   same name are an error naming the pool.
   """
   @spec pools() :: {:ok, [t()]} | {:error, Error.t()}
-  def pools do
-    case Application.get_env(:snakepit, :pools, []) do
-      pools when is_list(pools) ->
-        validate_pools(pools, [], MapSet.new())
-
-      other ->
-        {:error,
-         error(
-           "invalid config :snakepit, :pools: expected a list of pool configs, got " <>
-             show(other),
-           %{key: :pools, value: other, pool: nil}
-         )}
-    end
-  end
+  def pools, do: global(:pools)
 
   @doc """
   The default pool's name: `config :snakepit, default_pool: name`, else the name of the first
@@ -243,19 +409,20 @@ defmodule Snakepit.Config do
   """
   @spec default_pool() :: atom() | nil
   def default_pool do
-    case Application.get_env(:snakepit, :default_pool) do
+    case global!(:default_pool) do
       nil ->
-        first_pool_name()
+        # The first configured pool's name, if it has a valid one.
+        with [first | _] when is_map(first) or is_list(first) <-
+               Application.get_env(:snakepit, :pools, []),
+             {:name, name} <- Enum.find(first, &match?({:name, _}, &1)),
+             {:ok, name} <- cast(:pool_name, name) do
+          name
+        else
+          _ -> nil
+        end
 
-      name when is_atom(name) and not is_boolean(name) ->
+      name ->
         name
-
-      other ->
-        raise error(
-                "invalid config :snakepit, :default_pool: expected a pool name (an atom), got " <>
-                  show(other),
-                %{key: :default_pool, value: other, pool: nil}
-              )
     end
   end
 
@@ -270,32 +437,10 @@ defmodule Snakepit.Config do
   """
   @spec python_path() :: [String.t()]
   def python_path do
-    configured =
-      case Application.get_env(:snakepit, :python_path, []) do
-        nil -> []
-        path when is_binary(path) -> [path]
-        list when is_list(list) -> if charlist?(list) and list != [], do: [list], else: list
-        other -> raise python_path_error(other)
-      end
+    separator = if match?({:win32, _}, :os.type()), do: ";", else: ":"
+    from_env = String.split(System.get_env("PYTHONPATH", ""), separator)
 
-    from_env =
-      case System.get_env("PYTHONPATH") do
-        nil -> []
-        value -> String.split(value, path_separator())
-      end
-
-    configured
-    |> Enum.map(fn
-      path when is_binary(path) ->
-        path
-
-      path when is_list(path) ->
-        if charlist?(path), do: List.to_string(path), else: raise(python_path_error(path))
-
-      other ->
-        raise python_path_error(other)
-    end)
-    |> Kernel.++(from_env)
+    (global!(:python_path) ++ from_env)
     |> Enum.reject(&(&1 == ""))
     |> Enum.map(&Path.expand/1)
     |> Enum.uniq()
@@ -311,92 +456,78 @@ defmodule Snakepit.Config do
   def capacity(%__MODULE__{pool_size: pool_size, threads_per_worker: threads}),
     do: pool_size * threads
 
-  ## Pools
+  ## Validation
 
-  defp validate_pools([], acc, _seen), do: {:ok, Enum.reverse(acc)}
+  defp global(key) do
+    %{type: type, default: default} = Map.new(@global_keys[key])
+    value = Application.get_env(:snakepit, key, default)
 
-  defp validate_pools([pool | rest], acc, seen) do
-    with {:ok, config} <- validate_pool(pool) do
-      if MapSet.member?(seen, config.name) do
-        {:error,
-         error(
-           "pool #{inspect(config.name)} is configured more than once in config :snakepit, :pools",
-           %{key: :name, value: config.name, pool: config.name}
-         )}
-      else
-        validate_pools(rest, [config | acc], MapSet.put(seen, config.name))
-      end
+    case cast(type, value) do
+      {:ok, _} = ok -> ok
+      error -> {:error, invalid(:global, key, type, value, error)}
     end
   end
 
-  defp first_pool_name do
-    case Application.get_env(:snakepit, :pools, []) do
-      [first | _] when is_map(first) or is_list(first) ->
-        name = if is_map(first), do: Map.get(first, :name), else: safe_keyword_get(first, :name)
-        if pool_name?(name), do: name, else: nil
-
-      _ ->
-        nil
+  defp global!(key) do
+    case global(key) do
+      {:ok, value} -> value
+      {:error, error} -> raise error
     end
   end
-
-  defp safe_keyword_get(list, key) do
-    Enum.find_value(list, fn
-      {^key, value} -> value
-      _ -> nil
-    end)
-  end
-
-  ## One pool
 
   defp validate_entries(entries) do
-    name = Enum.find_value(entries, fn {key, value} -> key == :name && value end)
-    pool = if pool_name?(name), do: name, else: nil
+    pool =
+      case List.keyfind(entries, :name, 0) do
+        {:name, name} -> if match?({:ok, _}, cast(:pool_name, name)), do: name
+        nil -> nil
+      end
 
-    with :ok <- check_unknown_keys(entries, pool),
+    with :ok <- check_keys(entries, @pool_keys, {:pool, pool}),
          :ok <- check_repeated_keys(entries, pool),
-         {:ok, name} <- fetch_name(entries),
-         {:ok, given} <- validate_values(Map.delete(Map.new(entries), :name), name),
-         args = Map.get(given, :adapter_args, []),
-         {:ok, flags} <- parse_adapter_args(args, %{}, name, args),
-         {:ok, profile} <- resolve_profile(given, flags, name, args),
-         {:ok, threads} <- resolve_threads(given, flags, profile, name, args),
-         {:ok, adapter} <- resolve_adapter(given, flags, name, args),
-         {:ok, check?} <- resolve_thread_safety_check(given, flags, name, args),
-         :ok <- check_python(given, profile, name) do
-      defaults = %{
-        pool_size: if(profile == :process, do: System.schedulers_online(), else: 1)
-      }
+         {:ok, given} <- cast_given(entries, pool),
+         {:ok, given} <- apply_flags(given, pool) do
+      profile = Map.get(given, :worker_profile, @default_profile)
 
-      fields =
-        defaults
-        |> Map.merge(given)
-        |> Map.merge(%{
-          name: name,
-          worker_profile: profile,
-          threads_per_worker: threads,
-          adapter: adapter,
-          thread_safety_check: check?
-        })
+      Enum.reduce_while(@pool_keys, {:ok, %__MODULE__{}}, fn {key, opts}, {:ok, config} ->
+        case Map.fetch(given, key) do
+          {:ok, value} ->
+            if profile in Keyword.get(opts, :profiles, @profiles) or value == opts[:default],
+              do: {:cont, {:ok, Map.put(config, key, value)}},
+              else:
+                {:halt, {:error, invalid({:pool, pool}, key, nil, value, wrong_profile(opts))}}
 
-      {:ok, struct!(__MODULE__, fields)}
+          :error ->
+            default = Keyword.get(opts[:by_profile] || [], profile, opts[:default])
+
+            {:cont,
+             {:ok, Map.put(config, key, if(is_function(default), do: default.(), else: default))}}
+        end
+      end)
     end
   end
 
-  defp check_unknown_keys(entries, pool) do
-    case Enum.find(entries, fn {key, _} -> key not in @keys end) do
+  defp check_keys(entries, schema, scope) do
+    case Enum.find(entries, fn {key, _} -> not List.keymember?(schema, key, 0) end) do
       nil ->
         :ok
 
       {key, value} ->
-        suggestion = suggest(key, @keys)
+        valid = Keyword.keys(schema)
+        suggestion = suggest(key, valid)
         hint = if suggestion, do: "; did you mean #{inspect(suggestion)}?", else: ""
-        valid = Enum.map_join(@keys, ", ", &inspect/1)
+        where = if scope == :global, do: "config :snakepit: ", else: prefix(elem(scope, 1))
 
         {:error,
          error(
-           "#{prefix(pool)}unknown key #{inspect(key)}#{hint} (valid keys: #{valid})",
-           %{key: key, value: value, pool: pool, valid_keys: @keys, suggestion: suggestion}
+           "#{where}unknown key #{inspect(key)}#{hint} " <>
+             "(valid keys: #{Enum.map_join(valid, ", ", &inspect/1)})",
+           %{
+             key: key,
+             value: value,
+             pool: pool_of(scope),
+             valid_keys: valid,
+             suggestion: suggestion
+           }
          )}
     end
   end
@@ -409,54 +540,34 @@ defmodule Snakepit.Config do
         :ok
 
       [key | _] ->
-        values = Keyword.get_values(entries, key)
-        shown = Enum.map_join(values, ", ", &show/1)
+        values = for {^key, value} <- entries, do: value
 
         {:error,
          error(
-           "#{prefix(pool)}key #{inspect(key)} is given more than once (#{shown})",
+           "#{prefix(pool)}key #{inspect(key)} is given more than once " <>
+             "(#{Enum.map_join(values, ", ", &show/1)})",
            %{key: key, value: values, pool: pool}
          )}
     end
   end
 
-  defp fetch_name(entries) do
-    case List.keyfind(entries, :name, 0) do
-      nil ->
-        {:error,
-         error("pool config: missing required key :name (an atom)", %{
-           key: :name,
-           value: nil,
-           pool: nil
-         })}
+  # The keys given, normalized, in the schema's order: the first bad one is the error.
+  defp cast_given(entries, pool) do
+    Enum.reduce_while(@pool_keys, {:ok, %{}}, fn {key, opts}, {:ok, given} ->
+      case {List.keyfind(entries, key, 0), opts[:required]} do
+        {nil, true} ->
+          message =
+            "#{prefix(pool)}missing required key #{inspect(key)} (#{describe(opts[:type])})"
 
-      {:name, name} ->
-        if pool_name?(name) do
-          {:ok, name}
-        else
-          {:error, invalid(nil, :name, name, "expected an atom")}
-        end
-    end
-  end
+          {:halt, {:error, error(message, %{key: key, value: nil, pool: pool})}}
 
-  defp pool_name?(name), do: is_atom(name) and name not in [nil, true, false]
+        {nil, _} ->
+          {:cont, {:ok, given}}
 
-  defp validate_values(given, pool) do
-    Enum.reduce_while(@keys -- [:name], {:ok, %{}}, fn key, {:ok, acc} ->
-      case Map.fetch(given, key) do
-        :error ->
-          {:cont, {:ok, acc}}
-
-        {:ok, value} ->
-          case validate_value(key, value) do
-            {:ok, normalized} ->
-              {:cont, {:ok, Map.put(acc, key, normalized)}}
-
-            {:error, description} ->
-              {:halt, {:error, invalid(pool, key, value, description)}}
-
-            {:error, description, extra} ->
-              {:halt, {:error, invalid_as_is(pool, key, value, description, extra)}}
+        {{^key, value}, _} ->
+          case cast(opts[:type], value) do
+            {:ok, cast} -> {:cont, {:ok, Map.put(given, key, cast)}}
+            error -> {:halt, {:error, invalid({:pool, pool}, key, opts[:type], value, error)}}
           end
       end
     end)
@@ -464,434 +575,262 @@ defmodule Snakepit.Config do
 
   ## Values
 
-  defp validate_value(:worker_profile, profile) when profile in [:thread, :process],
-    do: {:ok, profile}
+  # {:ok, normalized}, or :error (the message says what describe/1 expects), or
+  # {:error, description} (", got <value>" is appended), or {:error, sentence, details} (kept as
+  # is), or {:error, %Snakepit.Error{}}.
+  defp cast({:or, literal, _type}, literal), do: {:ok, literal}
+  defp cast({:or, _literal, type}, value), do: cast(type, value)
 
-  defp validate_value(:worker_profile, _), do: {:error, "expected :thread or :process"}
+  defp cast(:pool_name, name) when is_atom(name) and name not in [nil, true, false],
+    do: {:ok, name}
 
-  defp validate_value(key, value)
-       when key in [:pool_size, :threads_per_worker, :max_queue, :startup_timeout] do
-    if pos_integer?(value), do: {:ok, value}, else: {:error, "expected a positive integer"}
+  defp cast(:profile, profile) when profile in @profiles, do: {:ok, profile}
+  defp cast(:pos_integer, n) when is_integer(n) and n > 0, do: {:ok, n}
+  defp cast(:boolean, bool) when is_boolean(bool), do: {:ok, bool}
+
+  defp cast(:adapter_module, module)
+       when module in [Snakepit.Adapters.Python, Snakepit.Adapters.GRPCPython],
+       do: {:ok, Snakepit.Adapters.Python}
+
+  defp cast(:python_class, value) when is_binary(value) do
+    if String.valid?(value) and
+         Regex.match?(~r/^[\p{L}_][\p{L}\p{N}_]*(\.[\p{L}_][\p{L}\p{N}_]*)+$/u, value),
+       do: {:ok, value},
+       else: :error
   end
 
-  defp validate_value(:adapter_module, module) when module in @adapter_module_aliases,
-    do: {:ok, @adapter_module}
-
-  defp validate_value(:adapter_module, _),
-    do:
-      {:error, "expected #{inspect(@adapter_module)} (or its alias Snakepit.Adapters.GRPCPython)"}
-
-  defp validate_value(:adapter, adapter) do
-    if python_class_path?(adapter) do
-      {:ok, adapter}
-    else
-      {:error, "expected a Python class path such as \"package.module.Class\""}
-    end
+  defp cast(:strings, list) when is_list(list) do
+    if Enum.all?(list, &is_binary/1), do: {:ok, list}, else: :error
   end
 
-  defp validate_value(:adapter_args, args) do
-    if is_list(args) and Enum.all?(args, &is_binary/1) do
-      {:ok, args}
-    else
-      {:error, "expected a list of strings"}
-    end
-  end
-
-  defp validate_value(:adapter_env, env) when is_map(env) and not is_struct(env),
-    do: validate_value(:adapter_env, Enum.sort(Map.to_list(env)))
-
-  defp validate_value(:adapter_env, env) when is_list(env), do: validate_env(env, [], %{})
-
-  defp validate_value(:adapter_env, _),
-    do: {:error, "expected a list of {name, value} string tuples"}
-
-  defp validate_value(:worker_ttl, :infinity), do: {:ok, :infinity}
-
-  defp validate_value(:worker_ttl, {n, unit}) when is_atom(unit) do
-    case Keyword.fetch(@ttl_units, unit) do
-      {:ok, factor} when is_integer(n) and n > 0 -> {:ok, n * factor}
-      {:ok, _} -> {:error, "expected a positive integer count in {n, unit}"}
-      :error -> {:error, ttl_expectation()}
-    end
-  end
-
-  defp validate_value(:worker_ttl, n) when is_integer(n),
-    do:
-      {:error,
-       ttl_expectation() <>
-         ", got #{n} (a bare integer has no unit: write {#{n}, :seconds} or {#{n}, :milliseconds})",
-       %{}}
-
-  defp validate_value(:worker_ttl, _), do: {:error, ttl_expectation()}
-
-  defp validate_value(:worker_max_requests, :infinity), do: {:ok, :infinity}
-
-  defp validate_value(:worker_max_requests, n) do
-    if pos_integer?(n), do: {:ok, n}, else: {:error, "expected :infinity or a positive integer"}
-  end
-
-  defp validate_value(:thread_safety_check, bool) when is_boolean(bool), do: {:ok, bool}
-  defp validate_value(:thread_safety_check, _), do: {:error, "expected true or false"}
-
-  defp validate_value(:python, nil), do: {:ok, nil}
-
-  defp validate_value(:python, path) when is_binary(path) and path != "" do
+  defp cast(:interpreter, path) when is_binary(path) and path != "" do
     if String.contains?(path, <<0>>),
       do: {:error, "expected an interpreter path without NUL bytes"},
       else: {:ok, path}
   end
 
-  defp validate_value(:python, _), do: {:error, "expected nil or an interpreter path (a string)"}
+  defp cast(:path, path) when is_binary(path), do: {:ok, path}
 
-  defp ttl_expectation do
-    units = Enum.map_join(Keyword.keys(@ttl_units), " | ", &inspect/1)
-    "expected :infinity or {n, #{units}} with n a positive integer"
+  defp cast(:path, path) when is_list(path),
+    do: if(charlist?(path), do: {:ok, List.to_string(path)}, else: :error)
+
+  defp cast(:paths, nil), do: {:ok, []}
+  defp cast(:paths, path) when is_binary(path), do: {:ok, [path]}
+
+  defp cast(:paths, list) when is_list(list) do
+    paths = Enum.map(if(charlist?(list) and list != [], do: [list], else: list), &cast(:path, &1))
+
+    if Enum.all?(paths, &match?({:ok, _}, &1)),
+      do: {:ok, Enum.map(paths, &elem(&1, 1))},
+      else: :error
   end
 
-  defp pos_integer?(value), do: is_integer(value) and value > 0
+  defp cast(:duration, :infinity), do: {:ok, :infinity}
 
-  @python_class_path ~r/^[\p{L}_][\p{L}\p{N}_]*(\.[\p{L}_][\p{L}\p{N}_]*)+$/u
-
-  defp python_class_path?(value),
-    do: is_binary(value) and String.valid?(value) and Regex.match?(@python_class_path, value)
-
-  defp validate_env([], acc, _seen), do: {:ok, Enum.reverse(acc)}
-
-  defp validate_env([entry | rest], acc, seen) do
-    with {:ok, {name, value}} <- env_entry(entry),
-         :ok <- env_name(name, entry),
-         :ok <- env_value(value, entry),
-         :ok <- env_unique(name, seen, entry) do
-      validate_env(rest, [{name, value} | acc], Map.put(seen, name, true))
+  defp cast(:duration, {n, unit}) when is_atom(unit) do
+    case Keyword.fetch(@ttl_units, unit) do
+      {:ok, factor} when is_integer(n) and n > 0 -> {:ok, n * factor}
+      {:ok, _} -> {:error, "expected a positive integer count in {n, unit}"}
+      :error -> :error
     end
   end
 
-  defp env_entry({name, value} = entry) do
-    with {:ok, name} <- env_string(name, "name", entry),
-         {:ok, value} <- env_string(value, "value", entry) do
-      {:ok, {name, value}}
+  defp cast(:duration, n) when is_integer(n) do
+    {:error,
+     "expected #{describe(:duration)}, got #{n} (a bare integer has no unit: write " <>
+       "{#{n}, :seconds} or {#{n}, :milliseconds})", %{}}
+  end
+
+  defp cast(:env, env) when is_map(env) and not is_struct(env), do: cast(:env, Enum.sort(env))
+  defp cast(:env, env) when is_list(env), do: cast_env(env, [])
+
+  defp cast(:pools, pools) when is_list(pools) do
+    Enum.reduce_while(pools, {:ok, []}, fn pool, {:ok, acc} ->
+      case validate_pool(pool) do
+        {:ok, config} ->
+          if Enum.any?(acc, &(&1.name == config.name)),
+            do: {:halt, {:error, duplicate_pool(config.name)}},
+            else: {:cont, {:ok, acc ++ [config]}}
+
+        error ->
+          {:halt, error}
+      end
+    end)
+  end
+
+  defp cast(_type, _value), do: :error
+
+  defp describe({:or, literal, type}), do: "#{inspect(literal)} or #{describe(type)}"
+  defp describe(type), do: elem(Map.fetch!(@types, type), 0)
+
+  defp cast_env([], acc), do: {:ok, Enum.reverse(acc)}
+
+  defp cast_env([entry | rest], acc) do
+    result =
+      case entry do
+        {name, value} ->
+          with {:ok, name} <- env_string(name, "name"),
+               {:ok, value} <- env_string(value, "value") do
+            cond do
+              name == "" -> "has an empty name"
+              String.contains?(name, ["=", <<0>>]) -> ~s(has a name containing "=" or NUL)
+              String.contains?(value, <<0>>) -> "has a value containing NUL"
+              List.keymember?(acc, name, 0) -> "sets #{name} a second time"
+              true -> {name, value}
+            end
+          end
+
+        _ ->
+          "is not a {name, value} tuple"
+      end
+
+    case result do
+      {_, _} = pair ->
+        cast_env(rest, [pair | acc])
+
+      problem ->
+        sentence = "entry #{show(entry)} #{problem}; expected {name, value} strings"
+        {:error, sentence, %{entry: entry}}
     end
   end
 
-  defp env_entry(entry),
-    do: env_error(entry, "is not a {name, value} tuple")
+  defp env_string(string, _what) when is_binary(string), do: {:ok, string}
 
-  defp env_string(string, _what, _entry) when is_binary(string), do: {:ok, string}
+  defp env_string(n, what) when is_number(n),
+    do: "has a #{what} that is not a string (write \"#{n}\")"
 
-  defp env_string(list, what, entry) when is_list(list) do
-    if charlist?(list),
-      do: {:ok, List.to_string(list)},
-      else: env_error(entry, "has a #{what} that is not a string")
+  defp env_string(other, what) do
+    if charlist?(other), do: {:ok, to_string(other)}, else: "has a #{what} that is not a string"
   end
-
-  defp env_string(number, what, entry) when is_number(number),
-    do: env_error(entry, "has a #{what} that is not a string (write \"#{number}\")")
-
-  defp env_string(_other, what, entry),
-    do: env_error(entry, "has a #{what} that is not a string")
-
-  defp env_name(name, entry) do
-    cond do
-      name == "" ->
-        env_error(entry, "has an empty name")
-
-      String.contains?(name, ["=", <<0>>]) ->
-        env_error(entry, "has a name containing \"=\" or NUL")
-
-      true ->
-        :ok
-    end
-  end
-
-  defp env_value(value, entry) do
-    if String.contains?(value, <<0>>),
-      do: env_error(entry, "has a value containing NUL"),
-      else: :ok
-  end
-
-  defp env_unique(name, seen, entry) do
-    if Map.has_key?(seen, name),
-      do: env_error(entry, "sets #{name} a second time"),
-      else: :ok
-  end
-
-  defp env_error(entry, problem),
-    do:
-      {:error, "entry #{show(entry)} #{problem}; expected {name, value} strings", %{entry: entry}}
 
   ## adapter_args
 
-  defp parse_adapter_args([], flags, _pool, _args), do: {:ok, flags}
+  # Sets the keys that adapter_args' flags stand for; a key given with another value is a
+  # conflict naming both.
+  defp apply_flags(given, pool) do
+    args = Map.get(given, :adapter_args, [])
 
-  defp parse_adapter_args([arg | rest], flags, pool, args) do
-    {flag, inline} = split_flag(arg)
+    fail =
+      &{:error,
+       error(
+         "#{prefix(pool)}#{&2}",
+         Map.merge(%{key: :adapter_args, value: args, pool: pool}, &1)
+       )}
 
-    cond do
-      flag in @value_flags ->
-        with {:ok, value, rest} <- flag_value(flag, inline, rest, pool, args),
-             {:ok, parsed} <- parse_flag_value(flag, value, pool, args),
-             {:ok, flags} <- put_flag(flags, flag, value, parsed, pool, args) do
-          parse_adapter_args(rest, flags, pool, args)
+    with {:ok, flags} <- read_flags(args, [], &fail.(%{flag: &1}, "invalid adapter_args: #{&2}")) do
+      Enum.reduce_while(flags, {:ok, given}, fn {{flag, key, arg}, text, value}, {:ok, acc} ->
+        case Map.fetch(acc, key) do
+          {:ok, other} when other != value ->
+            {shown, hint} =
+              case arg do
+                :switch ->
+                  {if(value, do: flag, else: "#{flag}=false"), ""}
+
+                [{word, v} | more] ->
+                  also = Enum.map_join(more, fn {w, v} -> ", #{flag} #{w} with #{inspect(v)}" end)
+                  {"#{flag} #{text}", " (#{flag} #{word} goes with #{inspect(v)}#{also})"}
+
+                _placeholder ->
+                  {"#{flag} #{text}", "; drop one of them or give the same value"}
+              end
+
+            message = "adapter_args #{shown} conflicts with #{key}: #{inspect(other)}#{hint}"
+            {:halt, fail.(%{flag: flag, conflicts_with: key}, message)}
+
+          _ ->
+            {:cont, {:ok, Map.put(acc, key, value)}}
         end
-
-      flag in @bool_flags ->
-        with {:ok, parsed} <- parse_bool_flag(flag, inline, pool, args),
-             {:ok, flags} <- put_flag(flags, flag, inline || "true", parsed, pool, args) do
-          parse_adapter_args(rest, flags, pool, args)
-        end
-
-      flag in @grpc_flags ->
-        {:error,
-         args_error(
-           pool,
-           args,
-           flag,
-           "#{flag} belonged to grpc_server_threaded.py, which Snakepit replaces with an " <>
-             "in-process NIF; remove it (and its value) from adapter_args"
-         )}
-
-      String.starts_with?(flag, "-") ->
-        suggestion = suggest(flag, @known_flags)
-        hint = if suggestion, do: " (did you mean #{suggestion}?)", else: ""
-
-        {:error,
-         args_error(
-           pool,
-           args,
-           flag,
-           "unknown flag #{inspect(flag)}#{hint}; known flags: #{@flag_usage}"
-         )}
-
-      true ->
-        {:error,
-         args_error(
-           pool,
-           args,
-           arg,
-           "unexpected argument #{inspect(arg)}: flags take the form --flag value or " <>
-             "--flag=value; known flags: #{@flag_usage}"
-         )}
+      end)
     end
   end
 
-  defp split_flag("--" <> _ = arg) do
-    case String.split(arg, "=", parts: 2) do
-      [flag, value] -> {flag, value}
-      [flag] -> {flag, nil}
-    end
-  end
+  # [{flag spec, text, value}] in order of first appearance; `fail.(flag, description)`.
+  defp read_flags([], acc, _fail), do: {:ok, Enum.reverse(acc)}
 
-  defp split_flag(arg), do: {arg, nil}
+  defp read_flags([arg | rest], acc, fail) do
+    {flag, inline} =
+      case String.split(arg, "=", parts: 2) do
+        ["--" <> _ = flag, value] -> {flag, value}
+        _ -> {arg, nil}
+      end
 
-  defp flag_value(flag, nil, [value | rest], pool, args) do
-    if String.starts_with?(value, "--"),
-      do: {:error, missing_value(flag, pool, args)},
-      else: {:ok, value, rest}
-  end
+    with {_, key, kind} = spec <- List.keyfind(@flags, flag, 0),
+         {:ok, text, rest} <- flag_text(kind, inline, rest),
+         {:ok, value} <- flag_value(kind, @pool_types[key], text) do
+      case List.keyfind(acc, spec, 0) do
+        nil ->
+          read_flags(rest, [{spec, text, value} | acc], fail)
 
-  defp flag_value(flag, nil, [], pool, args), do: {:error, missing_value(flag, pool, args)}
-  defp flag_value(flag, "", _rest, pool, args), do: {:error, missing_value(flag, pool, args)}
-  defp flag_value(_flag, inline, rest, _pool, _args), do: {:ok, inline, rest}
+        {_, _, ^value} ->
+          read_flags(rest, acc, fail)
 
-  defp missing_value(flag, pool, args),
-    do: args_error(pool, args, flag, "#{flag} is missing its value (#{flag_usage(flag)})")
-
-  defp flag_usage("--adapter"), do: "--adapter CLASS"
-  defp flag_usage("--mode"), do: "--mode threaded|process"
-  defp flag_usage("--max-workers"), do: "--max-workers N"
-
-  defp parse_flag_value("--adapter", value, pool, args) do
-    if python_class_path?(value) do
-      {:ok, value}
+        {_, previous, _} ->
+          fail.(
+            flag,
+            "#{flag} is given twice with different values " <>
+              "(#{inspect(previous)} and #{inspect(text)})"
+          )
+      end
     else
-      {:error,
-       args_error(
-         pool,
-         args,
-         "--adapter",
-         "--adapter expects a Python class path such as \"package.module.Class\", " <>
-           "got #{inspect(value)}"
-       )}
+      :missing ->
+        fail.(flag, "#{flag} is missing its value (#{@usage[flag]})")
+
+      {:bad, problem} ->
+        fail.(flag, "#{flag} #{problem}")
+
+      nil when flag in @grpc_flags ->
+        fail.(
+          flag,
+          "#{flag} belonged to grpc_server_threaded.py, which Snakepit replaces " <>
+            "with an in-process NIF; remove it (and its value) from adapter_args"
+        )
+
+      nil ->
+        if String.starts_with?(flag, "-") do
+          suggestion = suggest(flag, Map.keys(@usage))
+          hint = if suggestion, do: " (did you mean #{suggestion}?)", else: ""
+          fail.(flag, "unknown flag #{inspect(flag)}#{hint}; known flags: #{@all_usage}")
+        else
+          fail.(
+            arg,
+            "unexpected argument #{inspect(arg)}: flags take the form --flag value " <>
+              "or --flag=value; known flags: #{@all_usage}"
+          )
+        end
     end
   end
 
-  defp parse_flag_value("--mode", "threaded", _pool, _args), do: {:ok, :thread}
-  defp parse_flag_value("--mode", "process", _pool, _args), do: {:ok, :process}
+  defp flag_text(:switch, inline, rest), do: {:ok, inline || "true", rest}
+  defp flag_text(_arg, nil, ["--" <> _ | _]), do: :missing
+  defp flag_text(_arg, nil, [text | rest]), do: {:ok, text, rest}
+  defp flag_text(_arg, inline, rest) when inline not in [nil, ""], do: {:ok, inline, rest}
+  defp flag_text(_arg, _inline, _rest), do: :missing
 
-  defp parse_flag_value("--mode", value, pool, args),
-    do:
-      {:error,
-       args_error(
-         pool,
-         args,
-         "--mode",
-         "--mode expects threaded or process, got #{inspect(value)}"
-       )}
+  defp flag_value(:switch, _type, text) when text in ["true", "false"],
+    do: {:ok, text == "true"}
 
-  defp parse_flag_value("--max-workers", value, pool, args) do
-    case Integer.parse(value) do
-      {n, ""} when n > 0 ->
-        {:ok, n}
+  defp flag_value(:switch, _type, text),
+    do: {:bad, "takes no value (or =true / =false), got #{inspect(text)}"}
 
-      _ ->
-        {:error,
-         args_error(
-           pool,
-           args,
-           "--max-workers",
-           "--max-workers expects a positive integer, got #{inspect(value)}"
-         )}
+  defp flag_value(words, _type, text) when is_list(words) do
+    case List.keyfind(words, text, 0) do
+      {_, value} -> {:ok, value}
+      nil -> {:bad, "expects #{Enum.map_join(words, " or ", &elem(&1, 0))}, got #{inspect(text)}"}
     end
   end
 
-  defp parse_bool_flag(_flag, nil, _pool, _args), do: {:ok, true}
-  defp parse_bool_flag(_flag, "true", _pool, _args), do: {:ok, true}
-  defp parse_bool_flag(_flag, "false", _pool, _args), do: {:ok, false}
+  defp flag_value(_placeholder, type, text) do
+    value =
+      case Integer.parse(text) do
+        {n, ""} when type == :pos_integer -> n
+        _ -> text
+      end
 
-  defp parse_bool_flag(flag, value, pool, args),
-    do:
-      {:error,
-       args_error(
-         pool,
-         args,
-         flag,
-         "#{flag} takes no value (or =true / =false), got #{inspect(value)}"
-       )}
-
-  defp put_flag(flags, flag, text, parsed, pool, args) do
-    case Map.fetch(flags, flag) do
-      :error ->
-        {:ok, Map.put(flags, flag, {text, parsed})}
-
-      {:ok, {_, ^parsed}} ->
-        {:ok, flags}
-
-      {:ok, {previous, _}} ->
-        {:error,
-         args_error(
-           pool,
-           args,
-           flag,
-           "#{flag} is given twice with different values (#{inspect(previous)} and #{inspect(text)})"
-         )}
+    case cast(type, value) do
+      {:ok, value} -> {:ok, value}
+      _ -> {:bad, "expects #{describe(type)}, got #{inspect(text)}"}
     end
   end
-
-  ## Flags against keys
-
-  defp resolve_profile(given, flags, pool, args) do
-    case {Map.fetch(given, :worker_profile), Map.fetch(flags, "--mode")} do
-      {:error, :error} ->
-        {:ok, :thread}
-
-      {{:ok, profile}, :error} ->
-        {:ok, profile}
-
-      {:error, {:ok, {_, profile}}} ->
-        {:ok, profile}
-
-      {{:ok, profile}, {:ok, {_, profile}}} ->
-        {:ok, profile}
-
-      {{:ok, profile}, {:ok, {text, _}}} ->
-        {:error,
-         conflict(
-           pool,
-           args,
-           "--mode",
-           :worker_profile,
-           "adapter_args --mode #{text} conflicts with worker_profile: #{inspect(profile)} " <>
-             "(--mode threaded goes with :thread, --mode process with :process)"
-         )}
-    end
-  end
-
-  defp resolve_threads(given, flags, profile, pool, args) do
-    case {Map.fetch(given, :threads_per_worker), Map.fetch(flags, "--max-workers")} do
-      {{:ok, threads}, {:ok, {text, n}}} when threads != n ->
-        {:error,
-         conflict(
-           pool,
-           args,
-           "--max-workers",
-           :threads_per_worker,
-           "adapter_args --max-workers #{text} conflicts with threads_per_worker: #{threads}; " <>
-             "drop one of them or give the same value"
-         )}
-
-      {{:ok, threads}, _} ->
-        {:ok, threads}
-
-      {:error, {:ok, {_, n}}} ->
-        {:ok, n}
-
-      {:error, :error} ->
-        {:ok, if(profile == :process, do: 1, else: 8)}
-    end
-  end
-
-  defp resolve_adapter(given, flags, pool, args) do
-    case {Map.fetch(given, :adapter), Map.fetch(flags, "--adapter")} do
-      {{:ok, adapter}, {:ok, {text, flag_adapter}}} when adapter != flag_adapter ->
-        {:error,
-         conflict(
-           pool,
-           args,
-           "--adapter",
-           :adapter,
-           "adapter_args --adapter #{text} conflicts with adapter: #{inspect(adapter)}; " <>
-             "drop one of them or give the same value"
-         )}
-
-      {{:ok, adapter}, _} ->
-        {:ok, adapter}
-
-      {:error, {:ok, {_, adapter}}} ->
-        {:ok, adapter}
-
-      {:error, :error} ->
-        {:ok, @default_adapter}
-    end
-  end
-
-  defp resolve_thread_safety_check(given, flags, pool, args) do
-    case {Map.fetch(given, :thread_safety_check), Map.fetch(flags, "--thread-safety-check")} do
-      {{:ok, check?}, {:ok, {_, flag?}}} when check? != flag? ->
-        {:error,
-         conflict(
-           pool,
-           args,
-           "--thread-safety-check",
-           :thread_safety_check,
-           "adapter_args --thread-safety-check#{if flag?, do: "", else: "=false"} conflicts " <>
-             "with thread_safety_check: #{check?}"
-         )}
-
-      {{:ok, check?}, _} ->
-        {:ok, check?}
-
-      {:error, {:ok, {_, flag?}}} ->
-        {:ok, flag?}
-
-      {:error, :error} ->
-        {:ok, false}
-    end
-  end
-
-  defp check_python(%{python: python}, :thread, pool) when is_binary(python) do
-    {:error,
-     invalid_as_is(
-       pool,
-       :python,
-       python,
-       "a per-pool interpreter applies only to worker_profile :process; a :thread pool runs " <>
-         "in the node's embedded interpreter (chosen at build time by SNAKEPIT_PYTHON or " <>
-         "config :snakepit, python: ...)",
-       %{}
-     )}
-  end
-
-  defp check_python(_given, _profile, _pool), do: :ok
 
   ## Errors
 
@@ -900,29 +839,37 @@ defmodule Snakepit.Config do
   defp prefix(nil), do: "pool config: "
   defp prefix(pool), do: "pool #{inspect(pool)}: "
 
-  # `description` says what was expected; the value given is appended.
-  defp invalid(pool, key, value, description),
-    do: invalid_as_is(pool, key, value, description <> ", got " <> show(value), %{})
+  defp pool_of({:pool, pool}), do: pool
+  defp pool_of(:global), do: nil
 
-  # `sentence` already says what was given.
-  defp invalid_as_is(pool, key, value, sentence, extra) do
-    error(
-      "#{prefix(pool)}invalid #{key}: #{sentence}",
-      Map.merge(%{key: key, value: value, pool: pool}, extra)
-    )
+  defp invalid(_scope, _key, _type, _value, {:error, %Error{} = error}), do: error
+
+  defp invalid(scope, key, type, value, result) do
+    {sentence, extra} =
+      case result do
+        {:error, sentence, extra} -> {sentence, extra}
+        {:error, description} -> {"#{description}, got #{show(value)}", %{}}
+        _ -> {"expected #{describe(type)}, got #{show(value)}", %{}}
+      end
+
+    where =
+      case scope do
+        {:pool, pool} -> "#{prefix(pool)}invalid #{key}: "
+        :global -> "invalid config :snakepit, #{inspect(key)}: "
+      end
+
+    error(where <> sentence, Map.merge(%{key: key, value: value, pool: pool_of(scope)}, extra))
   end
 
-  defp args_error(pool, args, flag, description) do
-    error(
-      "#{prefix(pool)}invalid adapter_args: #{description}",
-      %{key: :adapter_args, value: args, pool: pool, flag: flag}
-    )
+  defp wrong_profile(opts) do
+    only = Enum.map_join(opts[:profiles], " or ", &inspect/1)
+    {:error, opts[:profile_error] || "it applies only to worker_profile #{only}", %{}}
   end
 
-  defp conflict(pool, args, flag, other_key, description) do
+  defp duplicate_pool(name) do
     error(
-      "#{prefix(pool)}#{description}",
-      %{key: :adapter_args, value: args, pool: pool, flag: flag, conflicts_with: other_key}
+      "pool #{inspect(name)} is configured more than once in config :snakepit, :pools",
+      %{key: :name, value: name, pool: name}
     )
   end
 
@@ -933,37 +880,21 @@ defmodule Snakepit.Config do
     )
   end
 
-  defp python_path_error(value) do
-    error(
-      "invalid config :snakepit, :python_path: expected a path or a list of paths, got " <>
-        show(value),
-      %{key: :python_path, value: value, pool: nil}
-    )
-  end
-
   defp show(value), do: inspect(value, limit: 20, printable_limit: 200)
 
   defp suggest(key, candidates) do
-    name = key |> to_string_safe() |> String.trim_leading(":")
+    name =
+      if is_atom(key) or is_binary(key),
+        do: key |> to_string() |> String.trim_leading(":"),
+        else: inspect(key)
 
-    candidates
-    |> Enum.map(fn candidate -> {candidate, String.jaro_distance(name, to_string(candidate))} end)
-    |> Enum.max_by(fn {_, distance} -> distance end, fn -> {nil, 0.0} end)
-    |> case do
-      {candidate, distance} when distance >= @suggestion_threshold -> candidate
-      _ -> nil
-    end
+    {candidate, distance} =
+      candidates
+      |> Enum.map(&{&1, String.jaro_distance(name, to_string(&1))})
+      |> Enum.max_by(&elem(&1, 1), fn -> {nil, 0.0} end)
+
+    if distance >= 0.8, do: candidate
   end
-
-  defp to_string_safe(key) when is_atom(key) or is_binary(key), do: to_string(key)
-  defp to_string_safe(key), do: inspect(key)
 
   defp charlist?(list), do: is_list(list) and :io_lib.printable_unicode_list(list)
-
-  defp path_separator do
-    case :os.type() do
-      {:win32, _} -> ";"
-      _ -> ":"
-    end
-  end
 end

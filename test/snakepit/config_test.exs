@@ -242,12 +242,17 @@ defmodule Snakepit.ConfigTest do
       end
     end
 
-    test "threads_per_worker means the same in both profiles" do
-      {:ok, config} =
-        Snakepit.Config.validate_pool(name: :p, worker_profile: :process, threads_per_worker: 4)
+    test "threads_per_worker means the same in both profiles: a process worker may run several" do
+      assert {:ok, config} =
+               Config.validate_pool(name: :p, worker_profile: :process, threads_per_worker: 4)
 
-      assert {config.worker_profile, config.pool_size > 0, config.threads_per_worker} ==
-               {:process, true, 4}
+      assert {config.worker_profile, config.threads_per_worker} == {:process, 4}
+      assert Config.capacity(config) == System.schedulers_online() * 4
+
+      error = error!(name: :p, worker_profile: :process, threads_per_worker: 0)
+
+      assert error.message ==
+               "pool :p: invalid threads_per_worker: expected a positive integer, got 0"
     end
   end
 
@@ -609,11 +614,22 @@ defmodule Snakepit.ConfigTest do
              }
     end
 
-    test "--max-workers above 1 on a process pool sets its threads" do
-      config = [name: :p, adapter_args: ["--mode", "process", "--max-workers", "4"]]
+    test "--max-workers sets threads_per_worker on a process pool too" do
+      assert {:ok, %Config{worker_profile: :process, threads_per_worker: 4}} =
+               Config.validate_pool(
+                 name: :p,
+                 adapter_args: ["--mode", "process", "--max-workers", "4"]
+               )
 
-      assert {:ok, %{worker_profile: :process, threads_per_worker: 4}} =
-               Config.validate_pool(config)
+      assert {:ok, %Config{worker_profile: :process, threads_per_worker: 4}} =
+               Config.validate_pool(
+                 name: :p,
+                 worker_profile: :process,
+                 adapter_args: ["--max-workers=4"]
+               )
+
+      error = args_error!(["--max-workers", "4"], worker_profile: :process, threads_per_worker: 2)
+      assert error.message =~ "--max-workers 4 conflicts with threads_per_worker: 2"
     end
 
     test "--adapter against adapter" do
@@ -649,21 +665,16 @@ defmodule Snakepit.ConfigEnvTest do
   alias Snakepit.Config
 
   setup do
-    saved =
-      for key <- [:pools, :default_pool, :python_path] do
-        {key, Application.fetch_env(:snakepit, key)}
-      end
-
+    saved = Application.get_all_env(:snakepit)
     saved_pythonpath = System.get_env("PYTHONPATH")
     System.delete_env("PYTHONPATH")
 
     on_exit(fn ->
-      for {key, value} <- saved do
-        case value do
-          {:ok, value} -> Application.put_env(:snakepit, key, value)
-          :error -> Application.delete_env(:snakepit, key)
-        end
-      end
+      for {key, _} <- Application.get_all_env(:snakepit),
+          not Keyword.has_key?(saved, key),
+          do: Application.delete_env(:snakepit, key)
+
+      for {key, value} <- saved, do: Application.put_env(:snakepit, key, value)
 
       if saved_pythonpath,
         do: System.put_env("PYTHONPATH", saved_pythonpath),
@@ -740,6 +751,83 @@ defmodule Snakepit.ConfigEnvTest do
       assert_raise Snakepit.Error,
                    ~r/invalid config :snakepit, :default_pool/,
                    &Config.default_pool/0
+    end
+  end
+
+  describe "validate_global/0" do
+    test "the global keys as this project configures them" do
+      Application.put_env(:snakepit, :pools, [%{name: :a}, [name: :b, worker_profile: :process]])
+      Application.put_env(:snakepit, :default_pool, :b)
+      Application.put_env(:snakepit, :python_path, ["priv/python", ~c"/opt/lib"])
+      Application.put_env(:snakepit, :python, "/usr/bin/python3")
+      assert Config.validate_global() == :ok
+
+      Application.delete_env(:snakepit, :python)
+      for key <- [:pools, :default_pool, :python_path], do: Application.delete_env(:snakepit, key)
+      assert Config.validate_global() == :ok
+    end
+
+    test "a misspelt key is an error suggesting the key meant" do
+      Application.put_env(:snakepit, :pyhton_path, ["priv/python"])
+      assert {:error, %Snakepit.Error{category: :validation} = error} = Config.validate_global()
+
+      assert error.message ==
+               "config :snakepit: unknown key :pyhton_path; did you mean :python_path? " <>
+                 "(valid keys: :pools, :default_pool, :python_path, :python)"
+
+      assert error.details == %{
+               key: :pyhton_path,
+               value: ["priv/python"],
+               pool: nil,
+               suggestion: :python_path,
+               valid_keys: [:pools, :default_pool, :python_path, :python]
+             }
+    end
+
+    test "an unknown key without a close match is an error without a suggestion" do
+      Application.put_env(:snakepit, :colour, :blue)
+      assert {:error, error} = Config.validate_global()
+      assert error.message =~ "config :snakepit: unknown key :colour (valid keys: :pools,"
+      refute error.message =~ "did you mean"
+      assert error.details.suggestion == nil
+
+      Application.delete_env(:snakepit, :colour)
+      Application.put_env(:snakepit, :default_pol, :a)
+      assert {:error, error} = Config.validate_global()
+      assert error.message =~ "unknown key :default_pol; did you mean :default_pool?"
+    end
+
+    test "bad values name the key" do
+      for {key, value, expected} <- [
+            {:default_pool, "second", "expected nil or an atom"},
+            {:python_path, [:priv], "expected a path or a list of paths"},
+            {:python, 3, "expected nil or a path"},
+            {:pools, %{name: :a}, "expected a list of pool configs"}
+          ] do
+        Application.put_env(:snakepit, key, value)
+        assert {:error, %Snakepit.Error{category: :validation} = error} = Config.validate_global()
+
+        assert error.message ==
+                 "invalid config :snakepit, #{inspect(key)}: #{expected}, got #{inspect(value)}"
+
+        assert error.details == %{key: key, value: value, pool: nil}
+        Application.delete_env(:snakepit, key)
+      end
+    end
+
+    test "a bad pool is that pool's error" do
+      Application.put_env(:snakepit, :pools, [%{name: :a, pool_sise: 2}])
+      assert {:error, error} = Config.validate_global()
+      assert error.message =~ "pool :a: unknown key :pool_sise; did you mean :pool_size?"
+    end
+
+    test "the application does not start with a bad key, and says which" do
+      Application.put_env(:snakepit, :pyhton_path, [])
+
+      assert {:error, %Snakepit.Error{details: %{key: :pyhton_path}} = error} =
+               Snakepit.Application.start(:normal, [])
+
+      assert error.message =~ "did you mean :python_path?"
     end
   end
 
