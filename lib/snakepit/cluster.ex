@@ -3,7 +3,7 @@ defmodule Snakepit.Cluster do
   @margin 5_000
 
   @moduledoc """
-  Pools across connected nodes (DESIGN §7).
+  Pools across connected nodes.
 
   Every pool joins the `:pg` group `{:snakepit_pool, name}` in the `Snakepit.Cluster` scope,
   which the `:snakepit` application starts. `Snakepit.execute/4` runs on the local pool when this

@@ -1,6 +1,6 @@
 defmodule Snakepit.ConformanceCase do
   @moduledoc false
-  # One set of cases run against both worker profiles (DESIGN §6): the term mapping of §4,
+  # One set of cases run against every worker profile (docs/architecture.md): the term mapping,
   # errors, timeouts and cancellation, concurrency, stats and tools.
   #
   # `Snakepit.ConformanceThreadTest` and `Snakepit.ConformanceProcessTest` below `use` this
@@ -100,7 +100,7 @@ defmodule Snakepit.ConformanceCase do
         type
       end
 
-      describe "terms (DESIGN §4)" do
+      describe "terms" do
         test "nil, true, false", ctx do
           for v <- [nil, true, false], do: assert(echo(ctx, v) == {:ok, v})
           assert py_type(ctx, nil) == "NoneType"

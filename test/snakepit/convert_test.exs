@@ -1,5 +1,5 @@
 defmodule Snakepit.ConvertTest do
-  # The term mapping of DESIGN §4, through a real pool, both directions.
+  # The term mapping (README, "Terms and Python"), through a real pool, both directions.
   use Snakepit.PoolCase, async: true
 
   setup_all do

@@ -1,4 +1,4 @@
-//! The term mapping of DESIGN §4, both directions.
+//! The term mapping (README, "Terms and Python"; docs/architecture.md, Terms), both directions.
 //!
 //! Conversion is recursive with a hard depth limit ([`MAX_DEPTH`]): a deeper value is a
 //! conversion error, never a stack overflow. Pool threads get stacks big enough for it.

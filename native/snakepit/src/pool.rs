@@ -1,7 +1,7 @@
 //! The thread pool: `pool_size` workers (one adapter instance each) × `threads_per_worker`
 //! native threads, one bounded queue, replies sent straight from the pool thread to the caller.
 //!
-//! Scheduling (see PERFORMANCE_NOTES.md): each thread attaches to Python once. A thread that
+//! Scheduling (docs/architecture.md, "What shaped the pool"): each thread attaches to Python once. A thread that
 //! finds the queue empty spins briefly (a bounded number of threads at a time), then detaches
 //! and parks. `ready` counts the threads that will look at the queue soon without being woken
 //! (spinners, and on GIL builds threads waiting for the GIL); a submit wakes a parked thread only

@@ -1,4 +1,5 @@
-"""The Erlang external term format, with Snakepit's term mapping (DESIGN §4).
+"""The Erlang external term format, with Snakepit's term mapping (the README's "Terms and
+Python"; docs/architecture.md, Terms).
 
 The ``:process`` worker profile talks to Elixir through this codec: Elixir encodes with
 ``:erlang.term_to_binary/1`` and decodes with ``:erlang.binary_to_term(bin, [:safe])``.
