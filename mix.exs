@@ -29,9 +29,22 @@ defmodule Snakepit.MixProject do
   defp elixirc_paths(:test), do: ["lib", "test/support"]
   defp elixirc_paths(_), do: ["lib"]
 
+  # `mix ci` runs what CI runs on one interpreter (scripts/test adds the benchmarks' smoke
+  # runs, the other CPythons and the current-stack lane): the format checks, clippy, the Rust
+  # unit tests, pytest and ExUnit with the integration tests. The Python is SNAKEPIT_PYTHON,
+  # else the checkout's .venv (scripts/setup makes it).
   defp aliases do
+    python = "${SNAKEPIT_PYTHON:-$PWD/.venv/bin/python}"
+
     [
-      ci: ["format --check-formatted", "test --warnings-as-errors"]
+      ci: [
+        "format --check-formatted",
+        "cmd cargo fmt --all -- --check",
+        "cmd PYO3_PYTHON=#{python} cargo clippy --all-targets --features nif -q -- -D warnings",
+        "cmd PYO3_PYTHON=#{python} cargo test -q",
+        "cmd #{python} -m pytest test/python -q",
+        "cmd MIX_ENV=test SNAKEPIT_PYTHON=#{python} SNAKEPIT_INTEGRATION=1 mix test --warnings-as-errors"
+      ]
     ]
   end
 end

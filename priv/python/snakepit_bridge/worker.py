@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import ctypes
 import io
-import json
 import logging
 import os
 import platform
@@ -76,7 +75,7 @@ import threading
 import traceback
 from typing import Any, Callable, Dict, Optional
 
-from . import _runtime, etf
+from . import _dispatch, _runtime, etf
 from .errors import Cancelled
 from .etf import Atom, ConversionError
 
@@ -116,15 +115,6 @@ _clear_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void
 )
 
 
-def exception_type_name(exc: BaseException) -> str:
-    """``module.QualName``, or just ``QualName`` for builtins (as the ``:thread`` profile)."""
-    cls = type(exc)
-    module = getattr(cls, "__module__", None)
-    if module in (None, "builtins"):
-        return cls.__qualname__
-    return f"{module}.{cls.__qualname__}"
-
-
 def error_map(
     category: str,
     message: str,
@@ -143,23 +133,8 @@ def error_map(
 
 
 def python_error(exc: BaseException) -> Dict[Atom, Any]:
-    """The error map of a Python exception: type, message and the formatted traceback.
-
-    The worker's own frames at the head of the traceback are left out, so that it starts in
-    adapter code as in the ``:thread`` profile.
-    """
-    python_type = exception_type_name(exc)
-    tb_head = exc.__traceback__
-    while tb_head is not None and tb_head.tb_frame.f_code.co_filename == __file__:
-        tb_head = tb_head.tb_next
-    try:
-        message = str(exc)
-    except BaseException:  # noqa: BLE001 - a broken __str__ must not kill the worker
-        message = "<exception str() failed>"
-    try:
-        tb = "".join(traceback.format_exception(type(exc), exc, tb_head))
-    except BaseException:  # noqa: BLE001
-        tb = f"{python_type}: {message}\n"
+    """The error map of a Python exception (:func:`snakepit_bridge._dispatch.exception_info`)."""
+    python_type, message, tb = _dispatch.exception_info(exc)
     return error_map("python_error", message, python_type, tb)
 
 
@@ -400,8 +375,7 @@ class Worker:
                 job.id,
                 error_map(
                     "validation",
-                    f"unknown command {json.dumps(name, ensure_ascii=False)} for adapter "
-                    f"{self.class_name}; available commands: {', '.join(self.names)}",
+                    _dispatch.unknown_command(name, self.class_name, self.names, self.adapter),
                     details={Atom("available"): self.names},
                 ),
             )

@@ -1,0 +1,79 @@
+"""Command dispatch and exception capture, written once for every profile. Not a user API.
+
+The ``:thread`` profile's NIF (``native/snakepit/src/pool.rs``, ``error.rs``) and the
+``:process`` worker (:mod:`snakepit_bridge.worker`) both look commands up in the dict
+:func:`snakepit_bridge._runtime.commands` builds, and both call these functions when a call
+fails: :func:`unknown_command` for the message of a command the adapter does not have, and
+:func:`exception_info` for the type, message and traceback of an exception. So a Python
+error reads the same in every profile.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import traceback
+from typing import Any, Iterable, Tuple
+
+__all__ = ["exception_info", "type_name", "unknown_command"]
+
+# Frames of these files at the head of a traceback are Snakepit's own dispatch, not the
+# adapter's code: they are left out, so that a traceback starts where the user's code does.
+_OWN_FILES = frozenset(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+    for name in ("worker.py", "_dispatch.py")
+)
+
+
+def type_name(exc: BaseException) -> str:
+    """``module.QualName`` of the exception's type, just ``QualName`` for builtins."""
+    cls = type(exc)
+    module = getattr(cls, "__module__", None)
+    if module in (None, "builtins"):
+        return cls.__qualname__
+    return f"{module}.{cls.__qualname__}"
+
+
+def exception_info(exc: BaseException) -> Tuple[str, str, str]:
+    """``(python_type, message, traceback)`` of ``exc``, never raising itself.
+
+    The traceback is the full ``traceback.format_exception`` text, without Snakepit's own
+    frames at its head.
+    """
+    python_type = type_name(exc)
+    try:
+        message = str(exc)
+    except BaseException:  # noqa: BLE001 - a broken __str__ must not hide the error
+        message = "<exception str() failed>"
+    tb = exc.__traceback__
+    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) in _OWN_FILES:
+        tb = tb.tb_next
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+    except BaseException:  # noqa: BLE001
+        text = f"{python_type}: {message}\n"
+    return python_type, message, text
+
+
+def unknown_command(name: str, class_name: str, names: Iterable[str], adapter: Any = None) -> str:
+    """The message for a command ``name`` that adapter class ``class_name`` does not have.
+
+    It lists the commands there are, suggests the closest one, and says so when ``name`` is a
+    method of the adapter that is not marked as a command.
+    """
+    names = sorted(names)
+    shown = json.dumps(name, ensure_ascii=False)
+    message = f"unknown command {shown} for adapter {class_name}"
+    method = getattr(adapter, name, None) if adapter is not None and name.isidentifier() else None
+    if callable(method) and not name.startswith("_"):
+        message += (
+            f"; the method {name} exists but is not a command: mark it with @tool "
+            "(or @thread_safe_method)"
+        )
+    else:
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        if close:
+            message += f" (did you mean {json.dumps(close[0], ensure_ascii=False)}?)"
+    return f"{message}; available commands: {', '.join(names)}"
+
