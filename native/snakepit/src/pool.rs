@@ -57,8 +57,8 @@ pub struct ThreadSlot {
     pub worker: usize,
     /// `threading.get_ident()` of the thread.
     pub ident: AtomicU64,
-    /// Address of the JobCtl being run, 0 when idle. Locked while an interrupt is delivered.
-    pub current: Mutex<usize>,
+    /// `JobCtl::id` of the job being run, 0 when idle. Locked while an interrupt is delivered.
+    pub current: Mutex<u64>,
     pub requests: AtomicU64,
     pub busy_ns: AtomicU64,
 }
@@ -228,7 +228,7 @@ impl PoolInner {
     }
 
     /// Raises `snakepit_bridge.Cancelled` in pool thread `thread` if it still runs job `job`.
-    pub fn interrupt(&self, thread: usize, job: usize) {
+    pub fn interrupt(&self, thread: usize, job: u64) {
         if let Some(slot) = self.slots.get(thread) {
             interrupter().send((Arc::clone(slot), job)).ok();
         }
@@ -478,8 +478,7 @@ fn run_job(
         }
         return;
     }
-    let ctl_addr = &*job.ctl as *const JobCtl as usize;
-    *slot.current.lock() = ctl_addr;
+    *slot.current.lock() = job.ctl.id;
     pool.counters.active.fetch_add(1, Ordering::Relaxed);
     let t0 = Instant::now();
 
@@ -748,7 +747,7 @@ fn invoke<'py>(
 // Interrupts (cancelling running jobs)
 // ---------------------------------------------------------------------------------------------
 
-type Interrupt = (Arc<ThreadSlot>, usize);
+type Interrupt = (Arc<ThreadSlot>, u64);
 
 /// One thread per VM delivers async exceptions: it needs to attach to Python, which a
 /// scheduler thread (where cancel and the monitor's `down` run) must not do.
@@ -760,6 +759,7 @@ fn interrupter() -> &'static Sender<Interrupt> {
             .name("snakepit-intr".into())
             .spawn(move || {
                 for (slot, job) in rx {
+                    test_delay();
                     Python::attach(|py| {
                         let exc = py
                             .import("snakepit_bridge.errors")
@@ -785,6 +785,17 @@ fn interrupter() -> &'static Sender<Interrupt> {
             .expect("cannot start the snakepit interrupter thread");
         tx
     })
+}
+
+/// `SNAKEPIT_TEST_INTERRUPT_DELAY_US`: the interrupter waits that long before each delivery,
+/// widening the race windows the cancellation tests look for (test suite only).
+fn test_delay() {
+    if let Some(us) = std::env::var("SNAKEPIT_TEST_INTERRUPT_DELAY_US")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(Duration::from_micros(us));
+    }
 }
 
 /// Cancels a job (timeout or caller exit).

@@ -47,6 +47,13 @@ class TestAdapter(ThreadSafeAdapter):
             raise
         return n
 
+    @tool(description="Tell pid the call runs, then spin in pure Python for seconds.")
+    def notify_busy(self, pid, seconds: float = 0.001):
+        send(pid, "running")
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            pass
+
     @tool(description="What interrupted the last busy loop.")
     def last_interrupt_name(self):
         return getattr(self, "last_interrupt", None)
