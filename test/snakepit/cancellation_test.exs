@@ -6,6 +6,36 @@ defmodule Snakepit.CancellationTest do
 
   alias Snakepit.Error
 
+  describe "a call that times out" do
+    test "runs its except and finally blocks and with exits (the guide's acquire_lock pattern)" do
+      pool = start_test_pool!()
+      timed_out_inside_try(pool, 5)
+
+      assert {:ok, [["except", "Cancelled"], ["finally"]]} =
+               Snakepit.execute(pool, "spin_log_entries", %{})
+
+      # `with self.acquire_lock():` released the lock: another thread can take it.
+      assert {:ok, %{"counter" => 0}} = Snakepit.execute(pool, "state", %{}, timeout: 5_000)
+    end
+  end
+
+  # Calls `locked_spin` with a short timeout until one call timed out inside its `try` block
+  # (it told us it entered it), at most `tries` times; returns when that call's thread is free.
+  defp timed_out_inside_try(_pool, 0), do: flunk("no call timed out inside its try block")
+
+  defp timed_out_inside_try(pool, tries) do
+    assert {:error, %Error{category: :timeout}} =
+             Snakepit.execute(pool, "locked_spin", %{pid: self()}, timeout: 300)
+
+    wait_until(fn -> match?({:ok, %{active_requests: 0}}, Snakepit.stats(pool)) end)
+
+    receive do
+      "entered" -> assert_received "finally"
+    after
+      0 -> timed_out_inside_try(pool, tries - 1)
+    end
+  end
+
   describe "a dying caller's cancellation" do
     setup do
       # The interrupter waits before each delivery: a stale cancellation then has time to meet

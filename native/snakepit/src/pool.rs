@@ -10,7 +10,7 @@
 //! a job that blocks in C (NumPy, sleep) never strands the queue.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ use crate::atoms;
 use crate::convert;
 use crate::error::{Error, Result};
 use crate::idle::Idle;
+use crate::interrupt::{self, Running};
 use crate::job::{CancelOutcome, Job, JobCtl};
 use crate::mailer;
 use crate::runtime::{self, RuntimeConfig};
@@ -57,8 +58,8 @@ pub struct ThreadSlot {
     pub worker: usize,
     /// `threading.get_ident()` of the thread.
     pub ident: AtomicU64,
-    /// `JobCtl::id` of the job being run, 0 when idle. Locked while an interrupt is delivered.
-    pub current: Mutex<u64>,
+    /// The job being run and the state of its interruption (see interrupt.rs).
+    pub run: Mutex<Running>,
     pub requests: AtomicU64,
     pub busy_ns: AtomicU64,
 }
@@ -137,7 +138,7 @@ impl PoolInner {
                     name: format!("snakepit-{}-w{}-t{}", config.name, worker, t),
                     worker,
                     ident: AtomicU64::new(0),
-                    current: Mutex::new(0),
+                    run: Mutex::new(Running::default()),
                     requests: AtomicU64::new(0),
                     busy_ns: AtomicU64::new(0),
                 })
@@ -230,7 +231,7 @@ impl PoolInner {
     /// Raises `snakepit_bridge.Cancelled` in pool thread `thread` if it still runs job `job`.
     pub fn interrupt(&self, thread: usize, job: u64) {
         if let Some(slot) = self.slots.get(thread) {
-            interrupter().send((Arc::clone(slot), job)).ok();
+            interrupt::request(slot, job);
         }
     }
 
@@ -263,7 +264,7 @@ impl PoolInner {
                 }
                 // Interrupt whatever still runs, then give it one more grace period.
                 for (i, slot) in self.slots.iter().enumerate() {
-                    let job = *slot.current.lock();
+                    let job = slot.run.lock().job;
                     if job != 0 {
                         self.interrupt(i, job);
                     }
@@ -402,6 +403,7 @@ fn thread_main(pool: Arc<PoolInner>, index: usize, started: crossbeam_channel::S
             Ordering::SeqCst,
         );
         call_runtime(py, "set_thread_name", (&slot.name, &pool.config.name)).ok();
+        interrupt::register_thread(&slot);
         drop(started);
         let worker_slot = &pool.workers[slot.worker];
         pool.idle.ready_begin();
@@ -478,7 +480,10 @@ fn run_job(
         }
         return;
     }
-    *slot.current.lock() = job.ctl.id;
+    *slot.run.lock() = Running {
+        job: job.ctl.id,
+        ..Running::default()
+    };
     pool.counters.active.fetch_add(1, Ordering::Relaxed);
     let t0 = Instant::now();
 
@@ -505,7 +510,10 @@ fn run_job(
         )))
     });
 
-    job_done(pool, slot, t0);
+    let run = job_done(pool, slot, t0);
+    if run.armed || run.async_exc {
+        interrupt::after_job(py, slot, &run);
+    }
 
     if job.ctl.finish() {
         if result.is_ok() {
@@ -515,38 +523,28 @@ fn run_job(
         }
         send_reply(job, result);
     } else {
-        cancelled_while_running(pool, slot, &job);
+        cancelled_while_running(pool, &job);
     }
 }
 
-/// Bookkeeping for a job cancelled while it ran: an async exception may still be pending for
-/// this thread (clear it), count it, drop the caller monitor.
-fn cancelled_while_running(pool: &PoolInner, slot: &ThreadSlot, job: &Job) {
-    clear_pending_interrupt(slot);
+/// Bookkeeping for a job cancelled while it ran (its interruption is over: see
+/// `interrupt::after_job`): count it, drop the caller monitor.
+fn cancelled_while_running(pool: &PoolInner, job: &Job) {
     pool.counters.cancelled.fetch_add(1, Ordering::Relaxed);
     JobCtl::demonitor(&job.ctl);
 }
 
-/// Drops an async exception set for this thread but not raised yet. Call with `slot.current`
-/// cleared, so that no new one can be set.
-fn clear_pending_interrupt(slot: &ThreadSlot) {
-    unsafe {
-        ffi::PyThreadState_SetAsyncExc(
-            slot.ident.load(Ordering::SeqCst) as std::os::raw::c_long,
-            std::ptr::null_mut(),
-        );
-    }
-}
-
 /// Once the Python work of a job is over: the thread is free (ready again before it replies,
-/// so the caller's next call does not wake another thread), and its counters move.
-fn job_done(pool: &PoolInner, slot: &ThreadSlot, t0: Instant) {
-    *slot.current.lock() = 0;
+/// so the caller's next call does not wake another thread), and its counters move. Returns
+/// what the interrupter did to the job; call `interrupt::after_job` if it armed or set anything.
+fn job_done(pool: &PoolInner, slot: &ThreadSlot, t0: Instant) -> Running {
+    let run = std::mem::take(&mut *slot.run.lock());
     pool.idle.ready_begin();
     slot.busy_ns
         .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
     slot.requests.fetch_add(1, Ordering::Relaxed);
     pool.counters.active.fetch_sub(1, Ordering::Relaxed);
+    run
 }
 
 /// Runs a stream job: each item of the iterator the command returns is sent as
@@ -584,17 +582,17 @@ fn run_stream(
     let mut cancelled = false;
     if let Ok(iterator) = &iterator {
         let mut chunk_env = OwnedEnv::new();
-        let running = *slot.current.lock();
+        let running = job.ctl.id;
         loop {
             // While it waits for demand the thread is in Rust: a cancellation then needs no
             // async exception (the wait sees it), and one must not land in the generator's
             // `finally` when it is closed below. Only the generator's own code is interruptible.
-            *slot.current.lock() = 0;
+            slot.run.lock().job = 0;
             if !py.detach(|| job.ctl.take_credit()) {
                 cancelled = true;
                 break;
             }
-            *slot.current.lock() = running;
+            slot.run.lock().job = running;
             let item = match iterator.call_method0("__next__") {
                 Ok(item) => item,
                 Err(e) if e.is_instance_of::<pyo3::exceptions::PyStopIteration>(py) => break,
@@ -623,13 +621,13 @@ fn run_stream(
                 break;
             }
         }
-        *slot.current.lock() = 0;
-        if cancelled || outcome.is_err() {
-            // Let the generator run its finally blocks, without an interrupt still pending.
-            clear_pending_interrupt(slot);
-            if iterator.hasattr("close").unwrap_or(false) {
-                let _ = iterator.call_method0("close");
-            }
+        // No cancellation may be raised any more, not in the finally blocks `close` runs.
+        let run = std::mem::take(&mut *slot.run.lock());
+        if run.armed || run.async_exc {
+            interrupt::after_job(py, slot, &run);
+        }
+        if (cancelled || outcome.is_err()) && iterator.hasattr("close").unwrap_or(false) {
+            let _ = iterator.call_method0("close");
         }
     }
     let outcome = iterator.and(outcome);
@@ -649,7 +647,7 @@ fn run_stream(
             }
         }
     } else {
-        cancelled_while_running(pool, slot, &job);
+        cancelled_while_running(pool, &job);
         send_stream_end(job, atoms::closed());
     }
 }
@@ -744,59 +742,8 @@ fn invoke<'py>(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Interrupts (cancelling running jobs)
+// Cancelling
 // ---------------------------------------------------------------------------------------------
-
-type Interrupt = (Arc<ThreadSlot>, u64);
-
-/// One thread per VM delivers async exceptions: it needs to attach to Python, which a
-/// scheduler thread (where cancel and the monitor's `down` run) must not do.
-fn interrupter() -> &'static Sender<Interrupt> {
-    static TX: OnceLock<Sender<Interrupt>> = OnceLock::new();
-    TX.get_or_init(|| {
-        let (tx, rx) = crossbeam_channel::unbounded::<Interrupt>();
-        std::thread::Builder::new()
-            .name("snakepit-intr".into())
-            .spawn(move || {
-                for (slot, job) in rx {
-                    test_delay();
-                    Python::attach(|py| {
-                        let exc = py
-                            .import("snakepit_bridge.errors")
-                            .and_then(|m| m.getattr("Cancelled"))
-                            .map(|c| c.unbind())
-                            .unwrap_or_else(|_| {
-                                py.get_type::<pyo3::exceptions::PyTimeoutError>()
-                                    .into_any()
-                                    .unbind()
-                            });
-                        let current = slot.current.lock();
-                        if *current == job {
-                            unsafe {
-                                ffi::PyThreadState_SetAsyncExc(
-                                    slot.ident.load(Ordering::SeqCst) as std::os::raw::c_long,
-                                    exc.as_ptr(),
-                                );
-                            }
-                        }
-                    });
-                }
-            })
-            .expect("cannot start the snakepit interrupter thread");
-        tx
-    })
-}
-
-/// `SNAKEPIT_TEST_INTERRUPT_DELAY_US`: the interrupter waits that long before each delivery,
-/// widening the race windows the cancellation tests look for (test suite only).
-fn test_delay() {
-    if let Some(us) = std::env::var("SNAKEPIT_TEST_INTERRUPT_DELAY_US")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        std::thread::sleep(Duration::from_micros(us));
-    }
-}
 
 /// Cancels a job (timeout or caller exit).
 pub fn cancel(ctl: &JobCtl) -> CancelOutcome {

@@ -17,6 +17,7 @@ class TestAdapter(ThreadSafeAdapter):
         super().__init__()
         self.counter = 0
         self.instance_id = id(self)
+        self.spin_log = []
 
     @tool(description="Return the value unchanged.")
     def echo(self, value=None):
@@ -46,6 +47,25 @@ class TestAdapter(ThreadSafeAdapter):
             self.last_interrupt = type(exc).__name__
             raise
         return n
+
+    @tool(description="The guide's pattern: spin under the adapter lock in try/finally; tell pid.")
+    def locked_spin(self, pid, seconds: float = 30.0):
+        deadline = time.monotonic() + seconds
+        with self.acquire_lock():
+            try:
+                send(pid, "entered")
+                while time.monotonic() < deadline:
+                    pass
+            except BaseException as exc:
+                self.spin_log.append(["except", type(exc).__name__])
+                raise
+            finally:
+                self.spin_log.append(["finally"])
+                send(pid, "finally")
+
+    @tool(description="What the except and finally blocks of locked_spin recorded.")
+    def spin_log_entries(self):
+        return list(self.spin_log)
 
     @tool(description="Tell pid the call runs, then spin in pure Python for seconds.")
     def notify_busy(self, pid, seconds: float = 0.001):
