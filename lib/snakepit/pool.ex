@@ -20,11 +20,13 @@ defmodule Snakepit.Pool do
 
   > #### Stopping a pool {: .info}
   >
-  > Stopping refuses new calls, lets running calls finish for up to `:shutdown_grace` ms
-  > (default 5_000), then raises `snakepit_bridge.Cancelled` in the ones still running, answers
-  > queued calls with a `:pool` error, joins the threads and runs each adapter's `cleanup()`.
-  > A thread blocked inside a C call (a long `time.sleep`) can only leave when that call
-  > returns; such a thread is reported in the log and exits on its own afterwards.
+  > Stopping refuses new calls, lets running calls finish for up to 5 s, then raises
+  > `snakepit_bridge.Cancelled` in the ones still running (their callers get a `:pool` error,
+  > "pool stopped while the call ran") and gives their threads up to 2 s more to leave. Queued
+  > calls get a `:pool` error ("pool stopped before the call ran"). Each worker whose threads
+  > all left runs its adapter's `cleanup()`. A thread blocked inside a C call (a long
+  > `time.sleep`) can only leave when that call returns: it is named in the log, exits on its
+  > own afterwards and then runs its worker's `cleanup()` if it was the worker's last thread.
   """
   use GenServer
   require Logger
@@ -172,11 +174,16 @@ defmodule Snakepit.Pool do
   @impl true
   def terminate(_reason, %{config: config, ref: ref}) do
     :persistent_term.erase({__MODULE__, config.name})
-    {:ok, leaked} = Native.stop_pool(ref, @shutdown_grace)
+    {:ok, stragglers} = Native.stop_pool(ref, @shutdown_grace)
 
-    if leaked > 0 do
+    if stragglers != [] do
+      threads = Enum.map_join(stragglers, ", ", fn {name, why} -> "#{name} (#{why})" end)
+
       Logger.warning(
-        "snakepit: pool #{inspect(config.name)} stopped with #{leaked} thread(s) still inside a C call; they exit when it returns"
+        "snakepit: pool #{inspect(config.name)} stopped with #{length(stragglers)} thread(s) " <>
+          "still running: #{threads}; each exits on its own when it can, and runs its " <>
+          "worker's cleanup() if it is the worker's last",
+        pool: config.name
       )
     end
 

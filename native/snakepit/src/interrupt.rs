@@ -46,6 +46,8 @@ pub struct Running {
     pub delivered: bool,
     /// The pool's stop interrupted the job: it answers with a `:pool` error.
     pub stopped: bool,
+    /// A stream job waiting for demand: its cancellation needs no exception (the wait sees it).
+    pub waiting: bool,
 }
 
 /// How long a cancellation waits to be raised at a safe instruction before it falls back to
@@ -87,7 +89,7 @@ fn take_cancel() -> bool {
     SLOT.with(|s| {
         s.borrow().as_ref().is_some_and(|slot| {
             let mut run = slot.run.lock();
-            if run.job != 0 && run.pending {
+            if run.job != 0 && run.pending && !run.waiting {
                 run.pending = false;
                 run.delivered = true;
                 true
@@ -171,8 +173,8 @@ fn deliver(
     let ident = slot.ident.load(Ordering::SeqCst);
     {
         let mut run = slot.run.lock();
-        if run.job != job || run.pending || run.delivered || run.async_exc {
-            return None; // over, or already under way
+        if run.job != job || run.waiting || run.pending || run.delivered || run.async_exc {
+            return None; // over, under way, or seen by the stream's wait for demand
         }
         if module.is_none() {
             set_async_exc(py, ident);
@@ -220,7 +222,7 @@ fn fall_back(py: Python<'_>, slot: &ThreadSlot, job: u64) {
         if run.job != job {
             return; // the job ended, and after_job disarmed
         }
-        if run.pending {
+        if run.pending && !run.waiting {
             run.pending = false;
             set_async_exc(py, ident);
             run.async_exc = true;

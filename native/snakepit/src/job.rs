@@ -77,8 +77,9 @@ impl JobCtl {
         self.credit_cv.notify_all();
     }
 
-    /// Stream jobs: waits for one unit of demand; false when the job was cancelled.
-    pub fn take_credit(&self) -> bool {
+    /// Stream jobs: waits for one unit of demand; false when the job was cancelled or
+    /// `stopped()` (checked every 50 ms) says the pool stopped.
+    pub fn take_credit(&self, stopped: impl Fn() -> bool) -> bool {
         let mut credits = self.credits.lock();
         loop {
             if self.is_cancelled() {
@@ -88,7 +89,11 @@ impl JobCtl {
                 *credits -= 1;
                 return true;
             }
-            self.credit_cv.wait(&mut credits);
+            if stopped() {
+                return false;
+            }
+            self.credit_cv
+                .wait_for(&mut credits, std::time::Duration::from_millis(50));
         }
     }
 

@@ -35,6 +35,13 @@ use crate::worker::{self, Reason, RecyclePolicy, Worker, WorkerSlot};
 /// Stack of each pool thread: room for deep conversions and Python code.
 const THREAD_STACK: usize = 16 * 1024 * 1024;
 
+/// How long `stop` waits for the threads it interrupted at the end of its grace period.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
+
+/// How long `stop` waits for the adapters' `cleanup()` when some threads did not stop (one of
+/// them may hold the GIL in C): the cleanups still run, later.
+const CLEANUP_WAIT: Duration = Duration::from_secs(2);
+
 /// The pool configuration the NIF receives (already validated by `Snakepit.Config`).
 #[derive(rustler::NifMap, Debug, Clone)]
 pub struct PoolConfig {
@@ -87,8 +94,20 @@ pub struct PoolInner {
     pub idle: Idle,
     shutdown: AtomicBool,
     submitting: AtomicUsize,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Each thread's handle, with its index.
+    threads: Mutex<Vec<(usize, JoinHandle<()>)>>,
     started_at: Instant,
+    /// Per worker: its threads that have not exited, and whether its `cleanup()` ran.
+    live_threads: Vec<AtomicUsize>,
+    cleaned: Vec<AtomicBool>,
+    /// `stop` is past waiting: a thread that exits later cleans its worker up if it is the last.
+    stop_done: AtomicBool,
+}
+
+/// A thread still running when `stop` returned, and why.
+pub struct Straggler {
+    pub name: String,
+    pub reason: &'static str,
 }
 
 /// The resource Elixir holds for a pool.
@@ -144,6 +163,7 @@ impl PoolInner {
                 })
             })
             .collect();
+        let config_pool_size = config.pool_size;
         let pool = Arc::new(PoolInner {
             config,
             tx,
@@ -158,18 +178,26 @@ impl PoolInner {
             submitting: AtomicUsize::new(0),
             threads: Mutex::new(Vec::with_capacity(capacity)),
             started_at: Instant::now(),
+            live_threads: (0..config_pool_size).map(|_| AtomicUsize::new(0)).collect(),
+            cleaned: (0..config_pool_size)
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            stop_done: AtomicBool::new(false),
         });
         let (started_tx, started_rx) = crossbeam_channel::bounded::<()>(capacity);
         for i in 0..capacity {
             let p = Arc::clone(&pool);
             let started = started_tx.clone();
+            let live = &pool.live_threads[pool.slots[i].worker];
+            live.fetch_add(1, Ordering::SeqCst);
             let handle = std::thread::Builder::new()
                 .name(pool.slots[i].name.chars().take(15).collect())
                 .stack_size(THREAD_STACK)
                 .spawn(move || thread_main(p, i, started));
             match handle {
-                Ok(h) => pool.threads.lock().push(h),
+                Ok(h) => pool.threads.lock().push((i, h)),
                 Err(e) => {
+                    live.fetch_sub(1, Ordering::SeqCst);
                     pool.stop(Duration::from_secs(5));
                     return Err(Error::Worker(format!("cannot start pool thread: {e}")));
                 }
@@ -239,66 +267,112 @@ impl PoolInner {
         self.shutdown.load(Ordering::SeqCst)
     }
 
-    /// Stops the pool: refuses new jobs, lets running jobs finish (cancelling them after
-    /// `grace`), answers queued jobs with a `:pool` error, joins the threads, runs each adapter's
-    /// `cleanup()`. Returns the number of threads that did not exit in time.
-    pub fn stop(&self, grace: Duration) -> usize {
+    /// Stops the pool: refuses new jobs, lets running jobs finish for `grace`, then interrupts
+    /// those still running (they answer with a `:pool` error) and waits up to
+    /// `INTERRUPT_GRACE` more for their threads; answers queued jobs with a `:pool` error; runs
+    /// the `cleanup()` of each worker whose threads all exited (a worker whose thread is still
+    /// running is cleaned up by that thread when it exits). Returns the threads still running.
+    pub fn stop(self: &Arc<Self>, grace: Duration) -> Vec<Straggler> {
         if self.shutdown.swap(true, Ordering::SeqCst) {
-            return 0;
+            return Vec::new();
         }
         while self.submitting.load(Ordering::SeqCst) > 0 {
             std::hint::spin_loop();
         }
         self.idle.wake_all();
         let deadline = Instant::now() + grace;
-        let mut handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.threads.lock());
-        let mut interrupted = false;
+        let mut handles = std::mem::take(&mut *self.threads.lock());
+        let mut interrupted_at: Option<Instant> = None;
         loop {
-            handles.retain(|h| !h.is_finished());
+            handles.retain(|(_, h)| !h.is_finished());
             if handles.is_empty() {
                 break;
             }
-            if Instant::now() >= deadline {
-                if interrupted {
-                    break;
-                }
-                // Interrupt whatever still runs, then give it one more grace period.
-                for (i, slot) in self.slots.iter().enumerate() {
-                    let job = slot.run.lock().job;
-                    if job != 0 {
-                        self.interrupt(i, job);
+            let now = Instant::now();
+            match interrupted_at {
+                None if now >= deadline => {
+                    for (i, slot) in self.slots.iter().enumerate() {
+                        let job = {
+                            let mut run = slot.run.lock();
+                            run.stopped = run.job != 0;
+                            run.job
+                        };
+                        if job != 0 {
+                            self.interrupt(i, job);
+                        }
                     }
+                    interrupted_at = Some(now);
                 }
-                interrupted = true;
-                std::thread::sleep(Duration::from_millis(1));
-                continue;
+                Some(at) if now >= at + INTERRUPT_GRACE => break,
+                _ => {}
             }
-            std::thread::sleep(Duration::from_micros(200));
+            std::thread::sleep(Duration::from_micros(500));
         }
-        let leaked = handles.len();
-        for h in handles {
-            // Not joined: the thread exits on its own when its C call returns.
-            drop(h);
-        }
+        let stragglers: Vec<Straggler> = handles
+            .iter()
+            .map(|(i, _)| {
+                let slot = &self.slots[*i];
+                let run = *slot.run.lock();
+                let reason = if run.job == 0 {
+                    "outside a call (recycling its worker)"
+                } else if run.delivered {
+                    "still running after snakepit_bridge.Cancelled was raised in its call"
+                } else {
+                    "blocked in a C call"
+                };
+                Straggler {
+                    name: slot.name.clone(),
+                    reason,
+                }
+            })
+            .collect();
+        // Not joined: such a thread exits on its own when it can.
+        drop(handles);
         // Replies and demonitors must come from a non-scheduler thread.
         std::thread::scope(|s| {
             s.spawn(|| self.drain_queue());
         });
-        if leaked == 0 {
-            Python::attach(|py| {
-                for w in &self.workers {
-                    call_runtime(py, "cleanup", (w.get().adapter.bind(py),)).ok();
-                }
+        self.stop_done.store(true, Ordering::SeqCst);
+        // The cleanups attach on a thread of their own: a straggler may hold the GIL for good.
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+        let pool = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("snakepit-stop".into())
+            .spawn(move || {
+                Python::attach(|py| {
+                    for w in 0..pool.workers.len() {
+                        if pool.live_threads[w].load(Ordering::SeqCst) == 0 {
+                            pool.cleanup_worker(py, w);
+                        }
+                    }
+                });
+                let _ = done_tx.send(());
             });
+        if spawned.is_ok() {
+            if stragglers.is_empty() {
+                let _ = done_rx.recv();
+            } else {
+                let _ = done_rx.recv_timeout(CLEANUP_WAIT);
+            }
         }
-        leaked
+        stragglers
+    }
+
+    /// Runs worker `w`'s `cleanup()`, once.
+    fn cleanup_worker(&self, py: Python<'_>, w: usize) {
+        if !self.cleaned[w].swap(true, Ordering::SeqCst) {
+            let adapter = self.workers[w].get();
+            if let Err(e) = call_runtime(py, "cleanup", (adapter.adapter.bind(py),)) {
+                e.print(py);
+            }
+        }
     }
 
     fn drain_queue(&self) {
         while let Ok(job) = self.rx.try_recv() {
             if job.ctl.abandon() {
                 let err = Error::Pool(format!(
-                    "pool {} was stopped before the job ran",
+                    "pool stopped before the call ran (pool :{})",
                     self.config.name
                 ));
                 send_reply(*job, Err(err));
@@ -306,6 +380,14 @@ impl PoolInner {
                 JobCtl::demonitor(&job.ctl);
             }
         }
+    }
+
+    /// The error of a call that the pool's stop cut off.
+    fn stopped_error(&self) -> Error {
+        Error::Pool(format!(
+            "pool stopped while the call ran (pool :{})",
+            self.config.name
+        ))
     }
 
     pub fn queued(&self) -> usize {
@@ -443,6 +525,14 @@ fn thread_main(pool: Arc<PoolInner>, index: usize, started: crossbeam_channel::S
                 }),
             }
         }
+        // The last thread of its worker to leave after `stop` returned cleans the worker up
+        // (`stop` does it for the workers whose threads all left before).
+        let w = slot.worker;
+        if pool.live_threads[w].fetch_sub(1, Ordering::SeqCst) == 1
+            && pool.stop_done.load(Ordering::SeqCst)
+        {
+            pool.cleanup_worker(py, w);
+        }
     });
 }
 
@@ -514,6 +604,11 @@ fn run_job(
     if run.armed || run.async_exc {
         interrupt::after_job(py, slot, &run);
     }
+    let result = if run.stopped {
+        result.map_err(|_| pool.stopped_error())
+    } else {
+        result
+    };
 
     if job.ctl.finish() {
         if result.is_ok() {
@@ -582,17 +677,22 @@ fn run_stream(
     let mut cancelled = false;
     if let Ok(iterator) = &iterator {
         let mut chunk_env = OwnedEnv::new();
-        let running = job.ctl.id;
         loop {
             // While it waits for demand the thread is in Rust: a cancellation then needs no
-            // async exception (the wait sees it), and one must not land in the generator's
-            // `finally` when it is closed below. Only the generator's own code is interruptible.
-            slot.run.lock().job = 0;
-            if !py.detach(|| job.ctl.take_credit()) {
-                cancelled = true;
+            // exception (the wait sees it), and one must not land in the generator's `finally`
+            // when it is closed below. Only the generator's own code is interruptible. A stop
+            // ends the wait too.
+            slot.run.lock().waiting = true;
+            let credit = py.detach(|| job.ctl.take_credit(|| slot.run.lock().stopped));
+            slot.run.lock().waiting = false;
+            if !credit {
+                if job.ctl.is_cancelled() {
+                    cancelled = true;
+                } else {
+                    outcome = Err(pool.stopped_error());
+                }
                 break;
             }
-            slot.run.lock().job = running;
             let item = match iterator.call_method0("__next__") {
                 Ok(item) => item,
                 Err(e) if e.is_instance_of::<pyo3::exceptions::PyStopIteration>(py) => break,
@@ -625,6 +725,9 @@ fn run_stream(
         let run = std::mem::take(&mut *slot.run.lock());
         if run.armed || run.async_exc {
             interrupt::after_job(py, slot, &run);
+        }
+        if run.stopped {
+            outcome = outcome.map_err(|_| pool.stopped_error());
         }
         if (cancelled || outcome.is_err()) && iterator.hasattr("close").unwrap_or(false) {
             let _ = iterator.call_method0("close");

@@ -286,3 +286,34 @@ class FailsOnRecycle(TestAdapter):
     @tool(description="The id of the instance serving this call.")
     def whoami(self):
         return id(self)
+
+
+# Where StopReporter instances report their cleanup() (the pid of the test that asked).
+CLEANUP_REPORT = []
+
+
+class StopReporter(TestAdapter):
+    """Calls that outlive a pool's stop; reports each instance's cleanup() to a pid."""
+
+    @tool(description="Report cleanup() to pid from now on; return this instance's id.")
+    def report_cleanup_to(self, pid):
+        CLEANUP_REPORT[:] = [pid]
+        return id(self)
+
+    @tool(description="Tell pid which instance runs the call, then spin in pure Python forever.")
+    def spin_forever(self, pid):
+        send(pid, ["spinning", id(self)])
+        while True:
+            pass
+
+    @tool(description="Tell pid which instance runs the call, then sleep in C (time.sleep).")
+    def sleep_in_c(self, pid, seconds: float = 10.0):
+        send(pid, ["sleeping", id(self)])
+        time.sleep(seconds)
+
+    def cleanup(self):
+        for pid in CLEANUP_REPORT:
+            try:
+                send(pid, ["cleanup", id(self)])
+            except RuntimeError:
+                pass  # the test that asked is over
