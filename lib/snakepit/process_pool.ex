@@ -1270,7 +1270,7 @@ defmodule Snakepit.ProcessPool do
     :persistent_term.erase({Snakepit.Pool, state.name})
 
     stopped =
-      Error.new(:pool, "pool #{inspect(state.name)} was stopped before the job ran",
+      Error.new(:pool, "pool stopped before the call ran (pool #{inspect(state.name)})",
         details: %{pool: state.name}
       )
 
@@ -1283,7 +1283,7 @@ defmodule Snakepit.ProcessPool do
     state = drain(%{state | jobs: %{}, queue: :queue.new(), queued: 0}, deadline)
 
     lost =
-      Error.new(:pool, "pool #{inspect(state.name)} was stopped while the job ran",
+      Error.new(:pool, "pool stopped while the call ran (pool #{inspect(state.name)})",
         details: %{pool: state.name}
       )
 
