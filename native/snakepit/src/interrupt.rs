@@ -171,13 +171,14 @@ fn deliver(
     job: u64,
 ) -> Option<Instant> {
     let ident = slot.ident.load(Ordering::SeqCst);
+    let exc = cancelled_type(py);
     {
         let mut run = slot.run.lock();
         if run.job != job || run.waiting || run.pending || run.delivered || run.async_exc {
             return None; // over, under way, or seen by the stream's wait for demand
         }
         if module.is_none() {
-            set_async_exc(py, ident);
+            set_async_exc(ident, &exc);
             run.async_exc = true;
             return None;
         }
@@ -208,7 +209,7 @@ fn deliver(
     let mut run = slot.run.lock();
     if run.job == job && run.pending {
         run.pending = false;
-        set_async_exc(py, ident);
+        set_async_exc(ident, &exc);
         run.async_exc = true;
     }
     None
@@ -217,6 +218,7 @@ fn deliver(
 /// The armed cancellation of `job` was not raised in time: raise it at the next check.
 fn fall_back(py: Python<'_>, slot: &ThreadSlot, job: u64) {
     let ident = slot.ident.load(Ordering::SeqCst);
+    let exc = cancelled_type(py);
     {
         let mut run = slot.run.lock();
         if run.job != job {
@@ -224,7 +226,7 @@ fn fall_back(py: Python<'_>, slot: &ThreadSlot, job: u64) {
         }
         if run.pending && !run.waiting {
             run.pending = false;
-            set_async_exc(py, ident);
+            set_async_exc(ident, &exc);
             run.async_exc = true;
         }
     }
@@ -239,18 +241,17 @@ fn disarm(py: Python<'_>, ident: u64) {
     }
 }
 
-/// Sets `Cancelled` as the async exception of thread `ident`. Call under the slot lock, having
-/// checked that it runs the job.
-fn set_async_exc(py: Python<'_>, ident: u64) {
-    let exc = py
-        .import("snakepit_bridge.errors")
+/// `snakepit_bridge.Cancelled`. Fetched before taking the slot lock: an import may run Python
+/// code, which may hand the GIL to a pool thread that then waits for that lock.
+fn cancelled_type(py: Python<'_>) -> Bound<'_, PyAny> {
+    py.import("snakepit_bridge.errors")
         .and_then(|m| m.getattr("Cancelled"))
-        .map(|c| c.unbind())
-        .unwrap_or_else(|_| {
-            py.get_type::<pyo3::exceptions::PyTimeoutError>()
-                .into_any()
-                .unbind()
-        });
+        .unwrap_or_else(|_| py.get_type::<pyo3::exceptions::PyTimeoutError>().into_any())
+}
+
+/// Sets `exc` as the async exception of thread `ident` (a C call that runs no Python code). Call
+/// under the slot lock, having checked that it runs the job.
+fn set_async_exc(ident: u64, exc: &Bound<'_, PyAny>) {
     unsafe {
         ffi::PyThreadState_SetAsyncExc(ident as std::os::raw::c_long, exc.as_ptr());
     }
