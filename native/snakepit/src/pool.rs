@@ -333,29 +333,32 @@ impl PoolInner {
             s.spawn(|| self.drain_queue());
         });
         self.stop_done.store(true, Ordering::SeqCst);
-        // The cleanups attach on a thread of their own: a straggler may hold the GIL for good.
-        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
-        let pool = Arc::clone(self);
-        let spawned = std::thread::Builder::new()
-            .name("snakepit-stop".into())
-            .spawn(move || {
-                Python::attach(|py| {
-                    for w in 0..pool.workers.len() {
-                        if pool.live_threads[w].load(Ordering::SeqCst) == 0 {
-                            pool.cleanup_worker(py, w);
-                        }
-                    }
+        if stragglers.is_empty() {
+            Python::attach(|py| self.cleanup_left_workers(py));
+        } else {
+            // The cleanups attach on a thread of their own: a straggler may hold the GIL.
+            let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+            let pool = Arc::clone(self);
+            let spawned = std::thread::Builder::new()
+                .name("snakepit-stop".into())
+                .spawn(move || {
+                    Python::attach(|py| pool.cleanup_left_workers(py));
+                    let _ = done_tx.send(());
                 });
-                let _ = done_tx.send(());
-            });
-        if spawned.is_ok() {
-            if stragglers.is_empty() {
-                let _ = done_rx.recv();
-            } else {
+            if spawned.is_ok() {
                 let _ = done_rx.recv_timeout(CLEANUP_WAIT);
             }
         }
         stragglers
+    }
+
+    /// Runs the `cleanup()` of each worker whose threads all exited.
+    fn cleanup_left_workers(&self, py: Python<'_>) {
+        for w in 0..self.workers.len() {
+            if self.live_threads[w].load(Ordering::SeqCst) == 0 {
+                self.cleanup_worker(py, w);
+            }
+        }
     }
 
     /// Runs worker `w`'s `cleanup()`, once.
