@@ -23,10 +23,13 @@ defmodule Snakepit.Pool do
 
   > #### Stopping a pool {: .info}
   >
-  > Stopping refuses new calls, lets running calls finish for up to 5 s, then cancels the
-  > ones still running (`snakepit_bridge.Cancelled`), answers queued and cut-off calls with a
-  > `:pool` error and runs each adapter's `cleanup()`. A thread blocked inside a C call (a long
-  > `time.sleep`) can only leave when that call returns; such a thread is reported in the log.
+  > Stopping refuses new calls, lets running calls finish for up to 5 s, then raises
+  > `snakepit_bridge.Cancelled` in the ones still running (their callers get a `:pool` error,
+  > "pool stopped while the call ran") and gives their threads up to 2 s more to leave. Queued
+  > calls get a `:pool` error ("pool stopped before the call ran"). Each worker whose threads
+  > all left runs its adapter's `cleanup()`. A thread blocked inside a C call (a long
+  > `time.sleep`) can only leave when that call returns: it is named in the log, exits on its
+  > own afterwards and then runs its worker's `cleanup()` if it was the worker's last thread.
 
   ## The contract
 

@@ -141,11 +141,16 @@ defmodule Snakepit.Pool.Thread do
   @impl true
   def terminate(_reason, %{config: config, ref: ref}) do
     Snakepit.Registry.release(config.name)
-    {:ok, leaked} = Native.stop_pool(ref, @shutdown_grace)
+    {:ok, stragglers} = Native.stop_pool(ref, @shutdown_grace)
 
-    if leaked > 0 do
+    if stragglers != [] do
+      threads = Enum.map_join(stragglers, ", ", fn {name, why} -> "#{name} (#{why})" end)
+
       Logger.warning(
-        "snakepit: pool #{inspect(config.name)} stopped with #{leaked} thread(s) still inside a C call; they exit when it returns"
+        "snakepit: pool #{inspect(config.name)} stopped with #{length(stragglers)} thread(s) " <>
+          "still running: #{threads}; each exits on its own when it can, and runs its " <>
+          "worker's cleanup() if it is the worker's last",
+        pool: config.name
       )
     end
 

@@ -5,7 +5,7 @@
 //! `QUEUED -> RUNNING -> DONE`, and `QUEUED | RUNNING -> CANCELLED`. Only the thread that wins
 //! `RUNNING -> DONE` sends a reply.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Weak;
 
 use parking_lot::{Condvar, Mutex};
@@ -22,6 +22,9 @@ const CANCELLED: u8 = 3;
 /// The part of a job Elixir holds (as a resource) to cancel it; also the target of the
 /// caller monitor.
 pub struct JobCtl {
+    /// Never reused (unlike the address of a freed job): names the job to the interrupter,
+    /// which may run after the job ended and the thread took another.
+    pub id: u64,
     state: AtomicU8,
     /// 1 + index of the pool thread running the job, 0 while queued.
     running_on: AtomicUsize,
@@ -56,7 +59,9 @@ pub enum CancelOutcome {
 
 impl JobCtl {
     pub fn new(pool: Weak<PoolInner>) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         JobCtl {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             state: AtomicU8::new(QUEUED),
             running_on: AtomicUsize::new(0),
             monitor: Mutex::new(None),
@@ -72,8 +77,9 @@ impl JobCtl {
         self.credit_cv.notify_all();
     }
 
-    /// Stream jobs: waits for one unit of demand; false when the job was cancelled.
-    pub fn take_credit(&self) -> bool {
+    /// Stream jobs: waits for one unit of demand; false when the job was cancelled or
+    /// `stopped()` (checked every 50 ms) says the pool stopped.
+    pub fn take_credit(&self, stopped: impl Fn() -> bool) -> bool {
         let mut credits = self.credits.lock();
         loop {
             if self.is_cancelled() {
@@ -83,7 +89,11 @@ impl JobCtl {
                 *credits -= 1;
                 return true;
             }
-            self.credit_cv.wait(&mut credits);
+            if stopped() {
+                return false;
+            }
+            self.credit_cv
+                .wait_for(&mut credits, std::time::Duration::from_millis(50));
         }
     }
 
@@ -152,7 +162,7 @@ impl JobCtl {
                         if let Some(pool) = self.pool.upgrade() {
                             let thread = self.running_on.load(Ordering::SeqCst);
                             if thread > 0 {
-                                pool.interrupt(thread - 1, self as *const JobCtl as usize);
+                                pool.interrupt(thread - 1, self.id);
                             }
                         }
                     } else if let Some(pool) = self.pool.upgrade() {

@@ -46,8 +46,13 @@ fn start_pool(env: Env<'_>, config: PoolConfig) -> Term<'_> {
 
 #[rustler::nif(schedule = "DirtyIo")]
 fn stop_pool(env: Env<'_>, pool: ResourceArc<PoolRef>, grace_ms: u64) -> Term<'_> {
-    let leaked = pool.0.stop(Duration::from_millis(grace_ms));
-    (atoms::ok(), leaked).encode(env)
+    let stragglers: Vec<(String, &str)> = pool
+        .0
+        .stop(Duration::from_millis(grace_ms))
+        .into_iter()
+        .map(|s| (s.name, s.reason))
+        .collect();
+    (atoms::ok(), stragglers).encode(env)
 }
 
 #[rustler::nif]

@@ -10,7 +10,7 @@
 //! a job that blocks in C (NumPy, sleep) never strands the queue.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ use crate::atoms;
 use crate::convert;
 use crate::error::{Error, Result};
 use crate::idle::Idle;
+use crate::interrupt::{self, Running};
 use crate::job::{CancelOutcome, Job, JobCtl};
 use crate::mailer;
 use crate::runtime::{self, RuntimeConfig};
@@ -33,6 +34,13 @@ use crate::worker::{self, Reason, RecyclePolicy, Worker, WorkerSlot};
 
 /// Stack of each pool thread: room for deep conversions and Python code.
 const THREAD_STACK: usize = 16 * 1024 * 1024;
+
+/// How long `stop` waits for the threads it interrupted at the end of its grace period.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
+
+/// How long `stop` waits for the adapters' `cleanup()` when some threads did not stop (one of
+/// them may hold the GIL in C): the cleanups still run, later.
+const CLEANUP_WAIT: Duration = Duration::from_secs(2);
 
 /// The pool configuration the NIF receives (already validated by `Snakepit.Config`).
 #[derive(rustler::NifMap, Debug, Clone)]
@@ -57,8 +65,8 @@ pub struct ThreadSlot {
     pub worker: usize,
     /// `threading.get_ident()` of the thread.
     pub ident: AtomicU64,
-    /// Address of the JobCtl being run, 0 when idle. Locked while an interrupt is delivered.
-    pub current: Mutex<usize>,
+    /// The job being run and the state of its interruption (see interrupt.rs).
+    pub run: Mutex<Running>,
     pub requests: AtomicU64,
     pub busy_ns: AtomicU64,
 }
@@ -86,8 +94,20 @@ pub struct PoolInner {
     pub idle: Idle,
     shutdown: AtomicBool,
     submitting: AtomicUsize,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Each thread's handle, with its index.
+    threads: Mutex<Vec<(usize, JoinHandle<()>)>>,
     started_at: Instant,
+    /// Per worker: its threads that have not exited, and whether its `cleanup()` ran.
+    live_threads: Vec<AtomicUsize>,
+    cleaned: Vec<AtomicBool>,
+    /// `stop` is past waiting: a thread that exits later cleans its worker up if it is the last.
+    stop_done: AtomicBool,
+}
+
+/// A thread still running when `stop` returned, and why.
+pub struct Straggler {
+    pub name: String,
+    pub reason: &'static str,
 }
 
 /// The resource Elixir holds for a pool. It monitors the pool's Elixir process: when that
@@ -150,12 +170,13 @@ impl PoolInner {
                     name: format!("snakepit-{}-w{}-t{}", config.name, worker, t),
                     worker,
                     ident: AtomicU64::new(0),
-                    current: Mutex::new(0),
+                    run: Mutex::new(Running::default()),
                     requests: AtomicU64::new(0),
                     busy_ns: AtomicU64::new(0),
                 })
             })
             .collect();
+        let config_pool_size = config.pool_size;
         let pool = Arc::new(PoolInner {
             config,
             tx,
@@ -170,18 +191,26 @@ impl PoolInner {
             submitting: AtomicUsize::new(0),
             threads: Mutex::new(Vec::with_capacity(capacity)),
             started_at: Instant::now(),
+            live_threads: (0..config_pool_size).map(|_| AtomicUsize::new(0)).collect(),
+            cleaned: (0..config_pool_size)
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            stop_done: AtomicBool::new(false),
         });
         let (started_tx, started_rx) = crossbeam_channel::bounded::<()>(capacity);
         for i in 0..capacity {
             let p = Arc::clone(&pool);
             let started = started_tx.clone();
+            let live = &pool.live_threads[pool.slots[i].worker];
+            live.fetch_add(1, Ordering::SeqCst);
             let handle = std::thread::Builder::new()
                 .name(pool.slots[i].name.chars().take(15).collect())
                 .stack_size(THREAD_STACK)
                 .spawn(move || thread_main(p, i, started));
             match handle {
-                Ok(h) => pool.threads.lock().push(h),
+                Ok(h) => pool.threads.lock().push((i, h)),
                 Err(e) => {
+                    live.fetch_sub(1, Ordering::SeqCst);
                     pool.stop(Duration::from_secs(5));
                     return Err(Error::Worker(format!("cannot start pool thread: {e}")));
                 }
@@ -241,9 +270,9 @@ impl PoolInner {
     }
 
     /// Raises `snakepit_bridge.Cancelled` in pool thread `thread` if it still runs job `job`.
-    pub fn interrupt(&self, thread: usize, job: usize) {
+    pub fn interrupt(&self, thread: usize, job: u64) {
         if let Some(slot) = self.slots.get(thread) {
-            interrupter().send((Arc::clone(slot), job)).ok();
+            interrupt::request(slot, job);
         }
     }
 
@@ -251,66 +280,115 @@ impl PoolInner {
         self.shutdown.load(Ordering::SeqCst)
     }
 
-    /// Stops the pool: refuses new jobs, lets running jobs finish (cancelling them after
-    /// `grace`), answers queued jobs with a `:pool` error, joins the threads, runs each adapter's
-    /// `cleanup()`. Returns the number of threads that did not exit in time.
-    pub fn stop(&self, grace: Duration) -> usize {
+    /// Stops the pool: refuses new jobs, lets running jobs finish for `grace`, then interrupts
+    /// those still running (they answer with a `:pool` error) and waits up to
+    /// `INTERRUPT_GRACE` more for their threads; answers queued jobs with a `:pool` error; runs
+    /// the `cleanup()` of each worker whose threads all exited (a worker whose thread is still
+    /// running is cleaned up by that thread when it exits). Returns the threads still running.
+    pub fn stop(self: &Arc<Self>, grace: Duration) -> Vec<Straggler> {
         if self.shutdown.swap(true, Ordering::SeqCst) {
-            return 0;
+            return Vec::new();
         }
         while self.submitting.load(Ordering::SeqCst) > 0 {
             std::hint::spin_loop();
         }
         self.idle.wake_all();
         let deadline = Instant::now() + grace;
-        let mut handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.threads.lock());
-        let mut interrupted = false;
+        let mut handles = std::mem::take(&mut *self.threads.lock());
+        let mut interrupted_at: Option<Instant> = None;
         loop {
-            handles.retain(|h| !h.is_finished());
+            handles.retain(|(_, h)| !h.is_finished());
             if handles.is_empty() {
                 break;
             }
-            if Instant::now() >= deadline {
-                if interrupted {
-                    break;
-                }
-                // Interrupt whatever still runs, then give it one more grace period.
-                for (i, slot) in self.slots.iter().enumerate() {
-                    let job = *slot.current.lock();
-                    if job != 0 {
-                        self.interrupt(i, job);
+            let now = Instant::now();
+            match interrupted_at {
+                None if now >= deadline => {
+                    for (i, slot) in self.slots.iter().enumerate() {
+                        let job = {
+                            let mut run = slot.run.lock();
+                            run.stopped = run.job != 0;
+                            run.job
+                        };
+                        if job != 0 {
+                            self.interrupt(i, job);
+                        }
                     }
+                    interrupted_at = Some(now);
                 }
-                interrupted = true;
-                std::thread::sleep(Duration::from_millis(1));
-                continue;
+                Some(at) if now >= at + INTERRUPT_GRACE => break,
+                _ => {}
             }
-            std::thread::sleep(Duration::from_micros(200));
+            std::thread::sleep(Duration::from_micros(500));
         }
-        let leaked = handles.len();
-        for h in handles {
-            // Not joined: the thread exits on its own when its C call returns.
-            drop(h);
-        }
+        let stragglers: Vec<Straggler> = handles
+            .iter()
+            .map(|(i, _)| {
+                let slot = &self.slots[*i];
+                let run = *slot.run.lock();
+                let reason = if run.job == 0 {
+                    "outside a call (recycling its worker)"
+                } else if run.delivered {
+                    "still running after snakepit_bridge.Cancelled was raised in its call"
+                } else {
+                    "blocked in a C call"
+                };
+                Straggler {
+                    name: slot.name.clone(),
+                    reason,
+                }
+            })
+            .collect();
+        // Not joined: such a thread exits on its own when it can.
+        drop(handles);
         // Replies and demonitors must come from a non-scheduler thread.
         std::thread::scope(|s| {
             s.spawn(|| self.drain_queue());
         });
-        if leaked == 0 {
-            Python::attach(|py| {
-                for w in &self.workers {
-                    call_runtime(py, "cleanup", (w.get().adapter.bind(py),)).ok();
-                }
-            });
+        self.stop_done.store(true, Ordering::SeqCst);
+        if stragglers.is_empty() {
+            Python::attach(|py| self.cleanup_left_workers(py));
+        } else {
+            // The cleanups attach on a thread of their own: a straggler may hold the GIL.
+            let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+            let pool = Arc::clone(self);
+            let spawned = std::thread::Builder::new()
+                .name("snakepit-stop".into())
+                .spawn(move || {
+                    Python::attach(|py| pool.cleanup_left_workers(py));
+                    let _ = done_tx.send(());
+                });
+            if spawned.is_ok() {
+                let _ = done_rx.recv_timeout(CLEANUP_WAIT);
+            }
         }
-        leaked
+        stragglers
+    }
+
+    /// Runs the `cleanup()` of each worker whose threads all exited.
+    fn cleanup_left_workers(&self, py: Python<'_>) {
+        for w in 0..self.workers.len() {
+            if self.live_threads[w].load(Ordering::SeqCst) == 0 {
+                self.cleanup_worker(py, w);
+            }
+        }
+    }
+
+    /// Runs worker `w`'s `cleanup()`, once.
+    fn cleanup_worker(&self, py: Python<'_>, w: usize) {
+        if !self.cleaned[w].swap(true, Ordering::SeqCst) {
+            let adapter = self.workers[w].get();
+            if let Err(e) = call_runtime(py, "cleanup", (adapter.adapter.bind(py),)) {
+                e.print(py);
+            }
+        }
     }
 
     fn drain_queue(&self) {
         while let Ok(job) = self.rx.try_recv() {
             if job.ctl.abandon() {
                 let err = Error::Pool(format!(
-                    "pool {} was stopped before the job ran",
+                    "pool stopped before the call ran (pool :{})",
                     self.config.name
                 ));
                 send_reply(*job, Err(err));
@@ -318,6 +396,14 @@ impl PoolInner {
                 JobCtl::demonitor(&job.ctl);
             }
         }
+    }
+
+    /// The error of a call that the pool's stop cut off.
+    fn stopped_error(&self) -> Error {
+        Error::Pool(format!(
+            "pool stopped while the call ran (pool :{})",
+            self.config.name
+        ))
     }
 
     pub fn queued(&self) -> usize {
@@ -415,6 +501,7 @@ fn thread_main(pool: Arc<PoolInner>, index: usize, started: crossbeam_channel::S
             Ordering::SeqCst,
         );
         call_runtime(py, "set_thread_name", (&slot.name, &pool.config.name)).ok();
+        interrupt::register_thread(&slot);
         drop(started);
         let worker_slot = &pool.workers[slot.worker];
         pool.idle.ready_begin();
@@ -454,6 +541,14 @@ fn thread_main(pool: Arc<PoolInner>, index: usize, started: crossbeam_channel::S
                 }),
             }
         }
+        // The last thread of its worker to leave after `stop` returned cleans the worker up
+        // (`stop` does it for the workers whose threads all left before).
+        let w = slot.worker;
+        if pool.live_threads[w].fetch_sub(1, Ordering::SeqCst) == 1
+            && pool.stop_done.load(Ordering::SeqCst)
+        {
+            pool.cleanup_worker(py, w);
+        }
     });
 }
 
@@ -491,8 +586,10 @@ fn run_job(
         }
         return;
     }
-    let ctl_addr = &*job.ctl as *const JobCtl as usize;
-    *slot.current.lock() = ctl_addr;
+    *slot.run.lock() = Running {
+        job: job.ctl.id,
+        ..Running::default()
+    };
     pool.counters.active.fetch_add(1, Ordering::Relaxed);
     let t0 = Instant::now();
 
@@ -519,7 +616,15 @@ fn run_job(
         )))
     });
 
-    job_done(pool, slot, t0);
+    let run = job_done(pool, slot, t0);
+    if run.armed || run.async_exc {
+        interrupt::after_job(py, slot, &run);
+    }
+    let result = if run.stopped {
+        result.map_err(|_| pool.stopped_error())
+    } else {
+        result
+    };
 
     if job.ctl.finish() {
         if result.is_ok() {
@@ -529,38 +634,28 @@ fn run_job(
         }
         send_reply(job, result);
     } else {
-        cancelled_while_running(pool, slot, &job);
+        cancelled_while_running(pool, &job);
     }
 }
 
-/// Bookkeeping for a job cancelled while it ran: an async exception may still be pending for
-/// this thread (clear it), count it, drop the caller monitor.
-fn cancelled_while_running(pool: &PoolInner, slot: &ThreadSlot, job: &Job) {
-    clear_pending_interrupt(slot);
+/// Bookkeeping for a job cancelled while it ran (its interruption is over: see
+/// `interrupt::after_job`): count it, drop the caller monitor.
+fn cancelled_while_running(pool: &PoolInner, job: &Job) {
     pool.counters.cancelled.fetch_add(1, Ordering::Relaxed);
     JobCtl::demonitor(&job.ctl);
 }
 
-/// Drops an async exception set for this thread but not raised yet. Call with `slot.current`
-/// cleared, so that no new one can be set.
-fn clear_pending_interrupt(slot: &ThreadSlot) {
-    unsafe {
-        ffi::PyThreadState_SetAsyncExc(
-            slot.ident.load(Ordering::SeqCst) as std::os::raw::c_long,
-            std::ptr::null_mut(),
-        );
-    }
-}
-
 /// Once the Python work of a job is over: the thread is free (ready again before it replies,
-/// so the caller's next call does not wake another thread), and its counters move.
-fn job_done(pool: &PoolInner, slot: &ThreadSlot, t0: Instant) {
-    *slot.current.lock() = 0;
+/// so the caller's next call does not wake another thread), and its counters move. Returns
+/// what the interrupter did to the job; call `interrupt::after_job` if it armed or set anything.
+fn job_done(pool: &PoolInner, slot: &ThreadSlot, t0: Instant) -> Running {
+    let run = std::mem::take(&mut *slot.run.lock());
     pool.idle.ready_begin();
     slot.busy_ns
         .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
     slot.requests.fetch_add(1, Ordering::Relaxed);
     pool.counters.active.fetch_sub(1, Ordering::Relaxed);
+    run
 }
 
 /// Runs a stream job: each item of the iterator the command returns is sent as
@@ -598,17 +693,22 @@ fn run_stream(
     let mut cancelled = false;
     if let Ok(iterator) = &iterator {
         let mut chunk_env = OwnedEnv::new();
-        let running = *slot.current.lock();
         loop {
             // While it waits for demand the thread is in Rust: a cancellation then needs no
-            // async exception (the wait sees it), and one must not land in the generator's
-            // `finally` when it is closed below. Only the generator's own code is interruptible.
-            *slot.current.lock() = 0;
-            if !py.detach(|| job.ctl.take_credit()) {
-                cancelled = true;
+            // exception (the wait sees it), and one must not land in the generator's `finally`
+            // when it is closed below. Only the generator's own code is interruptible. A stop
+            // ends the wait too.
+            slot.run.lock().waiting = true;
+            let credit = py.detach(|| job.ctl.take_credit(|| slot.run.lock().stopped));
+            slot.run.lock().waiting = false;
+            if !credit {
+                if job.ctl.is_cancelled() {
+                    cancelled = true;
+                } else {
+                    outcome = Err(pool.stopped_error());
+                }
                 break;
             }
-            *slot.current.lock() = running;
             let item = match iterator.call_method0("__next__") {
                 Ok(item) => item,
                 Err(e) if e.is_instance_of::<pyo3::exceptions::PyStopIteration>(py) => break,
@@ -637,13 +737,16 @@ fn run_stream(
                 break;
             }
         }
-        *slot.current.lock() = 0;
-        if cancelled || outcome.is_err() {
-            // Let the generator run its finally blocks, without an interrupt still pending.
-            clear_pending_interrupt(slot);
-            if iterator.hasattr("close").unwrap_or(false) {
-                let _ = iterator.call_method0("close");
-            }
+        // No cancellation may be raised any more, not in the finally blocks `close` runs.
+        let run = std::mem::take(&mut *slot.run.lock());
+        if run.armed || run.async_exc {
+            interrupt::after_job(py, slot, &run);
+        }
+        if run.stopped {
+            outcome = outcome.map_err(|_| pool.stopped_error());
+        }
+        if (cancelled || outcome.is_err()) && iterator.hasattr("close").unwrap_or(false) {
+            let _ = iterator.call_method0("close");
         }
     }
     let outcome = iterator.and(outcome);
@@ -663,7 +766,7 @@ fn run_stream(
             }
         }
     } else {
-        cancelled_while_running(pool, slot, &job);
+        cancelled_while_running(pool, &job);
         send_stream_end(job, atoms::closed());
     }
 }
@@ -758,47 +861,8 @@ fn invoke<'py>(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Interrupts (cancelling running jobs)
+// Cancelling
 // ---------------------------------------------------------------------------------------------
-
-type Interrupt = (Arc<ThreadSlot>, usize);
-
-/// One thread per VM delivers async exceptions: it needs to attach to Python, which a
-/// scheduler thread (where cancel and the monitor's `down` run) must not do.
-fn interrupter() -> &'static Sender<Interrupt> {
-    static TX: OnceLock<Sender<Interrupt>> = OnceLock::new();
-    TX.get_or_init(|| {
-        let (tx, rx) = crossbeam_channel::unbounded::<Interrupt>();
-        std::thread::Builder::new()
-            .name("snakepit-intr".into())
-            .spawn(move || {
-                for (slot, job) in rx {
-                    Python::attach(|py| {
-                        let exc = py
-                            .import("snakepit_bridge.errors")
-                            .and_then(|m| m.getattr("Cancelled"))
-                            .map(|c| c.unbind())
-                            .unwrap_or_else(|_| {
-                                py.get_type::<pyo3::exceptions::PyTimeoutError>()
-                                    .into_any()
-                                    .unbind()
-                            });
-                        let current = slot.current.lock();
-                        if *current == job {
-                            unsafe {
-                                ffi::PyThreadState_SetAsyncExc(
-                                    slot.ident.load(Ordering::SeqCst) as std::os::raw::c_long,
-                                    exc.as_ptr(),
-                                );
-                            }
-                        }
-                    });
-                }
-            })
-            .expect("cannot start the snakepit interrupter thread");
-        tx
-    })
-}
 
 /// Cancels a job (timeout or caller exit).
 pub fn cancel(ctl: &JobCtl) -> CancelOutcome {

@@ -17,6 +17,7 @@ class TestAdapter(ThreadSafeAdapter):
         super().__init__()
         self.counter = 0
         self.instance_id = id(self)
+        self.spin_log = []
 
     @tool(description="Return the value unchanged.")
     def echo(self, value=None):
@@ -50,6 +51,32 @@ class TestAdapter(ThreadSafeAdapter):
             self.last_interrupt = type(exc).__name__
             raise
         return n
+
+    @tool(description="The guide's pattern: spin under the adapter lock in try/finally; tell pid.")
+    def locked_spin(self, pid, seconds: float = 30.0):
+        deadline = time.monotonic() + seconds
+        with self.acquire_lock():
+            try:
+                send(pid, "entered")
+                while time.monotonic() < deadline:
+                    pass
+            except BaseException as exc:
+                self.spin_log.append(["except", type(exc).__name__])
+                raise
+            finally:
+                self.spin_log.append(["finally"])
+                send(pid, "finally")
+
+    @tool(description="What the except and finally blocks of locked_spin recorded.")
+    def spin_log_entries(self):
+        return list(self.spin_log)
+
+    @tool(description="Tell pid the call runs, then spin in pure Python for seconds.")
+    def notify_busy(self, pid, seconds: float = 0.001):
+        send(pid, "running")
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            pass
 
     @tool(description="What interrupted the last busy loop.")
     def last_interrupt_name(self):
@@ -263,3 +290,34 @@ class FailsOnRecycle(TestAdapter):
     @tool(description="The id of the instance serving this call.")
     def whoami(self):
         return id(self)
+
+
+# Where StopReporter instances report their cleanup() (the pid of the test that asked).
+CLEANUP_REPORT = []
+
+
+class StopReporter(TestAdapter):
+    """Calls that outlive a pool's stop; reports each instance's cleanup() to a pid."""
+
+    @tool(description="Report cleanup() to pid from now on; return this instance's id.")
+    def report_cleanup_to(self, pid):
+        CLEANUP_REPORT[:] = [pid]
+        return id(self)
+
+    @tool(description="Tell pid which instance runs the call, then spin in pure Python forever.")
+    def spin_forever(self, pid):
+        send(pid, ["spinning", id(self)])
+        while True:
+            pass
+
+    @tool(description="Tell pid which instance runs the call, then sleep in C (time.sleep).")
+    def sleep_in_c(self, pid, seconds: float = 10.0):
+        send(pid, ["sleeping", id(self)])
+        time.sleep(seconds)
+
+    def cleanup(self):
+        for pid in CLEANUP_REPORT:
+            try:
+                send(pid, ["cleanup", id(self)])
+            except RuntimeError:
+                pass  # the test that asked is over
