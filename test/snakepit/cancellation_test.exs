@@ -1,21 +1,25 @@
 defmodule Snakepit.CancellationTest do
-  # Cancelling running calls (thread profile): what the interrupted code runs, and whom the
-  # interrupt reaches.
+  # Cancelling running calls: what the interrupted code runs (both profiles), and whom the
+  # interrupt reaches (thread profile).
   use ExUnit.Case, async: false
   import Snakepit.PoolCase
 
   alias Snakepit.Error
 
   describe "a call that times out" do
-    test "runs its except and finally blocks and with exits (the guide's acquire_lock pattern)" do
-      pool = start_test_pool!()
-      timed_out_inside_try(pool, 5)
+    for profile <- [:thread, :process] do
+      @tag profile: profile
+      test "#{profile}: runs its except and finally blocks and with exits (the guide's acquire_lock pattern)",
+           %{profile: profile} do
+        pool = start_test_pool!(worker_profile: profile, pool_size: 1, threads_per_worker: 2)
+        timed_out_inside_try(pool, 5)
 
-      assert {:ok, [["except", "Cancelled"], ["finally"]]} =
-               Snakepit.execute(pool, "spin_log_entries", %{})
+        assert {:ok, [["except", "Cancelled"], ["finally"]]} =
+                 Snakepit.execute(pool, "spin_log_entries", %{})
 
-      # `with self.acquire_lock():` released the lock: another thread can take it.
-      assert {:ok, %{"counter" => 0}} = Snakepit.execute(pool, "state", %{}, timeout: 5_000)
+        # `with self.acquire_lock():` released the lock: another thread can take it.
+        assert {:ok, %{"counter" => 0}} = Snakepit.execute(pool, "state", %{}, timeout: 5_000)
+      end
     end
   end
 

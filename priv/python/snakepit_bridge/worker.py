@@ -75,7 +75,7 @@ import threading
 import traceback
 from typing import Any, Callable, Dict, Optional
 
-from . import _dispatch, _runtime, etf
+from . import _cancel, _dispatch, _runtime, etf
 from .errors import Cancelled
 from .etf import Atom, ConversionError
 
@@ -96,6 +96,10 @@ _K_DETAILS = Atom("details")
 
 _u32 = struct.Struct(">I")
 _u32x2 = struct.Struct(">II")
+
+#: How long a cancellation waits to be raised at a safe instruction before it is raised
+#: with PyThreadState_SetAsyncExc (as the :thread profile's interrupter does).
+_FALLBACK_AFTER = 0.5
 
 #: Stack of each serving thread: room for deep conversions (as the ``:thread`` profile's).
 THREAD_STACK = 16 * 1024 * 1024
@@ -142,7 +146,7 @@ class Job:
     """One call, stream or tools request, from its frame to its one terminal frame."""
 
     __slots__ = ("id", "kind", "frame", "lock", "credit", "credits", "cancelled", "thread",
-                 "interruptible")
+                 "interruptible", "pending", "async_exc")
 
     def __init__(self, job_id: int, kind: int, frame: memoryview) -> None:
         self.id = job_id
@@ -155,6 +159,10 @@ class Job:
         #: ``threading.get_ident()`` of the thread running it, while it runs adapter code.
         self.thread = 0
         self.interruptible = False
+        #: A cancellation waits to be raised at a safe instruction (snakepit_bridge._cancel).
+        self.pending = False
+        #: PyThreadState_SetAsyncExc was called for it: clear what is left when the job ends.
+        self.async_exc = False
 
 
 class Worker:
@@ -169,6 +177,9 @@ class Worker:
         self._jobs_lock = threading.Lock()
         self._queue: "queue.SimpleQueue[Optional[Job]]" = queue.SimpleQueue()
         self._threads: list = []
+        #: Thread ident -> the job whose adapter code it runs (for the safe-point callback).
+        self._running: Dict[int, Job] = {}
+        self._safe_point = _cancel.install(self._take_cancel)
         self.adapter: Any = None
         self.commands: Dict[str, Callable[..., Any]] = {}
         self.names: list = []
@@ -342,6 +353,7 @@ class Worker:
                 return False, None
             job.thread = threading.get_ident()
             job.interruptible = True
+            self._running[job.thread] = job
         try:
             return body()
         except Cancelled as exc:
@@ -355,8 +367,13 @@ class Worker:
         with job.lock:
             was = job.interruptible
             job.interruptible = False
+            job.pending = False
+            self._running.pop(job.thread, None)
         if was and job.cancelled:
-            _clear_pending()
+            if self._safe_point:
+                _cancel.disarm(job.thread)
+            if job.async_exc:
+                _clear_pending()
 
     # -- requests --------------------------------------------------------------------------
 
@@ -478,8 +495,40 @@ class Worker:
         with job.lock:
             job.cancelled = True
             job.credit.notify_all()
-            if job.interruptible and job.thread:
+            if not (job.interruptible and job.thread) or job.pending:
+                return
+            job.pending = True
+        # Raised at an instruction its try blocks cover (snakepit_bridge/_cancel.py explains
+        # why: on CPython 3.13 an async exception can skip except/finally); directly when that
+        # is not possible, or when the thread runs no armed code for a while (a C call).
+        if self._safe_point and _cancel.arm(job.thread, lambda: job.pending):
+            timer = threading.Timer(_FALLBACK_AFTER, self._raise_async, (job,))
+            timer.daemon = True
+            timer.start()
+        else:
+            self._raise_async(job)
+
+    def _raise_async(self, job: Job) -> None:
+        with job.lock:
+            if job.pending and job.interruptible:
+                job.pending = False
+                job.async_exc = True
                 _set_async_exc(job.thread, Cancelled)
+
+    def _take_cancel(self) -> bool:
+        """For the safe-point callback, in the job's thread: raise the cancellation now? (Once.)"""
+        job = self._running.get(threading.get_ident())
+        if job is None:
+            return False
+        # Only in the adapter's code, never in the worker's own frames around it (frame 0 is
+        # this function, 1 the monitoring callback, 2 the instruction's frame).
+        if sys._getframe(2).f_code.co_filename == __file__:
+            return False
+        with job.lock:
+            if job.pending and job.interruptible:
+                job.pending = False
+                return True
+        return False
 
     def demand(self, job_id: int, n: int) -> None:
         with self._jobs_lock:
