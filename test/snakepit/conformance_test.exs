@@ -305,6 +305,16 @@ defmodule Snakepit.ConformanceCase do
           assert "get_stats" in details.available
         end
 
+        test "an unknown command suggests the closest one; an unmarked method says how", ctx do
+          assert {:error, %Error{category: :validation, message: msg}} = exec(ctx, "ehco", %{})
+          assert msg =~ ~s[(did you mean "echo"?)]
+
+          assert {:error, %Error{category: :validation, message: msg}} =
+                   exec(ctx, "not_a_command", %{})
+
+          assert msg =~ "the method not_a_command exists but is not a command: mark it with @tool"
+        end
+
         test "bad keyword arguments are a Python TypeError", ctx do
           assert {:error, %Error{python_type: "TypeError", message: msg}} =
                    exec(ctx, "echo", %{nope: 1})

@@ -416,7 +416,8 @@ fn mapset<'a>(env: Env<'a>, items: &[Bound<'_, PyAny>], depth: usize) -> Result<
     let mut struct_keys = vec![atoms::__struct__().encode(env), atoms::map().encode(env)];
     let mut struct_values = vec![atoms::mapset_module().encode(env), inner];
     for (field, value) in mapset_fields() {
-        let field = Atom::from_str(env, field).map_err(|_| Error::conversion("bad MapSet field"))?;
+        let field =
+            Atom::from_str(env, field).map_err(|_| Error::conversion("bad MapSet field"))?;
         struct_keys.push(field.encode(env));
         struct_values.push(value.encode(env));
     }

@@ -39,9 +39,22 @@ impl Error {
         Error::Conversion(message.into())
     }
 
-    /// Captures a Python exception with its qualified type name, message and full traceback.
+    /// Captures a Python exception with its qualified type name, message and full traceback,
+    /// through `snakepit_bridge._dispatch.exception_info` (as the `:process` worker does), or
+    /// in Rust when that cannot run (the package not importable yet).
     pub fn from_py(py: Python<'_>, err: PyErr) -> Self {
         let value = err.value(py);
+        if let Ok((python_type, message, traceback)) = py
+            .import("snakepit_bridge._dispatch")
+            .and_then(|m| m.getattr("exception_info")?.call1((value, err.traceback(py))))
+            .and_then(|info| info.extract::<(String, String, String)>())
+        {
+            return Error::Python {
+                python_type,
+                message,
+                traceback: Some(traceback),
+            };
+        }
         let ty = value.get_type();
         let qualname = ty
             .qualname()

@@ -807,6 +807,35 @@ fn call_command<'a>(
 
 /// Calls the adapter method `command` with `args` (map: keyword arguments, list: positional,
 /// nil: none).
+/// The `:validation` error for a command the adapter does not have; its message comes from
+/// `snakepit_bridge._dispatch.unknown_command`, as in the `:process` worker (did you mean, an
+/// unmarked method).
+fn unknown_command(py: Python<'_>, worker: &Worker, name: &str) -> Error {
+    let message = py
+        .import("snakepit_bridge._dispatch")
+        .and_then(|m| {
+            m.getattr("unknown_command")?.call1((
+                name,
+                &worker.class_name,
+                worker.names.clone(),
+                worker.adapter.bind(py),
+            ))
+        })
+        .and_then(|m| m.extract::<String>())
+        .unwrap_or_else(|_| {
+            format!(
+                "unknown command {:?} for adapter {}; available commands: {}",
+                name,
+                worker.class_name,
+                worker.names.join(", ")
+            )
+        });
+    Error::Validation {
+        message,
+        available: worker.names.clone(),
+    }
+}
+
 fn invoke<'py>(
     py: Python<'py>,
     worker: &Worker,
@@ -817,15 +846,10 @@ fn invoke<'py>(
         Binary::from_term(command).map_err(|_| Error::conversion("command must be a string"))?;
     let name = std::str::from_utf8(bin.as_slice())
         .map_err(|_| Error::conversion("command must be valid UTF-8"))?;
-    let func = worker.commands.get(name).ok_or_else(|| Error::Validation {
-        message: format!(
-            "unknown command {:?} for adapter {}; available commands: {}",
-            name,
-            worker.class_name,
-            worker.names.join(", ")
-        ),
-        available: worker.names.clone(),
-    })?;
+    let func = match worker.commands.get(name) {
+        Some(func) => func,
+        None => return Err(unknown_command(py, worker, name)),
+    };
     let func = func.bind(py);
     let out = match args.get_type() {
         TermType::Map if args.map_size().unwrap_or(0) == 0 => func.call0(),

@@ -35,18 +35,19 @@ def type_name(exc: BaseException) -> str:
     return f"{module}.{cls.__qualname__}"
 
 
-def exception_info(exc: BaseException) -> Tuple[str, str, str]:
+def exception_info(exc: BaseException, tb: Any = None) -> Tuple[str, str, str]:
     """``(python_type, message, traceback)`` of ``exc``, never raising itself.
 
-    The traceback is the full ``traceback.format_exception`` text, without Snakepit's own
-    frames at its head.
+    The traceback (``tb``, else ``exc.__traceback__``) is the full
+    ``traceback.format_exception`` text, without Snakepit's own frames at its head.
     """
     python_type = type_name(exc)
     try:
         message = str(exc)
     except BaseException:  # noqa: BLE001 - a broken __str__ must not hide the error
         message = "<exception str() failed>"
-    tb = exc.__traceback__
+    if tb is None:
+        tb = exc.__traceback__
     while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) in _OWN_FILES:
         tb = tb.tb_next
     try:

@@ -23,6 +23,10 @@ class TestAdapter(ThreadSafeAdapter):
     def echo(self, value=None):
         return value
 
+    def not_a_command(self):
+        """A public method without @tool: not callable from Elixir."""
+        return "unreachable"
+
     @tool(description="base ** exp, computed in Python.")
     def power(self, base: int = 2, exp: int = 10):
         return base**exp
