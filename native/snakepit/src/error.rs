@@ -46,7 +46,10 @@ impl Error {
         let value = err.value(py);
         if let Ok((python_type, message, traceback)) = py
             .import("snakepit_bridge._dispatch")
-            .and_then(|m| m.getattr("exception_info")?.call1((value, err.traceback(py))))
+            .and_then(|m| {
+                m.getattr("exception_info")?
+                    .call1((value, err.traceback(py)))
+            })
             .and_then(|info| info.extract::<(String, String, String)>())
         {
             return Error::Python {
