@@ -41,5 +41,14 @@ defmodule Snakepit.Application do
         {:error, _} = error -> error
       end
     end
+    |> readable()
   end
+
+  # The reason is {exception, stacktrace}: Mix ("Could not start application snakepit: ...")
+  # and the logger format it as a raised exception, so the message and a Python traceback
+  # print as text, not as one inspected struct.
+  defp readable({:error, %Snakepit.Error{} = e}),
+    do: {:error, {e, [{__MODULE__, :start, 2, [file: ~c"lib/snakepit/application.ex"]}]}}
+
+  defp readable(other), do: other
 end

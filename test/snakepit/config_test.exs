@@ -821,13 +821,21 @@ defmodule Snakepit.ConfigEnvTest do
       assert error.message =~ "pool :a: unknown key :pool_sise; did you mean :pool_size?"
     end
 
-    test "the application does not start with a bad key, and says which" do
+    test "the application does not start with a bad key, and says which, readably" do
       Application.put_env(:snakepit, :pyhton_path, [])
 
-      assert {:error, %Snakepit.Error{details: %{key: :pyhton_path}} = error} =
+      assert {:error, {%Snakepit.Error{details: %{key: :pyhton_path}} = error, [_ | _] = stack}} =
                Snakepit.Application.start(:normal, [])
 
       assert error.message =~ "did you mean :python_path?"
+
+      # What Mix prints ("Could not start application snakepit: ...") and the logger logs: the
+      # exception's message as text, not an inspected struct.
+      text =
+        Application.format_error({{error, stack}, {Snakepit.Application, :start, [:normal, []]}})
+
+      assert text =~ "** (Snakepit.Error) [validation] config :snakepit: unknown key :pyhton_path"
+      refute text =~ "%Snakepit.Error{"
     end
   end
 
