@@ -19,8 +19,10 @@ defmodule Snakepit.Application do
   def start(_type, _args) do
     Snakepit.Telemetry.refresh()
 
-    # A bad or unknown key of `config :snakepit` fails the start with an error naming it.
+    # A bad or unknown key of `config :snakepit`, or a run-time venv that is missing, fails the
+    # start with an error naming it.
     with :ok <- Snakepit.Config.validate_global(),
+         :ok <- Snakepit.Runtime.check_venv(),
          {:ok, pools} <- Snakepit.Config.pools() do
       children = [
         Snakepit.PythonLogger,
