@@ -328,10 +328,11 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
   (`_build/ENV/lib/snakepit/priv/nif` of the app that is being built).
 
   Mix links that `priv` to the source's `priv/` (a dependency's checkout) at first; this
-  compiler makes it a real directory of its own, whose entries link to the source's (such as
-  `python/`), so the NIF never lands in the source tree: two apps, or `dev` and `test`, with
-  different Pythons can share one checkout, and the checkout may be read-only. Files are
-  installed by renaming, so a VM that has the previous library loaded keeps running.
+  compiler makes it a real directory of its own, with copies of the source's entries (such as
+  `python/`, kept in step on each compile), so nothing lands in the source tree: two apps, or
+  `dev` and `test`, with different Pythons can share one checkout, and the checkout may be
+  read-only. Files are installed by renaming, so a VM that has the previous library loaded
+  keeps running.
 
   The Python is, in order: `SNAKEPIT_PYTHON` (an interpreter or a venv's python), the
   `config :snakepit, python: ...` setting, the app's venv when it exists (`SNAKEPIT_VENV`,
@@ -400,12 +401,12 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
   end
 
   # Snakepit's build priv/ as a real directory (docs/architecture.md, "Where the build goes"):
-  # Mix makes it a link to the source's priv/, which
-  # would put the NIF into the source tree. Its entries (python/, ...) link to the source's,
-  # relatively, as Mix's own link does; `nif/` is this build's. Once it is a directory, Mix
-  # copies newer files of the source priv/ into it on each compile (through those links: the
-  # same files, left alone); the source never has a nif/ of its own, so no library is ever
-  # copied over. A priv/native/ of older builds in the source is skipped.
+  # Mix makes it a link to the source's priv/, which would put the NIF into the source tree.
+  # Its entries (python/, ...) are copies of the source's, kept in step on each compile
+  # (links would dangle when the source moves, and Mix then fails before this compiler runs);
+  # `nif/` is this build's. Once it is a directory, Mix also copies newer files of the source
+  # priv/ into it on each compile; the source never has a nif/ of its own, so no library is
+  # ever copied over. A priv/native/ of older builds is skipped (and dropped when it can be).
   defp ensure_priv!(app_path, source_priv) do
     priv = Path.join(app_path, "priv")
     drop_old_layout(source_priv, priv)
@@ -413,13 +414,13 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
 
     case File.lstat(priv) do
       {:ok, %File.Stat{type: :directory}} ->
-        for entry <- entries, do: link_entry!(priv, source_priv, entry)
+        for entry <- entries, do: sync!(Path.join(source_priv, entry), Path.join(priv, entry))
 
       _symlink_or_missing ->
         staging = Path.join(app_path, ".priv-#{System.unique_integer([:positive])}.tmp")
         File.rm_rf!(staging)
         File.mkdir_p!(staging)
-        for entry <- entries, do: link_entry!(staging, source_priv, entry, priv)
+        for entry <- entries, do: sync!(Path.join(source_priv, entry), Path.join(staging, entry))
         _ = File.rm(priv)
         File.rename!(staging, priv)
     end
@@ -432,40 +433,46 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
   # that has that library loaded keeps its copy). A read-only source keeps its own.
   defp drop_old_layout(source_priv, priv) do
     for dir <- [Path.join(source_priv, "native"), Path.join(priv, "native")],
+        {:ok, %File.Stat{type: :directory}} <- [File.lstat(dir)],
         {:ok, files} <- [File.ls(dir)],
         Enum.all?(files, &(&1 in ["libsnakepit.so", "python.term"] or &1 =~ ~r/\.tmp$/)),
-        File.lstat(dir) |> elem(1) |> Map.get(:type) == :directory,
         do: File.rm_rf(dir)
   end
 
-  # Links dir/entry to source/entry; `final` is where dir will be (for the relative link).
-  defp link_entry!(dir, source, entry, final \\ nil) do
-    target = Path.join(dir, entry)
-    link = relative(Path.join(source, entry), final || dir)
+  # Makes `dest` a copy of `src` (a file or a directory tree), Python's bytecode caches left
+  # out: changed files are installed by rename, files gone from `src` are removed.
+  defp sync!(src, dest) do
+    {:ok, %File.Stat{type: type}} = File.stat(src)
 
-    case File.read_link(target) do
-      {:ok, ^link} ->
-        :ok
+    case File.lstat(dest) do
+      {:ok, %File.Stat{type: ^type}} -> :ok
+      {:ok, _other} -> File.rm_rf!(dest)
+      {:error, _} -> :ok
+    end
 
-      {:ok, _other} ->
-        File.rm!(target)
-        File.ln_s!(link, target)
-
-      {:error, :enoent} ->
-        File.ln_s!(link, target)
-
-      # A real file or directory (build_embedded copies): Mix keeps it up to date.
-      {:error, _} ->
-        :ok
+    if type == :directory do
+      File.mkdir_p!(dest)
+      keep = File.ls!(src) -- ["__pycache__"]
+      for entry <- keep, do: sync!(Path.join(src, entry), Path.join(dest, entry))
+      for entry <- File.ls!(dest) -- ["__pycache__" | keep], do: File.rm_rf!(Path.join(dest, entry))
+    else
+      if File.exists?(dest) and File.read!(src) == File.read!(dest) do
+        writable!(dest)
+      else
+        install!(dest, fn tmp ->
+          File.cp!(src, tmp)
+          writable!(tmp)
+        end)
+      end
     end
   end
 
-  # `path` relative to directory `from`, both absolute.
-  defp relative(path, from) do
-    {path, from} = {Path.split(Path.expand(path)), Path.split(Path.expand(from))}
-    {common, _} = Enum.zip(path, from) |> Enum.split_while(fn {a, b} -> a == b end)
-    n = length(common)
-    Path.join(List.duplicate("..", length(from) - n) ++ Enum.drop(path, n))
+  # Copies keep the source's mode, read-only in a read-only checkout; Mix overwrites files of a
+  # real priv/ in place when the source changes, which needs them writable.
+  defp writable!(path) do
+    %File.Stat{mode: mode} = File.stat!(path)
+    import Bitwise
+    if (mode &&& 0o200) == 0, do: File.chmod!(path, mode ||| 0o200)
   end
 
   defp check_shared!(python, info) do

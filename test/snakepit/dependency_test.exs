@@ -88,9 +88,17 @@ defmodule Snakepit.DependencyTest do
     assert {:ok, %File.Stat{type: :directory}} = File.lstat(priv)
     assert {:ok, %File.Stat{type: :regular}} = File.lstat(Path.join(priv, "nif/libsnakepit.so"))
     assert {:ok, %File.Stat{type: :regular}} = File.lstat(Path.join(priv, "nif/python.term"))
-    # Snakepit's Python package comes from the checkout, through a link.
-    assert {:ok, _} = File.read_link(Path.join(priv, "python"))
-    assert File.regular?(Path.join(priv, "python/snakepit_bridge/__init__.py"))
+    # Snakepit's Python package is a copy of the checkout's.
+    assert {:ok, %File.Stat{type: :directory}} = File.lstat(Path.join(priv, "python"))
+    package = "python/snakepit_bridge/_runtime.py"
+
+    assert File.read!(Path.join(priv, package)) ==
+             File.read!(Path.join([ctx.src, "priv", package]))
+
+    # Writable, although the checkout's file is not: Mix updates these copies in place.
+    assert Bitwise.band(File.stat!(Path.join(priv, package)).mode, 0o200) != 0
+    assert Bitwise.band(File.stat!(Path.join([ctx.src, "priv", package])).mode, 0o200) == 0
+
     assert ctx.compile_out =~ ~r/snakepit: (re)?building the NIF for Python 3\.\d+/
     assert snapshot(ctx.src) == ctx.before
 

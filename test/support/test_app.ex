@@ -14,6 +14,8 @@ defmodule Snakepit.TestApp do
   @source ~w(mix.exs Cargo.toml Cargo.lock lib native/snakepit_native.exs native/snakepit/Cargo.toml
              native/snakepit/build.rs native/snakepit/src priv/python)
 
+  @mix_vars ~w(MIX_BUILD_PATH MIX_BUILD_ROOT MIX_DEPS_PATH MIX_EXS MIX_LOCKFILE MIX_TARGET)
+
   def root, do: @root
 
   # A fresh directory under the system's temporary directory, removed when the test (or, from
@@ -45,6 +47,9 @@ defmodule Snakepit.TestApp do
       {"SNAKEPIT_VENV", nil},
       {"PYTHONPATH", nil}
     ]
+
+    # The test run's own Mix locations must not leak into the app's build.
+    base = base ++ for var <- @mix_vars, do: {var, nil}
 
     Enum.reduce(extra, base, fn {k, v}, acc -> List.keystore(acc, k, 0, {k, v}) end)
   end
