@@ -100,6 +100,24 @@ defmodule Snakepit.Build do
 
   def venv_python(venv), do: Path.join(venv, "bin/python")
 
+  # The Python version in the venv's pyvenv.cfg (`version`, or uv's `version_info`), or nil.
+  def venv_version(venv) do
+    case File.read(Path.join(venv, "pyvenv.cfg")) do
+      {:ok, cfg} ->
+        cfg
+        |> String.split("\n")
+        |> Enum.find_value(fn line ->
+          case String.split(line, "=", parts: 2) do
+            [k, v] -> if String.trim(k) in ["version", "version_info"], do: String.trim(v)
+            _ -> nil
+          end
+        end)
+
+      {:error, _} ->
+        nil
+    end
+  end
+
   # SNAKEPIT_PYTHON, else `config :snakepit, python:`: {path, source} or nil.
   def explicit_python do
     cond do

@@ -79,12 +79,10 @@ defmodule Snakepit.TestApp do
     dest
   end
 
-  # Every file and directory under `dir` with its type, size and mtime, Python's bytecode
-  # caches left out. A root user writes through chmod a-w, so tests compare snapshots.
+  # Every file and directory under `dir` with its type, size and mtime. A root user writes
+  # through chmod a-w, so tests compare snapshots.
   def snapshot(dir) do
-    for path <- Path.wildcard(Path.join(dir, "**"), match_dot: true),
-        not String.contains?(path, "__pycache__"),
-        into: %{} do
+    for path <- Path.wildcard(Path.join(dir, "**"), match_dot: true), into: %{} do
       {:ok, stat} = File.lstat(path, time: :posix)
       {Path.relative_to(path, dir), {stat.type, stat.size, stat.mtime}}
     end

@@ -18,7 +18,8 @@ defmodule Mix.Tasks.Snakepit.Setup do
   `.venv` in the app. It is made with `uv` when `uv` is on `PATH` (`uv venv`,
   `uv pip install`), else with `python -m venv` and pip, from PyPI. Its interpreter comes from
   `--python`, else `SNAKEPIT_PYTHON`, else `config :snakepit, python: ...`, else the first
-  Python on `PATH` of the README's list ("Choosing the Python").
+  Python on `PATH` of the README's list ("Choosing the Python"). An existing venv is kept,
+  unless `--python` names another Python version than its own: it is then made again.
 
   The venv records a hash of what was declared (`snakepit-deps.txt` in the venv): when nothing
   changed and the venv works, nothing is installed and the task takes a second. `--force`
@@ -56,12 +57,25 @@ defmodule Mix.Tasks.Snakepit.Setup do
     python = Build.venv_python(venv)
     uv = System.find_executable("uv")
 
+    # --python naming another Python version than the venv's: the venv is made again.
+    base = if opts[:python], do: base_python!(opts)
+    exists? = Build.runnable?(python)
+    version = if base && exists?, do: Build.probe!(base)["version"]
+    other_python? = version != nil and Build.venv_version(venv) != version
+
     cond do
-      !opts[:force] and Build.runnable?(python) and Build.recorded_hash(venv) == hash ->
+      !opts[:force] and exists? and not other_python? and Build.recorded_hash(venv) == hash ->
         Mix.shell().info("snakepit: #{venv} is up to date")
 
       true ->
-        unless Build.runnable?(python), do: create_venv!(venv, base_python!(opts), uv)
+        if other_python? do
+          Mix.shell().info("snakepit: #{venv} is not of Python #{version}: making it again")
+          File.rm_rf!(venv)
+        end
+
+        unless exists? and not other_python?,
+          do: create_venv!(venv, base || base_python!(opts), uv)
+
         install!(python, declared, root, uv)
         Build.write_record!(venv, hash, declared)
 
