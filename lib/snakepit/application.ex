@@ -19,8 +19,10 @@ defmodule Snakepit.Application do
   def start(_type, _args) do
     Snakepit.Telemetry.refresh()
 
-    # A bad or unknown key of `config :snakepit` fails the start with an error naming it.
+    # A bad or unknown key of `config :snakepit`, or a run-time venv that is missing, fails the
+    # start with an error naming it.
     with :ok <- Snakepit.Config.validate_global(),
+         :ok <- Snakepit.Runtime.check_venv(),
          {:ok, pools} <- Snakepit.Config.pools() do
       children = [
         Snakepit.PythonLogger,
@@ -41,5 +43,14 @@ defmodule Snakepit.Application do
         {:error, _} = error -> error
       end
     end
+    |> readable()
   end
+
+  # The reason is {exception, stacktrace}: Mix ("Could not start application snakepit: ...")
+  # and the logger format it as a raised exception, so the message and a Python traceback
+  # print as text, not as one inspected struct.
+  defp readable({:error, %Snakepit.Error{} = e}),
+    do: {:error, {e, [{__MODULE__, :start, 2, [file: ~c"lib/snakepit/application.ex"]}]}}
+
+  defp readable(other), do: other
 end

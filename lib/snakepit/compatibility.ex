@@ -107,7 +107,21 @@ defmodule Snakepit.Compatibility do
   thread at a time runs Python bytecode: pure-Python CPU work is serialised however many
   threads the pool has, while work that releases the GIL (NumPy, I/O, `time.sleep`) still
   runs in parallel. `gil_warning/2` says so for a given interpreter and pool, and
-  `warn_if_gil/3` logs it when a pool starts.
+  `warn_if_gil/3` logs a short notice once per VM, when the first such pool starts.
+
+  The interpreter has a GIL when its version is 3.12 or older, when it is a standard build
+  (not a free-threaded `t` build), or when it is a free-threaded build whose GIL was enabled at
+  run time: by `PYTHON_GIL=1`, `-X gil=1`, or an imported C extension that does not declare
+  free-threading support (Python then prints a `RuntimeWarning` naming it).
+
+  What to do about it, for parallel pure-Python CPU work:
+
+    * build Snakepit against a free-threaded CPython 3.14t
+      (`SNAKEPIT_PYTHON=/path/to/python3.14t`, then recompile), and keep its GIL off (drop
+      `PYTHON_GIL=1`, upgrade the extension that re-enabled it to a free-threading release);
+    * or use `worker_profile: :process`: separate Python processes, a GIL each.
+
+  For NumPy, I/O and other GIL-releasing work, a GIL build is fine as it is.
 
   > #### Python ≤3.12 {: .warning}
   >
@@ -275,20 +289,42 @@ defmodule Snakepit.Compatibility do
   end
 
   @doc """
-  Logs `gil_warning/2` with `Logger.warning/2` when there is one, with `pool: pool_name` in
-  the metadata and the pool's name at the start of the message. Called once when a pool
-  starts, after its adapter is constructed (an extension imported by the adapter may have
-  re-enabled the GIL). Always returns `:ok`.
+  Logs a short notice with `Logger.warning/2` when `gil_warning/2` has a warning for this pool,
+  once per VM: the first threaded pool that runs on a GIL build says so, the others do not. The
+  notice is one sentence with `pool: pool_name` in the metadata; the details are in "The GIL"
+  above. Called when a pool starts, after its adapter is constructed (an extension imported by
+  the adapter may have re-enabled the GIL). Always returns `:ok`.
   """
   @spec warn_if_gil(atom(), python_info(), Config.t() | pos_integer()) :: :ok
-  def warn_if_gil(pool_name, python_info, config) do
-    case gil_warning(python_info, config) do
-      nil ->
-        :ok
+  def warn_if_gil(pool_name, python_info, config),
+    do: warn_if_gil(pool_name, python_info, config, {__MODULE__, :gil_noticed})
 
-      warning ->
-        Logger.warning("snakepit: pool #{inspect(pool_name)}: #{warning}", pool: pool_name)
+  @doc false
+  # `once` is the :persistent_term key that records the notice was logged (tests use their own).
+  def warn_if_gil(pool_name, python_info, config, once) do
+    with warning when is_binary(warning) <- gil_warning(python_info, config),
+         false <- :persistent_term.get(once, false) do
+      :persistent_term.put(once, true)
+
+      Logger.warning("snakepit: pool #{inspect(pool_name)}: #{notice(python_info, config)}",
+        pool: pool_name
+      )
     end
+
+    :ok
+  end
+
+  defp notice(info, config) do
+    capacity = if is_integer(config), do: config, else: Config.capacity(config)
+    version = Map.get(info, :version) || "(unknown version)"
+
+    why =
+      if gil(info) == :re_enabled,
+        do: "Python #{version} runs with its GIL enabled",
+        else: "Python #{version} has a GIL"
+
+    "#{why}: its #{capacity} threads run Python code one at a time (NumPy, I/O and " <>
+      "time.sleep still run in parallel). Logged once; see \"The GIL\" in Snakepit.Compatibility."
   end
 
   ## Private

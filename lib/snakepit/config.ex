@@ -32,7 +32,9 @@ defmodule Snakepit.Config do
     interpreter: {"an interpreter path (a string)", quote(do: String.t())},
     path: {"a path", quote(do: String.t())},
     paths:
-      {"a path or a list of paths", quote(do: [String.t()]), quote(do: String.t() | [String.t()])},
+      {"a path, an {app, path} tuple, or a list of those",
+       quote(do: [String.t() | {atom(), String.t()}]),
+       quote(do: String.t() | {atom(), String.t()} | [String.t() | {atom(), String.t()}])},
     pools: {"a list of pool configs", quote(do: [t()]), quote(do: [pool_config()])}
   }
 
@@ -205,10 +207,12 @@ defmodule Snakepit.Config do
       type: :paths,
       default: [],
       doc: """
-      extra directories put on Python's `sys.path`, expanded to absolute paths (relative ones
-      against the current directory; in a release, build them with `Application.app_dir/2` in
-      `config/runtime.exs`). The entries of the `PYTHONPATH` environment variable follow. Read
-      by `python_path/0`.
+      extra directories put on Python's `sys.path`. An `{app, path}` entry such as
+      `{:my_app, "priv/python"}` is a directory of an application, resolved with
+      `Application.app_dir/2` when a pool starts, so it follows a release wherever it is
+      installed; a string is expanded to an absolute path (relative ones against the current
+      directory). The entries of the `PYTHONPATH` environment variable follow. Read by
+      `python_path/0`.
       """
     ],
     python: [
@@ -216,7 +220,41 @@ defmodule Snakepit.Config do
       default: nil,
       doc: """
       the interpreter to build the NIF for (the `SNAKEPIT_PYTHON` environment variable wins);
-      read at build time.
+      read at build time. Unset, the NIF is built for the app's venv when it exists (see
+      `:venv`), else for the first Python on `PATH`.
+      """
+    ],
+    venv: [
+      type: {:or, nil, :path},
+      default: nil,
+      doc: """
+      the app's Python venv: `mix snakepit.setup` creates it and installs `:python_deps`
+      into it, and the NIF is built for its interpreter unless `:python` or `SNAKEPIT_PYTHON`
+      names another. `nil` means `.venv` in the app for those two. When it is set (or the
+      `SNAKEPIT_VENV` environment variable is, which wins), it is also the venv used at run
+      time: its site-packages are on `sys.path` and `:process` workers run its python, so
+      `config/runtime.exs` or `SNAKEPIT_VENV` can point a release at the venv of the machine it
+      runs on. A venv set so that does not exist, or was made from another Python version than
+      the NIF's, stops the application from starting with an error naming it. Relative paths
+      are taken from the app's directory by Mix tasks and from the current directory at run
+      time. Read by `venv/0`.
+      """
+    ],
+    python_deps: [
+      type: :strings,
+      default: [],
+      doc: """
+      the Python packages the app needs, as pip requirements (`["numpy>=2", "pillow"]`),
+      installed from PyPI into the app's venv by `mix snakepit.setup`. `mix compile` warns when
+      the Python it builds for lacks one.
+      """
+    ],
+    python_requirements: [
+      type: {:or, nil, :path},
+      default: nil,
+      doc: """
+      a pip requirements file, relative to the app's directory (`"requirements.txt"`),
+      installed like `:python_deps` (which may be used with it).
       """
     ]
   ]
@@ -429,11 +467,16 @@ defmodule Snakepit.Config do
   @doc """
   The extra directories for Python's `sys.path`, as absolute paths.
 
-  `config :snakepit, python_path: ...` (one path or a list; strings or charlists) comes first,
-  each entry expanded with `Path.expand/1`, then the entries of the `PYTHONPATH` environment
-  variable. Empty entries and duplicates are dropped.
+  `config :snakepit, python_path: ...` (one entry or a list) comes first, then the entries of
+  the `PYTHONPATH` environment variable. A string (or charlist) entry is expanded with
+  `Path.expand/1`; an `{app, path}` entry is `Application.app_dir(app, path)`, resolved now
+  (a pool calls this when it starts), so in a release it is the directory of the installed
+  application. Empty entries and duplicates are dropped.
 
-  Raises `Snakepit.Error` (`:validation`) when an entry is not a path.
+  Raises `Snakepit.Error` (`:validation`) when an entry is not a path, or names an application
+  that is not installed.
+
+      config :snakepit, python_path: [{:my_app, "priv/python"}, "/opt/shared/python"]
   """
   @spec python_path() :: [String.t()]
   def python_path do
@@ -442,8 +485,42 @@ defmodule Snakepit.Config do
 
     (global!(:python_path) ++ from_env)
     |> Enum.reject(&(&1 == ""))
-    |> Enum.map(&Path.expand/1)
+    |> Enum.map(&resolve_path/1)
     |> Enum.uniq()
+  end
+
+  defp resolve_path({app, path} = entry) do
+    Application.app_dir(app, path)
+  rescue
+    ArgumentError ->
+      raise error(
+              "invalid config :snakepit, :python_path: #{show(entry)} names the application " <>
+                "#{inspect(app)}, which is not installed (not in the code path of this node)",
+              %{key: :python_path, value: entry, pool: nil}
+            )
+  end
+
+  defp resolve_path(path), do: Path.expand(path)
+
+  @doc """
+  The venv to use at run time, as an absolute path, or `nil` for the one the NIF was built
+  with: the `SNAKEPIT_VENV` environment variable, else `config :snakepit, venv: ...` (relative
+  paths against the current directory). See `:venv` under Options.
+
+  Raises `Snakepit.Error` (`:validation`) when `:venv` is not a path.
+  """
+  @spec venv() :: String.t() | nil
+  def venv do
+    case System.get_env("SNAKEPIT_VENV") do
+      env when env not in [nil, ""] ->
+        Path.expand(env)
+
+      _ ->
+        case global!(:venv) do
+          nil -> nil
+          path -> Path.expand(path)
+        end
+    end
   end
 
   @doc """
@@ -616,14 +693,23 @@ defmodule Snakepit.Config do
 
   defp cast(:paths, nil), do: {:ok, []}
   defp cast(:paths, path) when is_binary(path), do: {:ok, [path]}
+  defp cast(:paths, {app, _} = entry) when is_atom(app), do: cast(:paths, [entry])
 
   defp cast(:paths, list) when is_list(list) do
-    paths = Enum.map(if(charlist?(list) and list != [], do: [list], else: list), &cast(:path, &1))
+    paths =
+      Enum.map(if(charlist?(list) and list != [], do: [list], else: list), &cast(:entry, &1))
 
     if Enum.all?(paths, &match?({:ok, _}, &1)),
       do: {:ok, Enum.map(paths, &elem(&1, 1))},
       else: :error
   end
+
+  # One python_path entry: a path, or {app, path} with the path relative to the app's directory.
+  defp cast(:entry, {app, path}) when is_atom(app) and app not in [nil, true, false] do
+    with {:ok, path} <- cast(:path, path), do: {:ok, {app, path}}
+  end
+
+  defp cast(:entry, path), do: cast(:path, path)
 
   defp cast(:duration, :infinity), do: {:ok, :infinity}
 

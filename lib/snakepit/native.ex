@@ -5,7 +5,7 @@ defmodule Snakepit.Native do
   @on_load :load_nif
 
   def load_nif do
-    path = Path.join(:code.priv_dir(:snakepit), "native/libsnakepit")
+    path = Path.join(:code.priv_dir(:snakepit), "nif/libsnakepit")
 
     case :erlang.load_nif(String.to_charlist(path), 0) do
       :ok ->

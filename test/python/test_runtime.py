@@ -40,6 +40,21 @@ def test_create_adapter_missing_module():
     message = str(info.value)
     assert "no_such_pkg.adapters.Missing" in message
     assert "no module named 'no_such_pkg.adapters'" in message
+    # Where Python looked, and the fix.
+    assert "Python looked for 'no_such_pkg'" in message
+    for entry in sys.path:
+        assert f"\n  {entry or '(current directory)'}\n" in message
+    assert 'python_path: [{:my_app, "priv/python"}]' in message
+
+
+def test_create_adapter_missing_module_in_a_found_package():
+    with pytest.raises(ImportError) as info:
+        _runtime.create_adapter("snakepit_bridge.no_such_module.Adapter", "p", 0, {})
+    message = str(info.value)
+    assert "no module named 'snakepit_bridge.no_such_module'" in message
+    assert "package 'snakepit_bridge' (" in message
+    assert "has no module 'no_such_module'" in message
+    assert "sys.path" not in message
 
 
 def test_create_adapter_missing_class():
@@ -120,7 +135,11 @@ def test_undeclared_threaded_adapter_warns_once_per_class(caplog, tmp_path, monk
     records = [r for r in caplog.records if "does not declare thread safety" in r.getMessage()]
     assert len(records) == 1
     assert records[0].name == "snakepit_bridge"
-    assert records[0].getMessage() == "⚠️  Adapter Undeclared does not declare thread safety."
+    assert records[0].getMessage() == (
+        "⚠️  Adapter Undeclared does not declare thread safety. The pool calls it from several "
+        "threads anyway: add __thread_safe__ = True to class Undeclared once its methods are "
+        "thread-safe (or set threads_per_worker: 1)."
+    )
     assert records[0].levelno == logging.WARNING
     sys.modules.pop("undeclared_adapter", None)
 

@@ -279,20 +279,62 @@ defmodule Snakepit.CompatibilityTest do
   end
 
   describe "warn_if_gil/3" do
-    test "logs the warning with the pool name" do
+    # Each test has its own "logged once" key, so that pools started by other tests (which
+    # use the VM's key) cannot interfere.
+    setup do
+      once = {__MODULE__, make_ref()}
+      on_exit(fn -> :persistent_term.erase(once) end)
+      %{once: once}
+    end
+
+    test "logs one short notice with the pool name, once per VM", %{once: once} do
       config = config(pool_size: 4, threads_per_worker: 16)
 
       log =
         capture_log(fn ->
-          assert Compatibility.warn_if_gil(:hpc_pool, @gil_311, config) == :ok
+          assert Compatibility.warn_if_gil(:hpc_pool, @gil_311, config, once) == :ok
         end)
 
       assert log =~ "[warning]" or log =~ "[warn]"
-      assert log =~ "snakepit: pool :hpc_pool: Python 3.11.7 has a GIL"
-      assert log =~ "64 threads"
+
+      assert log =~
+               "snakepit: pool :hpc_pool: Python 3.11.7 has a GIL: its 64 threads run Python " <>
+                 "code one at a time (NumPy, I/O and time.sleep still run in parallel). " <>
+                 ~s(Logged once; see "The GIL" in Snakepit.Compatibility.)
+
+      # One or two lines, not the whole explanation (which is in the docs).
+      [line] = log |> String.split("\n", trim: true) |> Enum.filter(&(&1 =~ "snakepit:"))
+      assert String.length(line) < 260
+      refute log =~ "SNAKEPIT_PYTHON"
+
+      # A second pool, or the same one restarted, logs nothing.
+      again =
+        capture_log(fn ->
+          assert Compatibility.warn_if_gil(:other_pool, @gil_311, config, once) == :ok
+          assert Compatibility.warn_if_gil(:hpc_pool, @gil_313, 8, once) == :ok
+        end)
+
+      refute again =~ "GIL"
     end
 
-    test "puts the pool in the log metadata" do
+    test "a free-threaded build whose GIL was re-enabled says so", %{once: once} do
+      log =
+        capture_log(fn ->
+          assert Compatibility.warn_if_gil(:ft_pool, @ft_314_gil, 8, once) == :ok
+        end)
+
+      assert log =~ "pool :ft_pool: Python 3.14.0 runs with its GIL enabled: its 8 threads"
+    end
+
+    test "the details are in the moduledoc" do
+      {:docs_v1, _, :elixir, _, %{"en" => doc}, _, _} = Code.fetch_docs(Compatibility)
+      assert doc =~ "## The GIL"
+      assert doc =~ "PYTHON_GIL=1"
+      assert doc =~ "SNAKEPIT_PYTHON=/path/to/python3.14t"
+      assert doc =~ "worker_profile: :process"
+    end
+
+    test "puts the pool in the log metadata", %{once: once} do
       test_pid = self()
       handler = :"compat_test_#{System.unique_integer([:positive])}"
 
@@ -304,20 +346,29 @@ defmodule Snakepit.CompatibilityTest do
 
       on_exit(fn -> :logger.remove_handler(handler) end)
 
-      capture_log(fn -> assert Compatibility.warn_if_gil(:meta_pool, @gil_313, 8) == :ok end)
+      capture_log(fn ->
+        assert Compatibility.warn_if_gil(:meta_pool, @gil_313, 8, once) == :ok
+      end)
 
       assert_receive {:logged, :warning, msg, %{pool: :meta_pool}}, 1_000
       assert msg =~ "snakepit: pool :meta_pool: Python 3.13.1 has a GIL"
     end
 
-    test "logs nothing when the GIL is off or the pool has one thread" do
+    test "logs nothing when the GIL is off or the pool has one thread", %{once: once} do
       log =
         capture_log(fn ->
-          assert Compatibility.warn_if_gil(:quiet_pool, @ft_314, 64) == :ok
-          assert Compatibility.warn_if_gil(:quiet_pool, @gil_311, 1) == :ok
+          assert Compatibility.warn_if_gil(:quiet_pool, @ft_314, 64, once) == :ok
+          assert Compatibility.warn_if_gil(:quiet_pool, @gil_311, 1, once) == :ok
         end)
 
       refute log =~ "quiet_pool"
+      # Nothing was logged, so a pool that has something to say still can.
+      refute :persistent_term.get(once, false)
+    end
+
+    test "the public arity uses one key for the VM" do
+      capture_log(fn -> Compatibility.warn_if_gil(:p, @gil_311, 8) end)
+      assert :persistent_term.get({Compatibility, :gil_noticed}, false)
     end
   end
 

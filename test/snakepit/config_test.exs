@@ -681,7 +681,9 @@ defmodule Snakepit.ConfigEnvTest do
         else: System.delete_env("PYTHONPATH")
     end)
 
-    for key <- [:pools, :default_pool, :python_path], do: Application.delete_env(:snakepit, key)
+    for key <- [:pools, :default_pool, :python_path, :venv, :python_deps, :python_requirements],
+        do: Application.delete_env(:snakepit, key)
+
     :ok
   end
 
@@ -773,14 +775,23 @@ defmodule Snakepit.ConfigEnvTest do
 
       assert error.message ==
                "config :snakepit: unknown key :pyhton_path; did you mean :python_path? " <>
-                 "(valid keys: :pools, :default_pool, :python_path, :python)"
+                 "(valid keys: :pools, :default_pool, :python_path, :python, :venv, " <>
+                 ":python_deps, :python_requirements)"
 
       assert error.details == %{
                key: :pyhton_path,
                value: ["priv/python"],
                pool: nil,
                suggestion: :python_path,
-               valid_keys: [:pools, :default_pool, :python_path, :python]
+               valid_keys: [
+                 :pools,
+                 :default_pool,
+                 :python_path,
+                 :python,
+                 :venv,
+                 :python_deps,
+                 :python_requirements
+               ]
              }
     end
 
@@ -800,8 +811,14 @@ defmodule Snakepit.ConfigEnvTest do
     test "bad values name the key" do
       for {key, value, expected} <- [
             {:default_pool, "second", "expected nil or an atom"},
-            {:python_path, [:priv], "expected a path or a list of paths"},
+            {:python_path, [:priv], "expected a path, an {app, path} tuple, or a list of those"},
+            {:python_path, [{"my_app", "priv"}],
+             "expected a path, an {app, path} tuple, or a list of those"},
             {:python, 3, "expected nil or a path"},
+            {:venv, :dot_venv, "expected nil or a path"},
+            {:python_deps, "numpy", "expected a list of strings"},
+            {:python_deps, [:numpy], "expected a list of strings"},
+            {:python_requirements, ["requirements.txt"], "expected nil or a path"},
             {:pools, %{name: :a}, "expected a list of pool configs"}
           ] do
         Application.put_env(:snakepit, key, value)
@@ -821,13 +838,32 @@ defmodule Snakepit.ConfigEnvTest do
       assert error.message =~ "pool :a: unknown key :pool_sise; did you mean :pool_size?"
     end
 
-    test "the application does not start with a bad key, and says which" do
+    test "the dependency and venv keys" do
+      Application.put_env(:snakepit, :python_deps, ["numpy>=2", "pillow"])
+      Application.put_env(:snakepit, :python_requirements, "requirements.txt")
+      Application.put_env(:snakepit, :python_path, [{:my_app, "priv/python"}, "/opt/lib"])
+      assert Config.validate_global() == :ok
+
+      Application.put_env(:snakepit, :python_dpes, ["numpy"])
+      assert {:error, error} = Config.validate_global()
+      assert error.message =~ "unknown key :python_dpes; did you mean :python_deps?"
+    end
+
+    test "the application does not start with a bad key, and says which, readably" do
       Application.put_env(:snakepit, :pyhton_path, [])
 
-      assert {:error, %Snakepit.Error{details: %{key: :pyhton_path}} = error} =
+      assert {:error, {%Snakepit.Error{details: %{key: :pyhton_path}} = error, [_ | _] = stack}} =
                Snakepit.Application.start(:normal, [])
 
       assert error.message =~ "did you mean :python_path?"
+
+      # What Mix prints ("Could not start application snakepit: ...") and the logger logs: the
+      # exception's message as text, not an inspected struct.
+      text =
+        Application.format_error({{error, stack}, {Snakepit.Application, :start, [:normal, []]}})
+
+      assert text =~ "** (Snakepit.Error) [validation] config :snakepit: unknown key :pyhton_path"
+      refute text =~ "%Snakepit.Error{"
     end
   end
 
@@ -859,6 +895,43 @@ defmodule Snakepit.ConfigEnvTest do
     test "a bad entry raises" do
       Application.put_env(:snakepit, :python_path, [:priv])
       assert_raise Snakepit.Error, ~r/:python_path: expected a path/, &Config.python_path/0
+    end
+
+    test "an {app, path} entry is a directory of the installed application, resolved when read" do
+      Application.put_env(:snakepit, :python_path, [{:snakepit, "priv/python"}, "/opt/lib"])
+      assert Config.python_path() == [Application.app_dir(:snakepit, "priv/python"), "/opt/lib"]
+
+      Application.put_env(:snakepit, :python_path, {:snakepit, ~c"priv"})
+      assert Config.python_path() == [Application.app_dir(:snakepit, "priv")]
+    end
+
+    test "an {app, path} entry naming no installed application raises, naming it" do
+      Application.put_env(:snakepit, :python_path, [{:no_such_app, "priv/python"}])
+      assert Config.validate_global() == :ok
+
+      error = assert_raise Snakepit.Error, &Config.python_path/0
+
+      assert error.message ==
+               ~s(invalid config :snakepit, :python_path: {:no_such_app, "priv/python"} names ) <>
+                 "the application :no_such_app, which is not installed (not in the code path " <>
+                 "of this node)"
+    end
+  end
+
+  describe "venv/0" do
+    test "nil unless configured" do
+      if System.get_env("SNAKEPIT_VENV") in [nil, ""], do: assert(Config.venv() == nil)
+    end
+
+    test "config :snakepit, venv: expanded" do
+      # The venv the NIF is built with, given relative to the current directory, so that pools
+      # that start meanwhile in other tests are not disturbed.
+      {:ok, %{venv: venv}} = Snakepit.Runtime.build_info()
+
+      if venv && System.get_env("SNAKEPIT_VENV") in [nil, ""] do
+        Application.put_env(:snakepit, :venv, Path.relative_to_cwd(venv))
+        assert Config.venv() == venv
+      end
     end
   end
 end

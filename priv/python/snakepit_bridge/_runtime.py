@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import sys
 import threading
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
@@ -60,12 +61,13 @@ def _load_class(class_path: str) -> Any:
     except ModuleNotFoundError as exc:
         missing = exc.name or ""
         if missing and (module_name == missing or module_name.startswith(missing + ".")):
-            message = f"cannot load adapter {class_path!r}: no module named {module_name!r}"
-        else:
-            message = (
-                f"cannot load adapter {class_path!r}: importing module {module_name!r} "
-                f"failed: {exc}"
-            )
+            # Not found: importlib's frames would only repeat it.
+            message = _not_on_path_message(class_path, module_name, missing)
+            raise ImportError(message, name=module_name) from None
+        message = (
+            f"cannot load adapter {class_path!r}: importing module {module_name!r} "
+            f"failed: {exc}"
+        )
         raise ImportError(message, name=module_name) from exc
     try:
         cls = getattr(module, class_name)
@@ -79,6 +81,25 @@ def _load_class(class_path: str) -> Any:
     if not callable(cls):
         raise TypeError(f"adapter {class_path!r} is a {type(cls).__name__}, not a class")
     return cls
+
+
+def _not_on_path_message(class_path: str, module_name: str, missing: str) -> str:
+    """The adapter's module, or a package above it, was not found: say where Python looked and
+    how to add the directory that holds it."""
+    head = f"cannot load adapter {class_path!r}: no module named {module_name!r}"
+    parent, _, leaf = missing.rpartition(".")
+    package = sys.modules.get(parent) if parent else None
+    if package is not None:
+        where = ", ".join(getattr(package, "__path__", None) or []) or "?"
+        return f"{head}: package {parent!r} ({where}) has no module {leaf!r}"
+    looked = "\n".join(f"  {entry or '(current directory)'}" for entry in sys.path)
+    return (
+        f"{head}. Python looked for {missing!r} (a {missing}/ package or {missing}.py) "
+        f"in sys.path:\n{looked}\n"
+        f"Put the directory that holds it on python_path, for instance "
+        f'config :snakepit, python_path: [{{:my_app, "priv/python"}}] for '
+        f"my_app/priv/python/{missing}/ (PYTHONPATH works too)."
+    )
 
 
 def create_adapter(
@@ -133,7 +154,14 @@ def create_adapter(
             first = adapter_cls not in _warned_classes
             _warned_classes.add(adapter_cls)
         if first and checker is None:
-            logger.warning("%s%s", WARNING_PREFIX, undeclared_adapter_message(adapter_cls.__name__))
+            name = adapter_cls.__name__
+            logger.warning(
+                "%s%s The pool calls it from several threads anyway: add __thread_safe__ = True "
+                "to class %s once its methods are thread-safe (or set threads_per_worker: 1).",
+                WARNING_PREFIX,
+                undeclared_adapter_message(name),
+                name,
+            )
     if checker is not None:
         checker.check_adapter(adapter, threaded=threaded)
         checker.check_imports()
