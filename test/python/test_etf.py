@@ -224,7 +224,8 @@ def test_improper_list():
 def test_unhashable_key_is_a_conversion_error():
     # %{[1] => 2}: a list key has no Python dict counterpart.
     data = b"\x83\x74\x00\x00\x00\x01\x6c\x00\x00\x00\x01\x61\x01\x6a\x61\x02"
-    with pytest.raises(ConversionError, match="TypeError: unhashable"):
+    # 3.14 words it "cannot use 'list' as a dict key (unhashable type: 'list')".
+    with pytest.raises(ConversionError, match="TypeError: .*unhashable"):
         decode(data)
 
 
