@@ -34,7 +34,7 @@ defmodule Snakepit.CancellationTest do
     wait_until(fn -> match?({:ok, %{active_requests: 0}}, Snakepit.stats(pool)) end)
 
     receive do
-      "entered" -> assert_received "finally"
+      "entered" -> assert_receive "finally", 30_000
     after
       0 -> timed_out_inside_try(pool, tries - 1)
     end

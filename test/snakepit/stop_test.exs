@@ -21,7 +21,7 @@ defmodule Snakepit.StopTest do
         Snakepit.execute(pool, "spin_forever", %{pid: parent}, timeout: :infinity)
       end)
 
-    assert_receive ["spinning", instance], 5_000
+    assert_receive ["spinning", instance], 30_000
 
     queued =
       for _ <- 1..2 do
@@ -33,7 +33,7 @@ defmodule Snakepit.StopTest do
     log = capture_log(fn -> assert :ok = Snakepit.stop_pool(pool) end)
 
     refute log =~ "still running"
-    assert_received ["cleanup", ^instance]
+    assert_receive ["cleanup", ^instance], 30_000
 
     assert {:error, %Error{category: :pool, message: msg}} = Task.await(spinner)
     assert msg =~ "pool stopped while the call ran"
@@ -56,14 +56,14 @@ defmodule Snakepit.StopTest do
         Snakepit.execute(pool, "sleep_in_c", %{pid: parent, seconds: 10}, timeout: :infinity)
       end)
 
-    assert_receive ["sleeping", stuck], 5_000
+    assert_receive ["sleeping", stuck], 30_000
 
     log = capture_log(fn -> assert :ok = Snakepit.stop_pool(pool) end)
 
     assert log =~ "stopped with 1 thread(s) still running"
     assert [_] = Regex.scan(~r/snakepit-#{pool}-w\d-t\d/, log)
     assert log =~ ~r/snakepit-#{pool}-w\d-t0 \(blocked in a C call\)/
-    assert_received ["cleanup", other] when other != stuck
+    assert_receive ["cleanup", other] when other != stuck, 30_000
     refute_received ["cleanup", ^stuck]
 
     # Its sleep over, the thread answers its caller, leaves, and cleans its worker up.
