@@ -8,6 +8,9 @@ defmodule Snakepit.StopTest do
 
   alias Snakepit.Error
 
+  # cleanup() runs on the thread that stops the pool (a dirty scheduler) or on a pool thread;
+  # its message from the former goes through the snakepit-mail thread, so it may arrive just
+  # after stop_pool returned: the tests wait for it.
   @adapter "snakepit_test_adapters.StopReporter"
 
   @tag timeout: 60_000
@@ -33,7 +36,7 @@ defmodule Snakepit.StopTest do
     log = capture_log(fn -> assert :ok = Snakepit.stop_pool(pool) end)
 
     refute log =~ "still running"
-    assert_received ["cleanup", ^instance]
+    assert_receive ["cleanup", ^instance], 5_000
 
     assert {:error, %Error{category: :pool, message: msg}} = Task.await(spinner)
     assert msg =~ "pool stopped while the call ran"
@@ -63,7 +66,7 @@ defmodule Snakepit.StopTest do
     assert log =~ "stopped with 1 thread(s) still running"
     assert [_] = Regex.scan(~r/snakepit-#{pool}-w\d-t\d/, log)
     assert log =~ ~r/snakepit-#{pool}-w\d-t0 \(blocked in a C call\)/
-    assert_received ["cleanup", other] when other != stuck
+    assert_receive ["cleanup", other] when other != stuck, 5_000
     refute_received ["cleanup", ^stuck]
 
     # Its sleep over, the thread answers its caller, leaves, and cleans its worker up.
@@ -101,7 +104,7 @@ defmodule Snakepit.StopTest do
     assert_receive {:item, %{"i" => 0}}, 5_000
     log = capture_log(fn -> assert :ok = Snakepit.stop_pool(pool) end)
     refute log =~ "still running"
-    assert_received ["cleanup", _]
+    assert_receive ["cleanup", _], 5_000
 
     send(consumer.pid, :go_on)
     assert {:raised, %Error{category: :pool, message: msg}} = Task.await(consumer)
