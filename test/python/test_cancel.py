@@ -31,8 +31,22 @@ def _guide_pattern(lock, log, started, stop):
             log.append(("finally",))
 
 
-def _covered(code, offset):
-    return any(start <= offset < end for start, end, _, _ in _cancel._handler_ranges(code))
+def _handler(code, offset):
+    for start, end, target, depth_lasti in _cancel._handler_ranges(code):
+        if start <= offset < end:
+            return (target, depth_lasti)
+    return None
+
+
+def _line(code, text):
+    import inspect
+
+    lines, first = inspect.getsourcelines(code)
+    return first + next(n for n, line in enumerate(lines) if text in line)
+
+
+def _next(instructions, instruction):
+    return instructions[instructions.index(instruction) + 1]
 
 
 def test_handler_ranges_match_dis():
@@ -45,20 +59,39 @@ def test_handler_ranges_match_dis():
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="exception tables start with CPython 3.11")
-def test_safe_offsets_skip_where_coverage_changes():
+def test_safe_offsets_are_where_cpython_checks_with_its_handler():
     code = _guide_pattern.__code__
     instructions = list(dis.get_instructions(code))
+    by_offset = {i.offset: i for i in instructions}
     safe = _cancel.safe_offsets(code)
     assert _cancel.safe_offsets(code) is safe  # cached
-    assert instructions[0].offset not in safe
+    jump_targets = {i.argval for i in instructions if i.opname == "JUMP_BACKWARD"}
     for prev, cur in zip(instructions, instructions[1:]):
-        if _covered(code, prev.offset) != _covered(code, cur.offset):
-            # A try starts or ends here, or (CPython 3.13) the loop's backward jump was left
-            # outside the try: raising here could skip the handler.
-            assert cur.offset not in safe
-    # The loop's condition is inside the try: a cancellation is raised there.
-    condition = [i.offset for i in instructions if i.argval == "stop" and i.opname == "LOAD_FAST"]
-    assert any(offset in safe for offset in condition)
+        if cur.offset in safe:
+            assert cur.opname != "JUMP_BACKWARD"
+            assert cur.offset in jump_targets or (
+                prev.opname in ("CALL", "CALL_KW", "CALL_FUNCTION_EX", "RESUME")
+                and _handler(code, prev.offset) == _handler(code, cur.offset)
+            )
+    # The loop, inside the try, has a safe offset: after `stop.is_set()` returns.
+    loop_line = _line(code, "while not stop.is_set()")
+    calls = [i for i in instructions if i.opname == "CALL" and i.positions.lineno == loop_line]
+    assert calls and all(_next(instructions, c).offset in safe for c in calls)
+    assert all(by_offset[o].opname != "JUMP_BACKWARD" for o in safe)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception tables start with CPython 3.11")
+def test_no_safe_offset_between_the_tracking_wrappers_bookkeeping_and_its_try():
+    from snakepit_bridge.base_adapter_threaded import thread_safe_method
+
+    code = thread_safe_method(lambda self: None).__code__
+    instructions = list(dis.get_instructions(code))
+    safe = _cancel.safe_offsets(code)
+    start = next(
+        i.offset for i in instructions if i.opname == "STORE_FAST" and i.argval == "depth"
+    )
+    body = next(i.offset for i in instructions if i.offset > start and _handler(code, i.offset))
+    assert not [o for o in safe if start < o < body]
 
 
 @needs_monitoring

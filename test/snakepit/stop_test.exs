@@ -8,6 +8,9 @@ defmodule Snakepit.StopTest do
 
   alias Snakepit.Error
 
+  # cleanup() runs on the thread that stops the pool (a dirty scheduler) or on a pool thread;
+  # its message from the former goes through the snakepit-mail thread, so it may arrive just
+  # after stop_pool returned: the tests wait for it.
   @adapter "snakepit_test_adapters.StopReporter"
 
   @tag timeout: 60_000
@@ -21,7 +24,7 @@ defmodule Snakepit.StopTest do
         Snakepit.execute(pool, "spin_forever", %{pid: parent}, timeout: :infinity)
       end)
 
-    assert_receive ["spinning", instance], 30_000
+    assert_receive ["spinning", instance], 5_000
 
     queued =
       for _ <- 1..2 do
@@ -33,7 +36,7 @@ defmodule Snakepit.StopTest do
     log = capture_log(fn -> assert :ok = Snakepit.stop_pool(pool) end)
 
     refute log =~ "still running"
-    assert_receive ["cleanup", ^instance], 30_000
+    assert_receive ["cleanup", ^instance], 5_000
 
     assert {:error, %Error{category: :pool, message: msg}} = Task.await(spinner)
     assert msg =~ "pool stopped while the call ran"
@@ -56,20 +59,20 @@ defmodule Snakepit.StopTest do
         Snakepit.execute(pool, "sleep_in_c", %{pid: parent, seconds: 10}, timeout: :infinity)
       end)
 
-    assert_receive ["sleeping", stuck], 30_000
+    assert_receive ["sleeping", stuck], 5_000
 
     log = capture_log(fn -> assert :ok = Snakepit.stop_pool(pool) end)
 
     assert log =~ "stopped with 1 thread(s) still running"
     assert [_] = Regex.scan(~r/snakepit-#{pool}-w\d-t\d/, log)
     assert log =~ ~r/snakepit-#{pool}-w\d-t0 \(blocked in a C call\)/
-    assert_receive ["cleanup", other] when other != stuck, 30_000
+    assert_receive ["cleanup", other] when other != stuck, 5_000
     refute_received ["cleanup", ^stuck]
 
     # Its sleep over, the thread answers its caller, leaves, and cleans its worker up.
     assert {:error, %Error{category: :pool, message: msg}} = Task.await(sleeper, 20_000)
     assert msg =~ "pool stopped while the call ran"
-    assert_receive ["cleanup", ^stuck], 30_000
+    assert_receive ["cleanup", ^stuck], 5_000
   end
 
   @tag timeout: 60_000
@@ -98,11 +101,10 @@ defmodule Snakepit.StopTest do
         end
       end)
 
-    assert_receive {:item, %{"i" => 0}}, 30_000
+    assert_receive {:item, %{"i" => 0}}, 5_000
     log = capture_log(fn -> assert :ok = Snakepit.stop_pool(pool) end)
     refute log =~ "still running"
-    # cleanup() has run; its message travels through the mail thread, so it may come later.
-    assert_receive ["cleanup", _], 30_000
+    assert_receive ["cleanup", _], 5_000
 
     send(consumer.pid, :go_on)
     assert {:raised, %Error{category: :pool, message: msg}} = Task.await(consumer)

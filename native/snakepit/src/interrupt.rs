@@ -12,8 +12,9 @@
 //! (the backward jump of a `while cond:` loop that ends a `try` body): the exception then
 //! skips the frame's `except`/`finally` blocks and `with` exits. So on CPython >= 3.12 the
 //! interrupter marks the cancellation pending and has `snakepit_bridge/_cancel.py` raise it
-//! from a `sys.monitoring` callback in the target thread, at an instruction whose handler is
-//! the same as its predecessor's (that module explains the details). The callback takes the
+//! from a `sys.monitoring` callback in the target thread, where CPython would check too (after
+//! a call, on entry, at a loop's start rather than its backward jump) and with the handler of
+//! that check (that module explains the details). The callback takes the
 //! pending flag through `take_cancel` (once: the exception is raised at most once). A thread
 //! that runs no Python frame when asked, or none of its armed frames for `FALLBACK_AFTER`
 //! (a C call that calls back into other functions), gets `PyThreadState_SetAsyncExc`, as do

@@ -11,8 +11,9 @@ or ``with`` exits: a lock taken with ``with self.acquire_lock():`` stays held.
 So, on CPython >= 3.12, the NIF marks the cancellation as pending and calls :func:`arm` for
 the thread: ``sys.monitoring`` INSTRUCTION events are switched on for the code objects on
 that thread's stack, and the callback, running in that thread, raises ``Cancelled`` at the
-first instruction whose exception-table entry is the same as its predecessor's (never at an
-instruction where a ``try`` starts or ends, so never at such a stray jump). The pending
+first safe instruction (:func:`safe_offsets`): where CPython would check for an async
+exception itself (after a call, on entry), with the same exception-table entry as that check,
+or at the target of a backward jump instead of the jump itself. The pending
 flag lives in the NIF and is taken once (``take``): the exception is raised at most once per
 cancellation. Events are switched off again (:func:`disarm`) once it is raised or the call
 ended; while they are on, other threads running the same code objects pay one callback per
@@ -97,8 +98,19 @@ def _handler_ranges(code: Any) -> List[tuple]:
         out.append((start, start + size, target, depth_lasti))
 
 
+# Instructions after which CPython itself checks for an async exception (its eval breaker):
+# calls, and function entry or re-entry (RESUME). Backward jumps are the third kind: there the
+# exception is raised at the jump's target instead.
+_CHECKED_AFTER = frozenset({"CALL", "CALL_KW", "CALL_FUNCTION_EX", "RESUME"})
+_BACKWARD_JUMP = "JUMP_BACKWARD"  # not JUMP_BACKWARD_NO_INTERRUPT: CPython does not check there
+
+
 def safe_offsets(code: Any) -> FrozenSet[int]:
-    """Offsets of the instructions covered by the same handler as the instruction before them."""
+    """Offsets where the callback may raise: where CPython would raise an async exception too
+    (after a call, on entry, at the start of a loop iteration), so code that relies on it
+    (``snakepit_bridge.base_adapter_threaded.thread_safe_method`` keeps its statistics
+    consistent that way) sees no new positions; and never at a backward jump, nor after a call
+    or an entry whose exception-table entry differs from the next instruction's."""
     cached = _safe.get(code)
     if cached is not None:
         return cached
@@ -110,12 +122,23 @@ def safe_offsets(code: Any) -> FrozenSet[int]:
                 return (target, depth_lasti)
         return None
 
-    offsets = [i.offset for i in dis.get_instructions(code)]
-    safe = frozenset(
-        cur for prev, cur in zip(offsets, offsets[1:]) if handler(prev) == handler(cur)
-    )
-    _safe[code] = safe
-    return safe
+    instructions = list(dis.get_instructions(code))
+    backward = {i.offset for i in instructions if i.opname == _BACKWARD_JUMP}
+    safe = {
+        i.argval
+        for i in instructions
+        if i.offset in backward and isinstance(i.argval, int) and i.argval not in backward
+    }
+    for prev, cur in zip(instructions, instructions[1:]):
+        if (
+            prev.opname in _CHECKED_AFTER
+            and cur.offset not in backward
+            and handler(prev.offset) == handler(cur.offset)
+        ):
+            safe.add(cur.offset)
+    frozen = frozenset(safe)
+    _safe[code] = frozen
+    return frozen
 
 
 def arm(ident: int, still_pending: Callable[[], bool]) -> bool:
