@@ -24,7 +24,7 @@ defmodule Snakepit.StopTest do
         Snakepit.execute(pool, "spin_forever", %{pid: parent}, timeout: :infinity)
       end)
 
-    assert_receive ["spinning", instance], 5_000
+    assert_receive ["spinning", instance], 30_000
 
     queued =
       for _ <- 1..2 do
@@ -36,7 +36,7 @@ defmodule Snakepit.StopTest do
     log = capture_log(fn -> assert :ok = Snakepit.stop_pool(pool) end)
 
     refute log =~ "still running"
-    assert_receive ["cleanup", ^instance], 5_000
+    assert_receive ["cleanup", ^instance], 30_000
 
     assert {:error, %Error{category: :pool, message: msg}} = Task.await(spinner)
     assert msg =~ "pool stopped while the call ran"
@@ -59,20 +59,20 @@ defmodule Snakepit.StopTest do
         Snakepit.execute(pool, "sleep_in_c", %{pid: parent, seconds: 10}, timeout: :infinity)
       end)
 
-    assert_receive ["sleeping", stuck], 5_000
+    assert_receive ["sleeping", stuck], 30_000
 
     log = capture_log(fn -> assert :ok = Snakepit.stop_pool(pool) end)
 
     assert log =~ "stopped with 1 thread(s) still running"
     assert [_] = Regex.scan(~r/snakepit-#{pool}-w\d-t\d/, log)
     assert log =~ ~r/snakepit-#{pool}-w\d-t0 \(blocked in a C call\)/
-    assert_receive ["cleanup", other] when other != stuck, 5_000
+    assert_receive ["cleanup", other] when other != stuck, 30_000
     refute_received ["cleanup", ^stuck]
 
     # Its sleep over, the thread answers its caller, leaves, and cleans its worker up.
     assert {:error, %Error{category: :pool, message: msg}} = Task.await(sleeper, 20_000)
     assert msg =~ "pool stopped while the call ran"
-    assert_receive ["cleanup", ^stuck], 5_000
+    assert_receive ["cleanup", ^stuck], 30_000
   end
 
   @tag timeout: 60_000
@@ -101,10 +101,10 @@ defmodule Snakepit.StopTest do
         end
       end)
 
-    assert_receive {:item, %{"i" => 0}}, 5_000
+    assert_receive {:item, %{"i" => 0}}, 30_000
     log = capture_log(fn -> assert :ok = Snakepit.stop_pool(pool) end)
     refute log =~ "still running"
-    assert_receive ["cleanup", _], 5_000
+    assert_receive ["cleanup", _], 30_000
 
     send(consumer.pid, :go_on)
     assert {:raised, %Error{category: :pool, message: msg}} = Task.await(consumer)
