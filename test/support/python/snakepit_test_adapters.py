@@ -8,6 +8,12 @@ import time
 from snakepit_bridge import ThreadSafeAdapter, send, thread_safe_method, tool
 
 
+# tracked_busy outcomes by tag, and named barriers (per Python process).
+TRACKED = {}
+BARRIERS = {}
+BARRIERS_LOCK = threading.Lock()
+
+
 class TestAdapter(ThreadSafeAdapter):
     """Echo, failures, blocking and busy work, for the core tests."""
 
@@ -219,6 +225,67 @@ class TestAdapter(ThreadSafeAdapter):
     def thread_name(self):
         return threading.current_thread().name
 
+    # Synchronisation for tests that must order events (never sleeps): the call tells the test
+    # process it runs (`send(pid, (tag, os_pid, thread_name))`), then blocks until the test
+    # releases it, or reports how it ended.
+
+    @tool(description="Send (tag, os pid, thread name) to pid, then sleep in C (time.sleep).")
+    def started_sleep(self, pid, tag, seconds: float = 0.1):
+        send(pid, (tag, os.getpid(), threading.current_thread().name))
+        time.sleep(seconds)
+        return threading.current_thread().name
+
+    @tool(
+        description="Send (tag, os pid, thread name) to pid, then wait until the file at path "
+        "exists (polling: interruptible); return the os pid and thread name."
+    )
+    def started_hold(self, pid, tag, path: str, timeout: float = 120.0):
+        send(pid, (tag, os.getpid(), threading.current_thread().name))
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{path} did not appear within {timeout} s")
+            time.sleep(0.005)
+        return {"os_pid": os.getpid(), "thread": threading.current_thread().name}
+
+    @tool(
+        description="A busy loop like busy that records under tag that it started and what ended "
+        "it (tracked_outcome); first sends (tag, os pid, thread name) to pid when given."
+    )
+    def tracked_busy(self, tag, seconds: float = 10.0, pid=None):
+        deadline = time.monotonic() + seconds
+        n = 0
+        try:
+            # Inside the try: an interrupt that lands after this point is recorded.
+            TRACKED[tag] = "running"
+            if pid is not None:
+                send(pid, (tag, os.getpid(), threading.current_thread().name))
+            while time.monotonic() < deadline:
+                n += 1
+        except BaseException as exc:
+            TRACKED[tag] = type(exc).__name__
+            self.last_interrupt = type(exc).__name__
+            raise
+        TRACKED[tag] = "finished"
+        return n
+
+    @tool(
+        description="How the tracked_busy call with tag went in this process: None (its loop "
+        "never started), 'running', 'finished' or the name of the exception that ended it."
+    )
+    def tracked_outcome(self, tag):
+        return TRACKED.get(tag)
+
+    @tool(
+        description="Wait at the barrier key until parties calls are all inside it (so they "
+        "run at the same time); return the thread name."
+    )
+    def barrier(self, key, parties: int, timeout: float = 60.0):
+        with BARRIERS_LOCK:
+            barrier = BARRIERS.setdefault(key, threading.Barrier(parties))
+        barrier.wait(timeout)
+        return threading.current_thread().name
+
 
 class BrokenInit(ThreadSafeAdapter):
     __thread_safe__ = True
@@ -259,6 +326,11 @@ class CheckedAdapter(TestAdapter):
     def checked_sleep(self, seconds: float = 0.05):
         time.sleep(seconds)
         return threading.current_thread().name
+
+    @thread_safe_method
+    @tool(description="Wait, tracked, until parties calls are inside at once (TestAdapter.barrier).")
+    def checked_barrier(self, key, parties: int, timeout: float = 60.0):
+        return TestAdapter.barrier(self, key, parties, timeout)
 
 
 # Instances whose cleanup() ran, by id (recycling tests).
