@@ -27,8 +27,13 @@ defmodule Snakepit.PoolCase do
     name
   end
 
-  @doc "Polls `fun` every 5 ms until it returns true; fails the test after `timeout` ms."
-  def wait_until(fun, timeout \\ 5_000) do
+  @doc """
+  Polls `fun` every 5 ms until it returns true; fails the test after `timeout` ms.
+
+  The timeout only bounds a failure (the condition must come true eventually): it is generous
+  because the suite runs on loaded machines, and never orders events.
+  """
+  def wait_until(fun, timeout \\ 30_000) do
     deadline = System.monotonic_time(:millisecond) + timeout
     do_wait_until(fun, deadline, timeout)
   end
