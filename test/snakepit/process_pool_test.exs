@@ -6,6 +6,15 @@ defmodule Snakepit.ProcessPoolTest do
 
   alias Snakepit.{Error, ProcessPool}
 
+  defmodule Collector do
+    @moduledoc false
+    # An Erlang :logger handler that sends one pool's events to a test process.
+    def log(%{meta: %{pool: pool}} = event, %{config: %{to: pid, pool: pool}}),
+      do: send(pid, {:log_event, event})
+
+    def log(_event, _config), do: :ok
+  end
+
   @adapter "snakepit_process_adapters.ProcessAdapter"
 
   defp start(opts) do
@@ -31,7 +40,7 @@ defmodule Snakepit.ProcessPoolTest do
     pool
   end
 
-  defp exec(pool, command, args \\ %{}, timeout \\ 10_000),
+  defp exec(pool, command, args \\ %{}, timeout \\ 30_000),
     do: ProcessPool.execute(pool, command, args, timeout)
 
   defp os_pids(pool), do: Enum.map(ProcessPool.stats(pool).workers, & &1.os_pid)
@@ -44,7 +53,8 @@ defmodule Snakepit.ProcessPoolTest do
     end
   end
 
-  defp wait_until(fun, timeout \\ 10_000) do
+  # Polls until `fun` is true; the timeout only bounds a failure, it orders nothing.
+  defp wait_until(fun, timeout \\ 30_000) do
     deadline = System.monotonic_time(:millisecond) + timeout
     do_wait(fun, deadline)
   end
@@ -65,32 +75,59 @@ defmodule Snakepit.ProcessPoolTest do
 
   defp all_idle?(pool), do: Enum.all?(ProcessPool.stats(pool).workers, &(&1.status == :idle))
 
+  # Events instead of sleeps: `started_*` calls send {tag, os_pid, thread} to the test process
+  # once they run; `started_hold` then returns only when its release file exists.
+  defp release_file do
+    path = Path.join(System.tmp_dir!(), "snakepit_release_#{System.unique_integer([:positive])}")
+    on_exit(fn -> File.rm(path) end)
+    path
+  end
+
+  defp release(path), do: File.write!(path, "")
+
+  # A task running `started_hold`; its started message comes to the caller (the test).
+  defp async_hold(pool, tag, path) do
+    test = self()
+
+    Task.async(fn -> exec(pool, "started_hold", %{pid: test, tag: tag, path: path}, :infinity) end)
+  end
+
+  defp assert_started(tag) do
+    assert_receive {^tag, os_pid, _thread}, 30_000
+    os_pid
+  end
+
   describe "crash isolation" do
     for crash <- ["os_exit", "segfault", "sigsegv", "sigkill", "break_loop"] do
       test "#{crash}: only the in-flight call fails, with :worker; the worker restarts" do
         pool = start!(pool_size: 2)
         before = os_pids(pool)
         # Keep one worker busy: it must finish its call whatever happens to the other one.
-        other = Task.async(fn -> exec(pool, "sleep", %{seconds: 0.6}) end)
-        Process.sleep(100)
+        release = release_file()
+        other = async_hold(pool, "other", release)
+        busy = assert_started("other")
 
         assert {:error, %Error{category: :worker} = e} = exec(pool, unquote(crash))
         assert e.message =~ "died while running the call"
         assert is_integer(e.details.os_pid) and e.details.os_pid in before
+        assert e.details.os_pid != busy
 
-        assert {:ok, _thread} = Task.await(other)
-        refute alive?(e.details.os_pid)
+        release(release)
+        assert {:ok, %{"os_pid" => ^busy}} = Task.await(other, 30_000)
+        assert wait_until(fn -> not alive?(e.details.os_pid) end)
 
-        # The crashed slot is back: both workers serve at once, from two processes.
+        # The crashed slot is back: both workers serve at once, from two processes (both
+        # calls are running before either is released).
         assert wait_until(fn -> all_idle?(pool) end)
-
-        results =
-          1..2
-          |> Enum.map(fn _ -> Task.async(fn -> exec(pool, "whoami") end) end)
-          |> Task.await_many()
-
-        assert [{:ok, %{"os_pid" => a}}, {:ok, %{"os_pid" => b}}] = results
+        release = release_file()
+        both = for tag <- ["a", "b"], do: async_hold(pool, tag, release)
+        a = assert_started("a")
+        b = assert_started("b")
         assert a != b
+        release(release)
+
+        assert [{:ok, %{"os_pid" => ^a}}, {:ok, %{"os_pid" => ^b}}] =
+                 Task.await_many(both, 30_000)
 
         stats = ProcessPool.stats(pool)
         assert Enum.sum(Enum.map(stats.workers, & &1.restarts)) == 1
@@ -115,14 +152,11 @@ defmodule Snakepit.ProcessPoolTest do
       pool = start!([])
       [stuck] = os_pids(pool)
 
-      {us, result} = :timer.tc(fn -> exec(pool, "sleep", %{seconds: 30}, 200) end)
-      assert {:error, %Error{category: :timeout}} = result
-      assert us < 500_000
+      # The sleep outlasts the test's own timeout: returning at all shows it was not waited for.
+      assert {:error, %Error{category: :timeout}} = exec(pool, "sleep", %{seconds: 3_600}, 200)
 
-      {us, result} = :timer.tc(fn -> exec(pool, "whoami") end)
-      assert {:ok, %{"os_pid" => fresh}} = result
+      assert {:ok, %{"os_pid" => fresh}} = exec(pool, "whoami")
       assert fresh != stuck
-      assert us < 5_000_000
       assert wait_until(fn -> not alive?(stuck) end)
 
       stats = ProcessPool.stats(pool)
@@ -133,8 +167,14 @@ defmodule Snakepit.ProcessPoolTest do
     test "a caller that dies while its call runs gets its worker killed and replaced" do
       pool = start!([])
       [stuck] = os_pids(pool)
-      caller = spawn(fn -> exec(pool, "sleep", %{seconds: 30}, :infinity) end)
-      Process.sleep(200)
+      test = self()
+
+      caller =
+        spawn(fn ->
+          exec(pool, "started_sleep", %{pid: test, tag: "running", seconds: 3_600}, :infinity)
+        end)
+
+      assert assert_started("running") == stuck
       Process.exit(caller, :kill)
       assert {:ok, %{"os_pid" => fresh}} = exec(pool, "whoami")
       assert fresh != stuck
@@ -180,16 +220,17 @@ defmodule Snakepit.ProcessPoolTest do
       pool = start!([])
       [stuck] = os_pids(pool)
 
-      # Halt only once the generator is inside time.sleep (it says so just before).
+      # Halt only once the generator is inside time.sleep (it says so just before). It sleeps
+      # past the test's own timeout: only a killed worker lets whoami in.
       assert [1] =
-               ProcessPool.execute_stream(pool, "stuck_stream", %{notify: self()}, window: 1)
+               ProcessPool.execute_stream(pool, "stuck_stream", %{notify: self(), seconds: 3_600},
+                 window: 1
+               )
                |> Stream.each(fn _ -> assert_receive "stuck", 30_000 end)
                |> Enum.take(1)
 
-      {us, result} = :timer.tc(fn -> exec(pool, "whoami") end)
-      assert {:ok, %{"os_pid" => fresh}} = result
+      assert {:ok, %{"os_pid" => fresh}} = exec(pool, "whoami")
       assert fresh != stuck
-      assert us < 8_000_000
       assert ProcessPool.stats(pool).cancelled == 1
     end
 
@@ -224,30 +265,47 @@ defmodule Snakepit.ProcessPoolTest do
       {:ok, pool} = start(pool_size: 3)
       pids = os_pids(pool)
       assert Enum.all?(pids, &alive?/1)
-      # Two workers stuck in C past the stop's grace period, one finishing within it.
+      test = self()
+
+      # Two workers stuck in C past the stop's grace period (and past the test's timeout)...
       stuck =
-        for _ <- 1..2, do: Task.async(fn -> exec(pool, "sleep", %{seconds: 60}, :infinity) end)
+        for tag <- ["stuck1", "stuck2"] do
+          Task.async(fn ->
+            exec(pool, "started_sleep", %{pid: test, tag: tag, seconds: 3_600}, :infinity)
+          end)
+        end
 
-      short = Task.async(fn -> exec(pool, "sleep", %{seconds: 0.5}, :infinity) end)
-      Process.sleep(200)
-      queued = for _ <- 1..2, do: Task.async(fn -> exec(pool, "ping", nil, :infinity) end)
-      Process.sleep(100)
+      # ...and one that finishes within it: it is released once the stop has begun, which the
+      # queued calls' errors show (the pool answers them before it waits for running calls).
+      release = release_file()
+      short = async_hold(pool, "short", release)
+      for tag <- ["stuck1", "stuck2", "short"], do: assert_started(tag)
 
-      {us, :ok} =
-        :timer.tc(fn -> DynamicSupervisor.terminate_child(Snakepit.PoolSupervisor, pool) end)
+      queued =
+        Task.async(fn ->
+          results =
+            for(_ <- 1..2, do: Task.async(fn -> exec(pool, "ping", nil, :infinity) end))
+            |> Task.await_many(:infinity)
 
-      assert us < 8_000_000
+          release(release)
+          results
+        end)
+
+      assert wait_until(fn -> ProcessPool.stats(pool).queued == 2 end)
+
+      :ok = DynamicSupervisor.terminate_child(Snakepit.PoolSupervisor, pool)
+
       assert Enum.all?(pids, &(not alive?(&1)))
-      assert {:ok, _} = Task.await(short)
+      assert {:ok, _} = Task.await(short, 30_000)
 
-      for t <- queued do
-        assert {:error, %Error{category: :pool, message: msg}} = Task.await(t)
+      for result <- Task.await(queued, 30_000) do
+        assert {:error, %Error{category: :pool, message: msg}} = result
         assert msg =~ "pool stopped before the call ran"
       end
 
       # The same error as in the thread profile (test/snakepit/stop_test.exs).
       for t <- stuck do
-        assert {:error, %Error{category: :pool, message: msg}} = Task.await(t)
+        assert {:error, %Error{category: :pool, message: msg}} = Task.await(t, 30_000)
         assert msg =~ "pool stopped while the call ran"
       end
     end
@@ -297,8 +355,16 @@ defmodule Snakepit.ProcessPoolTest do
     {:ok, _} = Application.ensure_all_started(:snakepit)
     {:ok, pool} = Snakepit.ProcessPool.start_link(name: :vm_exit, pool_size: 2,
       adapter: "#{@adapter}")
-    spawn(fn -> Snakepit.ProcessPool.execute(pool, "sleep", %{seconds: 120}, :infinity) end)
-    Process.sleep(300)
+    parent = self()
+    spawn(fn ->
+      Snakepit.ProcessPool.execute(pool, "started_sleep",
+        %{pid: parent, tag: "started", seconds: 120}, :infinity)
+    end)
+    receive do
+      {"started", _, _} -> :ok
+    after
+      60_000 -> System.halt(3)
+    end
     pids = Enum.map_join(Snakepit.ProcessPool.stats(pool).workers, ",", & &1.os_pid)
     IO.puts("BEAM " <> System.pid() <> " WORKERS " <> pids)
     #{if how == :halt, do: "System.halt(0)", else: "Process.sleep(:infinity)"}
@@ -342,8 +408,9 @@ defmodule Snakepit.ProcessPoolTest do
       seen = for _ <- 1..7, do: exec(pool, "whoami") |> elem(1) |> Map.fetch!("os_pid")
       assert [a, a, a, b, b, b, c] = seen
       assert length(Enum.uniq([a, b, c])) == 3
+      # Each retired process runs cleanup() on its own: wait for both markers.
       assert wait_until(fn -> File.exists?(Path.join(dir, "cleanup-#{b}")) end)
-      assert File.exists?(Path.join(dir, "cleanup-#{a}"))
+      assert wait_until(fn -> File.exists?(Path.join(dir, "cleanup-#{a}")) end)
       assert [%{recycled: 2, restarts: 0, requests: 7}] = ProcessPool.stats(pool).workers
       assert wait_until(fn -> not alive?(a) and not alive?(b) end)
     end
@@ -353,21 +420,39 @@ defmodule Snakepit.ProcessPoolTest do
       # A call running across the ttl finishes on its old process.
       assert {:ok, _} = exec(pool, "sleep", %{seconds: 0.5})
 
-      # Calls keep succeeding while the workers are replaced, never both at once.
-      results =
-        for _ <- 1..40 do
-          Process.sleep(25)
-          serving = Enum.count(ProcessPool.stats(pool).workers, &(&1.status in [:idle, :busy]))
-          {exec(pool, "whoami"), serving}
-        end
+      # Calls keep succeeding while the workers are replaced, never both at once; the calls go
+      # on until processes other than the first two served some and two recycles are done
+      # (however slowly a loaded machine starts Python processes).
+      deadline = System.monotonic_time(:millisecond) + 60_000
+      results = ttl_calls(pool, deadline, [])
 
       assert Enum.all?(results, fn {result, serving} ->
                match?({:ok, _}, result) and serving >= 1
              end)
 
-      pids = results |> Enum.map(fn {{:ok, %{"os_pid" => p}}, _} -> p end) |> Enum.uniq()
-      assert length(pids) > 2
+      assert length(served_by(results)) > 2
       assert Enum.sum(Enum.map(ProcessPool.stats(pool).workers, & &1.recycled)) >= 2
+    end
+  end
+
+  defp served_by(results),
+    do: results |> Enum.map(fn {{:ok, %{"os_pid" => p}}, _} -> p end) |> Enum.uniq()
+
+  defp ttl_calls(pool, deadline, acc) do
+    stats = ProcessPool.stats(pool)
+    recycled = Enum.sum(Enum.map(stats.workers, & &1.recycled))
+
+    failed? =
+      Enum.any?(acc, fn {result, serving} -> not match?({:ok, _}, result) or serving < 1 end)
+
+    if failed? or (recycled >= 2 and length(served_by(acc)) > 2) or
+         System.monotonic_time(:millisecond) > deadline do
+      Enum.reverse(acc)
+    else
+      # Pacing only: the calls are spread over the workers' lifetimes.
+      Process.sleep(25)
+      serving = Enum.count(stats.workers, &(&1.status in [:idle, :busy]))
+      ttl_calls(pool, deadline, [{exec(pool, "whoami"), serving} | acc])
     end
   end
 
@@ -412,16 +497,21 @@ defmodule Snakepit.ProcessPoolTest do
     end
 
     test "Python logging reaches Logger" do
-      pool = start!([])
+      name = :"proc_log_#{System.unique_integer([:positive])}"
+      handler = :"proc_log_handler_#{System.unique_integer([:positive])}"
 
-      log =
-        ExUnit.CaptureLog.capture_log(fn ->
-          assert {:ok, "heads up"} = exec(pool, "warn", %{message: "heads up"})
-          Process.sleep(100)
-        end)
+      :ok =
+        :logger.add_handler(handler, __MODULE__.Collector, %{config: %{to: self(), pool: name}})
 
-      assert log =~ "heads up"
-      assert log =~ "snakepit-"
+      on_exit(fn -> :logger.remove_handler(handler) end)
+      pool = start!(name: name)
+
+      assert {:ok, "heads up"} = exec(pool, "warn", %{message: "heads up"})
+      # The pool logs the record before it forwards the reply; the handler runs as it logs.
+      assert_receive {:log_event, %{level: :warning, msg: {:string, text}, meta: meta}}, 30_000
+      assert IO.chardata_to_string(text) =~ ~r/^\[snakepit-.*\] heads up$/
+      assert meta.python_thread =~ "snakepit-"
+      assert meta.python_logger == "snakepit_process_adapters"
     end
   end
 
@@ -443,14 +533,11 @@ defmodule Snakepit.ProcessPoolTest do
     end
 
     test "a worker slower than startup_timeout fails the start and is killed" do
-      {us, result} =
-        :timer.tc(fn ->
-          start(adapter: "snakepit_process_adapters.SlowInit", startup_timeout: 500)
-        end)
+      # SlowInit takes 30 s to construct: a start that waited for it would succeed.
+      assert {:error, %Error{category: :worker, message: msg}} =
+               start(adapter: "snakepit_process_adapters.SlowInit", startup_timeout: 500)
 
-      assert {:error, %Error{category: :worker, message: msg}} = result
       assert msg =~ "startup_timeout"
-      assert us < 5_000_000
     end
 
     test "a second pool under a running name is refused" do
@@ -470,11 +557,14 @@ defmodule Snakepit.ProcessPoolTest do
   describe "queue" do
     test "a full queue answers at once with a :pool error" do
       pool = start!(max_queue: 2)
-      busy = for _ <- 1..3, do: Task.async(fn -> exec(pool, "sleep", %{seconds: 0.3}) end)
-      Process.sleep(100)
+      release = release_file()
+      # One call running until released, then two queued: the queue is full.
+      busy = for tag <- ["b1", "b2", "b3"], do: async_hold(pool, tag, release)
+      assert wait_until(fn -> ProcessPool.stats(pool).queued == 2 end)
       assert {:error, %Error{category: :pool, message: msg}} = exec(pool, "ping", nil)
       assert msg =~ "max_queue"
-      assert Enum.all?(Task.await_many(busy), &match?({:ok, _}, &1))
+      release(release)
+      assert Enum.all?(Task.await_many(busy, 30_000), &match?({:ok, _}, &1))
       assert ProcessPool.stats(pool).rejected == 1
     end
   end
