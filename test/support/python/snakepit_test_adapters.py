@@ -249,6 +249,16 @@ class TestAdapter(ThreadSafeAdapter):
         return {"os_pid": os.getpid(), "thread": threading.current_thread().name}
 
     @tool(
+        description="Connect to 127.0.0.1:port and block in C (socket recv) until the peer "
+        "sends a byte or closes; return what was received."
+    )
+    def blocked_recv(self, port: int):
+        import socket
+
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            return sock.recv(1)
+
+    @tool(
         description="A busy loop like busy that records under tag that it started and what ended "
         "it (tracked_outcome); first sends (tag, os pid, thread name) to pid when given."
     )
