@@ -3,6 +3,28 @@ defmodule Snakepit.PoolTest do
 
   alias Snakepit.Error
 
+  # Events instead of sleeps: `started_*` and `tracked_busy` calls send {tag, os_pid, thread} to
+  # the test process once they run; `started_hold` then returns only when its release file exists.
+  defp release_file do
+    path = Path.join(System.tmp_dir!(), "snakepit_release_#{System.unique_integer([:positive])}")
+    on_exit(fn -> File.rm(path) end)
+    path
+  end
+
+  defp release(path), do: File.write!(path, "")
+
+  defp async_hold(pool, tag, path) do
+    test = self()
+
+    Task.async(fn ->
+      Snakepit.execute(pool, "started_hold", %{pid: test, tag: tag, path: path},
+        timeout: :infinity
+      )
+    end)
+  end
+
+  defp assert_started(tag), do: assert_receive({^tag, _os_pid, _thread}, 30_000)
+
   describe "the guide's :hpc_pool from config/config.exs" do
     test "both call forms work" do
       assert {:ok, %{"sum" => 6, "squares" => [1, 4, 9]}} =
@@ -80,7 +102,8 @@ defmodule Snakepit.PoolTest do
 
     1..16
     |> Task.async_stream(fn _ -> Snakepit.execute!(pool, "increment", %{times: 250}) end,
-      max_concurrency: 16
+      max_concurrency: 16,
+      timeout: 30_000
     )
     |> Stream.run()
 
@@ -95,47 +118,48 @@ defmodule Snakepit.PoolTest do
 
   test "GIL-releasing calls run in parallel on the pool's threads" do
     pool = start_test_pool!(pool_size: 1, threads_per_worker: 8)
-    # Measure one sleep, then eight at once: with parallel threads eight take about as long.
-    {one, _} = :timer.tc(fn -> Snakepit.execute!(pool, "sleep", %{seconds: 0.2}) end)
+    # Eight calls wait (GIL released) at a barrier that opens only when all eight are inside
+    # it: they all return only if they ran at the same time, on eight threads.
+    key = "parallel-#{System.unique_integer([:positive])}"
 
-    {eight, names} =
-      :timer.tc(fn ->
-        1..8
-        |> Task.async_stream(fn _ -> Snakepit.execute!(pool, "sleep", %{seconds: 0.2}) end,
-          max_concurrency: 8
-        )
-        |> Enum.map(fn {:ok, name} -> name end)
-      end)
+    names =
+      1..8
+      |> Task.async_stream(
+        fn _ -> Snakepit.execute!(pool, "barrier", %{key: key, parties: 8}, timeout: 60_000) end,
+        max_concurrency: 8,
+        timeout: 90_000
+      )
+      |> Enum.map(fn {:ok, name} -> name end)
 
     assert MapSet.size(MapSet.new(names)) == 8
-    assert eight < one * 4
   end
 
   describe "timeouts and cancellation" do
     test "a busy Python loop times out in time and is interrupted, freeing the thread" do
       pool = start_test_pool!(pool_size: 1, threads_per_worker: 1)
-
-      assert {:error, %Error{category: :timeout, message: msg}} =
-               Snakepit.execute(pool, "busy", %{seconds: 30}, timeout: 200)
-
-      assert msg =~ "200 ms"
-      # The only thread is free again: the next call runs (it would wait 30 s otherwise).
+      # A timer cannot wait for the loop to start: on a loaded machine the timeout may drop the
+      # job before its loop runs. Such attempts are retried with longer timeouts until one
+      # interrupts a running loop (tracked_outcome tells them apart).
+      attempts = interrupt_running_loop(pool, [200, 1_000, 5_000, 20_000], 1)
+      # The only thread is free again: the next call runs (it would wait an hour otherwise).
       assert_interrupted(pool)
 
       {:ok, stats} = Snakepit.stats(pool)
-      assert stats.cancelled == 1
+      assert stats.cancelled == attempts
       assert stats.active_requests == 0
     end
 
     test "a queued job whose caller timed out is dropped, not run" do
       pool = start_test_pool!(pool_size: 1, threads_per_worker: 1)
-      blocker = Task.async(fn -> Snakepit.execute(pool, "sleep", %{seconds: 0.5}) end)
-      wait_until(fn -> match?({:ok, %{active_requests: 1}}, Snakepit.stats(pool)) end)
+      release = release_file()
+      blocker = async_hold(pool, "blocker", release)
+      assert_started("blocker")
 
       assert {:error, %Error{category: :timeout}} =
                Snakepit.execute(pool, "increment", %{}, timeout: 50)
 
-      assert {:ok, _} = Task.await(blocker)
+      release(release)
+      assert {:ok, _} = Task.await(blocker, 30_000)
       # increment never ran.
       assert %{"counter" => 0} = Snakepit.execute!(pool, "state", %{})
       refute_received {_, _}
@@ -147,13 +171,16 @@ defmodule Snakepit.PoolTest do
       assert {:error, %Error{category: :timeout}} =
                Snakepit.execute(pool, "sleep", %{seconds: 0.3}, timeout: 50)
 
-      assert {:ok, 7} = Snakepit.execute(pool, "echo", %{value: 7}, timeout: 5_000)
+      assert {:ok, 7} = Snakepit.execute(pool, "echo", %{value: 7}, timeout: 30_000)
     end
 
     test "a caller that dies cancels its running job" do
       pool = start_test_pool!(pool_size: 1, threads_per_worker: 1)
-      caller = spawn(fn -> Snakepit.execute(pool, "busy", %{seconds: 30}) end)
-      Process.sleep(100)
+      test = self()
+      args = %{tag: "running", seconds: 3_600, pid: test}
+      caller = spawn(fn -> Snakepit.execute(pool, "tracked_busy", args) end)
+      # Killed once its loop runs (the message is sent from inside it).
+      assert_started("running")
       Process.exit(caller, :kill)
       assert_interrupted(pool)
     end
@@ -165,7 +192,12 @@ defmodule Snakepit.PoolTest do
         Snakepit.execute(pool, "sleep", %{seconds: 0.01}, timeout: 10)
       end
 
-      Process.sleep(100)
+      # Every call is over (it ran or was dropped) before the mailbox is read.
+      wait_until(fn ->
+        {:ok, s} = Snakepit.stats(pool)
+        s.completed + s.cancelled == 20 and s.active_requests == 0 and s.queued == 0
+      end)
+
       {:messages, messages} = Process.info(self(), :messages)
       assert messages == []
     end
@@ -173,11 +205,11 @@ defmodule Snakepit.PoolTest do
 
   test "a full queue answers at once with a :pool error" do
     pool = start_test_pool!(pool_size: 1, threads_per_worker: 1, max_queue: 2)
-    sleeper = fn -> Task.async(fn -> Snakepit.execute(pool, "sleep", %{seconds: 0.3}) end) end
-    # Occupy the thread, then fill the queue.
-    running = sleeper.()
-    wait_until(fn -> match?({:ok, %{active_requests: 1}}, Snakepit.stats(pool)) end)
-    queued = [sleeper.(), sleeper.()]
+    release = release_file()
+    # Occupy the thread until released, then fill the queue.
+    running = async_hold(pool, "running", release)
+    assert_started("running")
+    queued = for tag <- ["q1", "q2"], do: async_hold(pool, tag, release)
     wait_until(fn -> match?({:ok, %{queued: 2}}, Snakepit.stats(pool)) end)
     busy = [running | queued]
 
@@ -185,9 +217,35 @@ defmodule Snakepit.PoolTest do
              Snakepit.execute(pool, "echo", %{value: 1})
 
     assert msg =~ "max_queue"
-    assert Enum.all?(Task.await_many(busy), &match?({:ok, _}, &1))
+    release(release)
+    assert Enum.all?(Task.await_many(busy, 30_000), &match?({:ok, _}, &1))
     {:ok, stats} = Snakepit.stats(pool)
     assert stats.rejected >= 1
+  end
+
+  # Times out `tracked_busy` calls, one timeout after the other, until one interrupts a loop
+  # that had started; returns the number of attempts. Each attempt waits until its job is over
+  # (dropped, or interrupted: the loop would run an hour) before it asks how the job went.
+  defp interrupt_running_loop(_pool, [], _attempt),
+    do: flunk("no tracked_busy loop started before its call timed out")
+
+  defp interrupt_running_loop(pool, [timeout | longer], attempt) do
+    tag = "busy-#{System.unique_integer([:positive])}"
+
+    assert {:error, %Error{category: :timeout, message: msg}} =
+             Snakepit.execute(pool, "tracked_busy", %{tag: tag, seconds: 3_600}, timeout: timeout)
+
+    assert msg =~ "#{timeout} ms"
+
+    wait_until(fn ->
+      {:ok, s} = Snakepit.stats(pool)
+      s.cancelled == attempt and s.active_requests == 0
+    end)
+
+    case Snakepit.execute(pool, "tracked_outcome", %{tag: tag}, timeout: 30_000) do
+      {:ok, nil} -> interrupt_running_loop(pool, longer, attempt + 1)
+      {:ok, _started} -> attempt
+    end
   end
 
   test "subprocess.run works inside adapters (SIGCHLD is default)" do
