@@ -28,19 +28,50 @@ defmodule Snakepit.LifecycleTest do
 
   test "stopping a pool answers queued calls with a :pool error and lets running ones finish" do
     {:ok, _} = Snakepit.start_pool(name: :drain_pool, adapter: adapter(), threads_per_worker: 1)
-    running = Task.async(fn -> Snakepit.execute(:drain_pool, "sleep", %{seconds: 0.3}) end)
-    wait_until(fn -> match?({:ok, %{active_requests: 1}}, Snakepit.stats(:drain_pool)) end)
+    {:ok, handle} = Snakepit.Registry.lookup(:drain_pool)
+    release = Path.join(System.tmp_dir!(), "snakepit_drain_#{System.unique_integer([:positive])}")
+    on_exit(fn -> File.rm(release) end)
+    test = self()
+
+    # The running call holds its thread until released, once the stop has begun.
+    running =
+      Task.async(fn ->
+        args = %{pid: test, tag: "running", path: release}
+        Snakepit.execute(:drain_pool, "started_hold", args, timeout: :infinity)
+      end)
+
+    assert_receive {"running", _os_pid, _thread}, 30_000
 
     queued =
       for _ <- 1..5, do: Task.async(fn -> Snakepit.execute(:drain_pool, "echo", %{value: 1}) end)
 
     wait_until(fn -> match?({:ok, %{queued: 5}}, Snakepit.stats(:drain_pool)) end)
+
+    releaser =
+      Task.async(fn ->
+        wait_until(fn -> refuses_jobs?(:drain_pool, handle) end)
+        File.write!(release, "")
+      end)
+
     :ok = Snakepit.stop_pool(:drain_pool)
-    assert {:ok, _} = Task.await(running)
+    :ok = Task.await(releaser, 30_000)
+    assert {:ok, _} = Task.await(running, 30_000)
 
     for t <- queued do
-      assert {:error, %Error{category: :pool, message: msg}} = Task.await(t)
+      assert {:error, %Error{category: :pool, message: msg}} = Task.await(t, 30_000)
       assert msg =~ "stopped"
+    end
+  end
+
+  # Whether the stop of pool `name` has begun: its name is gone and the pool itself (through
+  # the Snakepit.Pool contract) refuses jobs, so its threads take no queued job after their
+  # current one. A probe made before that is queued, and answered like the other queued jobs.
+  defp refuses_jobs?(name, {module, pool}) do
+    with nil <- Snakepit.Registry.entry(name),
+         {:error, %Error{message: message}} <- module.submit(pool, "echo", nil, nil) do
+      message =~ "is stopped"
+    else
+      _ -> false
     end
   end
 
