@@ -43,7 +43,7 @@ defmodule Snakepit.StreamTest do
         send(parent, :finished)
       end)
 
-    assert_receive :finished, 10_000
+    assert_receive :finished, 30_000
     lens = for _ <- 1..10, do: assert_received({:queue_len, len}) && len
     assert Enum.max(lens) <= 4
     refute Process.alive?(consumer)
@@ -75,13 +75,17 @@ defmodule Snakepit.StreamTest do
   end
 
   test "a consumer that dies stops the generator", %{pool: pool} do
+    test = self()
+
     consumer =
       spawn(fn ->
         Snakepit.execute_stream(pool, "count_up", %{limit: 1_000_000, delay: 0.001})
+        |> Stream.each(fn %{"i" => i} -> if i == 0, do: send(test, :streaming) end)
         |> Stream.run()
       end)
 
-    Process.sleep(100)
+    # Killed once the stream runs.
+    assert_receive :streaming, 30_000
     Process.exit(consumer, :kill)
     wait_until(fn -> Snakepit.execute!(pool, "stream_state", %{})["closed"] == true end)
   end
