@@ -19,19 +19,18 @@ defmodule Snakepit.ThreadSafetyTest do
     |> Enum.map(fn {:ok, v} -> v end)
   end
 
-  defp python_messages do
-    receive_all([])
-    |> Enum.flat_map(fn
-      %{msg: {:string, text}, meta: %{python_logger: _}} -> [IO.chardata_to_string(text)]
-      _ -> []
-    end)
-  end
-
-  defp receive_all(acc) do
+  # Waits for a Python log record (they reach Logger through another process) matching
+  # `pattern`; the timeout only bounds a failure.
+  defp assert_python_message(pattern, seen \\ []) do
     receive do
-      {:log_event, e} -> receive_all([e | acc])
+      {:log_event, %{msg: {:string, text}, meta: %{python_logger: _}}} ->
+        text = IO.chardata_to_string(text)
+        if text =~ pattern, do: text, else: assert_python_message(pattern, [text | seen])
+
+      {:log_event, _} ->
+        assert_python_message(pattern, seen)
     after
-      500 -> Enum.reverse(acc)
+      30_000 -> flunk("no Python log record matching #{inspect(pattern)}: #{inspect(seen)}")
     end
   end
 
@@ -91,15 +90,16 @@ defmodule Snakepit.ThreadSafetyTest do
         thread_safety_check: true
       )
 
-    concurrently(4, fn _ -> Snakepit.execute!(pool, "checked_sleep", %{seconds: 0.2}) end)
-    messages = python_messages()
+    # Four calls meet at a barrier inside the tracked method: they are there at the same time.
+    key = "checked-#{System.unique_integer([:positive])}"
 
-    assert Enum.any?(
-             messages,
-             &(&1 =~
-                 ~r/THREAD SAFETY: Method 'checked_sleep' accessed by \d+ different threads concurrently\./)
-           ),
-           inspect(messages)
+    concurrently(4, fn _ ->
+      Snakepit.execute!(pool, "checked_barrier", %{key: key, parties: 4})
+    end)
+
+    assert_python_message(
+      ~r/THREAD SAFETY: Method 'checked_barrier' accessed by \d+ different threads concurrently\./
+    )
   end
 
   test "--thread-safety-check in adapter_args reports an unsafe library" do
@@ -109,24 +109,17 @@ defmodule Snakepit.ThreadSafetyTest do
       adapter_args: ["--thread-safety-check"]
     )
 
-    messages = python_messages()
-
-    assert Enum.any?(messages, &(&1 =~ "THREAD SAFETY: Unsafe library 'sqlite3' detected")),
-           inspect(messages)
+    assert_python_message("THREAD SAFETY: Unsafe library 'sqlite3' detected")
   end
 
   test "an adapter without __thread_safe__ runs in a threaded pool, with a warning that says the fix" do
     pool = start_test_pool!(adapter: "guide_adapters.UndeclaredAdapter", threads_per_worker: 2)
-    messages = python_messages()
 
-    assert Enum.any?(
-             messages,
-             &(&1 =~
-                 "Adapter UndeclaredAdapter does not declare thread safety. The pool calls it " <>
-                   "from several threads anyway: add __thread_safe__ = True to class " <>
-                   "UndeclaredAdapter once its methods are thread-safe")
-           ),
-           inspect(messages)
+    assert_python_message(
+      "Adapter UndeclaredAdapter does not declare thread safety. The pool calls it " <>
+        "from several threads anyway: add __thread_safe__ = True to class " <>
+        "UndeclaredAdapter once its methods are thread-safe"
+    )
 
     # It runs: the README calls the attribute a promise, not a requirement.
     assert {:ok, "pong"} = Snakepit.execute(pool, "ping", %{})
