@@ -350,7 +350,7 @@ defmodule Snakepit.CompatibilityTest do
         assert Compatibility.warn_if_gil(:meta_pool, @gil_313, 8, once) == :ok
       end)
 
-      assert_receive {:logged, :warning, msg, %{pool: :meta_pool}}, 1_000
+      assert_receive {:logged, :warning, msg, %{pool: :meta_pool}}, 30_000
       assert msg =~ "snakepit: pool :meta_pool: Python 3.13.1 has a GIL"
     end
 

@@ -76,7 +76,7 @@ defmodule Snakepit.ConvertTest do
     assert py_type(p, self()) == "Pid"
     assert {:ok, pid} = Snakepit.execute(p, "send_to", %{pid: self(), message: %{hi: [1, 2]}})
     assert pid == self()
-    assert_receive %{"hi" => [1, 2]}
+    assert_receive %{"hi" => [1, 2]}, 30_000
   end
 
   test "NumPy arrays and scalars, objects with __snakepit__", %{pool: p} do

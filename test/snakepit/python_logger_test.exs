@@ -23,7 +23,7 @@ defmodule Snakepit.PythonLoggerTest do
     assert thread =~ "snakepit-#{pool}-w0-t"
 
     assert_receive {:log_event, %{level: :warning, msg: msg, meta: %{python_thread: _} = meta}},
-                   2_000
+                   30_000
 
     assert message_text(msg) == "[#{thread}] hello from python"
     assert meta.pool == pool
@@ -43,7 +43,7 @@ defmodule Snakepit.PythonLoggerTest do
   test "an undeclared adapter in a threaded pool logs the guide's warning" do
     start_test_pool!(adapter: "snakepit_test_adapters.Undeclared", threads_per_worker: 2)
 
-    assert_receive {:log_event, %{msg: msg, meta: %{python_logger: "snakepit_bridge"}}}, 2_000
+    assert_receive {:log_event, %{msg: msg, meta: %{python_logger: "snakepit_bridge"}}}, 30_000
     assert message_text(msg) =~ "Adapter Undeclared does not declare thread safety."
   end
 
