@@ -83,6 +83,25 @@ class ProcessAdapter(TestAdapter):
         time.sleep(seconds)
         yield 2
 
+    @tool(
+        description="Yield one item, tell notify, then block in C for a long time: also when "
+        "cancelled before the sleep began (the sleep is in a finally block)."
+    )
+    def surely_stuck_stream(self, seconds: float = 3600.0, notify=None):
+        import time
+
+        from snakepit_bridge import worker
+
+        yield 1
+        try:
+            if notify is not None:
+                worker.current.send(notify, "stuck")
+        finally:
+            # A Cancelled raised before the C call starts lands here too: the generator is
+            # stuck in C either way, however the cancellation and the sleep were ordered.
+            time.sleep(seconds)
+        yield 2
+
     @tool(description="Yield one item, then kill the process.")
     def crashing_stream(self):
         yield 1
