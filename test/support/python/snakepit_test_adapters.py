@@ -229,10 +229,17 @@ class TestAdapter(ThreadSafeAdapter):
     # process it runs (`send(pid, (tag, os_pid, thread_name))`), then blocks until the test
     # releases it, or reports how it ended.
 
-    @tool(description="Send (tag, os pid, thread name) to pid, then sleep in C (time.sleep).")
+    @tool(
+        description="Send (tag, os pid, thread name) to pid, then sleep in C (time.sleep): "
+        "also when cancelled before the sleep began (it is in a finally block)."
+    )
     def started_sleep(self, pid, tag, seconds: float = 0.1):
-        send(pid, (tag, os.getpid(), threading.current_thread().name))
-        time.sleep(seconds)
+        try:
+            send(pid, (tag, os.getpid(), threading.current_thread().name))
+        finally:
+            # Stuck in C once the message is sent, however a cancellation (an exception
+            # raised into this thread) and the sleep are ordered.
+            time.sleep(seconds)
         return threading.current_thread().name
 
     @tool(
