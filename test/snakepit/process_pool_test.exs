@@ -153,14 +153,14 @@ defmodule Snakepit.ProcessPoolTest do
       [stuck] = os_pids(pool)
 
       # The sleep outlasts the test's own timeout: returning at all shows it was not waited for.
-      assert {:error, %Error{category: :timeout}} = exec(pool, "sleep", %{seconds: 3_600}, 200)
+      attempts = time_out_call_stuck_in_c(pool, [200, 1_000, 5_000, 20_000], 1)
 
       assert {:ok, %{"os_pid" => fresh}} = exec(pool, "whoami")
       assert fresh != stuck
       assert wait_until(fn -> not alive?(stuck) end)
 
       stats = ProcessPool.stats(pool)
-      assert stats.cancelled == 1
+      assert stats.cancelled == attempts
       assert [%{restarts: 1}] = stats.workers
     end
 
@@ -215,6 +215,33 @@ defmodule Snakepit.ProcessPoolTest do
       release(release)
       assert {:ok, %{"os_pid" => ^os_pid}} = Task.await(other, 30_000)
       assert os_pids(pool) == [os_pid]
+    end
+  end
+
+  # Times out `started_sleep` calls (an hour in C), one timeout after the other, until one
+  # times out once its sleep is certain (it said it started: from there it sleeps whatever the
+  # cancellation does); returns the number of attempts. A timer cannot wait for the call to
+  # start: on a loaded machine the cancellation may end the call before it began (then there is
+  # nothing to kill). Each attempt waits until its job is over (ended, or its worker killed)
+  # before it looks for the message, which the pool delivered before it.
+  defp time_out_call_stuck_in_c(_pool, [], _attempt),
+    do: flunk("no started_sleep call started before it timed out")
+
+  defp time_out_call_stuck_in_c(pool, [timeout | longer], attempt) do
+    tag = "stuck-#{attempt}"
+
+    assert {:error, %Error{category: :timeout}} =
+             exec(pool, "started_sleep", %{pid: self(), tag: tag, seconds: 3_600}, timeout)
+
+    assert wait_until(fn ->
+             stats = ProcessPool.stats(pool)
+             stats.cancelled == attempt and stats.active_requests == 0
+           end)
+
+    receive do
+      {^tag, _os_pid, _thread} -> attempt
+    after
+      0 -> time_out_call_stuck_in_c(pool, longer, attempt + 1)
     end
   end
 
