@@ -72,7 +72,12 @@ defmodule Snakepit.ConformanceCase do
 
   @doc "A path that `release/1` creates; removed when the test ends."
   def release_file do
-    path = Path.join(System.tmp_dir!(), "snakepit_release_#{System.unique_integer([:positive])}")
+    path =
+      Path.join(
+        System.tmp_dir!(),
+        "snakepit_release_#{System.pid()}_#{System.unique_integer([:positive])}"
+      )
+
     ExUnit.Callbacks.on_exit(fn -> File.rm(path) end)
     path
   end

@@ -114,7 +114,13 @@ defmodule Snakepit.RecycleTest do
 
   test "a full queue emits [:snakepit, :pool, :saturated] and the pool recovers" do
     pool = start_test_pool!(threads_per_worker: 1, max_queue: 1)
-    release = Path.join(System.tmp_dir!(), "snakepit_sat_#{System.unique_integer([:positive])}")
+
+    release =
+      Path.join(
+        System.tmp_dir!(),
+        "snakepit_sat_#{System.pid()}_#{System.unique_integer([:positive])}"
+      )
+
     on_exit(fn -> File.rm(release) end)
     test = self()
 

@@ -29,7 +29,13 @@ defmodule Snakepit.LifecycleTest do
   test "stopping a pool answers queued calls with a :pool error and lets running ones finish" do
     {:ok, _} = Snakepit.start_pool(name: :drain_pool, adapter: adapter(), threads_per_worker: 1)
     {:ok, handle} = Snakepit.Registry.lookup(:drain_pool)
-    release = Path.join(System.tmp_dir!(), "snakepit_drain_#{System.unique_integer([:positive])}")
+
+    release =
+      Path.join(
+        System.tmp_dir!(),
+        "snakepit_drain_#{System.pid()}_#{System.unique_integer([:positive])}"
+      )
+
     on_exit(fn -> File.rm(release) end)
     test = self()
 

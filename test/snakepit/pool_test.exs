@@ -6,7 +6,12 @@ defmodule Snakepit.PoolTest do
   # Events instead of sleeps: `started_*` and `tracked_busy` calls send {tag, os_pid, thread} to
   # the test process once they run; `started_hold` then returns only when its release file exists.
   defp release_file do
-    path = Path.join(System.tmp_dir!(), "snakepit_release_#{System.unique_integer([:positive])}")
+    path =
+      Path.join(
+        System.tmp_dir!(),
+        "snakepit_release_#{System.pid()}_#{System.unique_integer([:positive])}"
+      )
+
     on_exit(fn -> File.rm(path) end)
     path
   end

@@ -78,7 +78,12 @@ defmodule Snakepit.ProcessPoolTest do
   # Events instead of sleeps: `started_*` calls send {tag, os_pid, thread} to the test process
   # once they run; `started_hold` then returns only when its release file exists.
   defp release_file do
-    path = Path.join(System.tmp_dir!(), "snakepit_release_#{System.unique_integer([:positive])}")
+    path =
+      Path.join(
+        System.tmp_dir!(),
+        "snakepit_release_#{System.pid()}_#{System.unique_integer([:positive])}"
+      )
+
     on_exit(fn -> File.rm(path) end)
     path
   end
@@ -376,7 +381,12 @@ defmodule Snakepit.ProcessPoolTest do
     end
 
     test "stop/1 runs each adapter's cleanup()" do
-      dir = Path.join(System.tmp_dir!(), "snakepit_cleanup_#{System.unique_integer([:positive])}")
+      dir =
+        Path.join(
+          System.tmp_dir!(),
+          "snakepit_cleanup_#{System.pid()}_#{System.unique_integer([:positive])}"
+        )
+
       File.mkdir_p!(dir)
       on_exit(fn -> File.rm_rf(dir) end)
 
@@ -465,7 +475,12 @@ defmodule Snakepit.ProcessPoolTest do
 
   describe "recycling" do
     test "worker_max_requests replaces the process after n calls; cleanup() runs" do
-      dir = Path.join(System.tmp_dir!(), "snakepit_recycle_#{System.unique_integer([:positive])}")
+      dir =
+        Path.join(
+          System.tmp_dir!(),
+          "snakepit_recycle_#{System.pid()}_#{System.unique_integer([:positive])}"
+        )
+
       File.mkdir_p!(dir)
       on_exit(fn -> File.rm_rf(dir) end)
       pool = start!(worker_max_requests: 3, adapter_env: [{"SNAKEPIT_CLEANUP_DIR", dir}])

@@ -12,7 +12,7 @@ defmodule Snakepit.ClusterCase do
       :already
     else
       ensure_epmd()
-      name = :"snakepit_test_#{System.unique_integer([:positive])}@127.0.0.1"
+      name = :"snakepit_test_#{System.pid()}_#{System.unique_integer([:positive])}@127.0.0.1"
       {:ok, _} = :net_kernel.start([name, :longnames])
       :started
     end
@@ -60,7 +60,7 @@ defmodule Snakepit.ClusterCase do
 
     {:ok, pid, node} =
       :peer.start_link(%{
-        name: :"snakepit_peer_#{System.unique_integer([:positive])}",
+        name: :"snakepit_peer_#{System.pid()}_#{System.unique_integer([:positive])}",
         host: ~c"127.0.0.1",
         longnames: true,
         args: paths,

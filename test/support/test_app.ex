@@ -21,7 +21,13 @@ defmodule Snakepit.TestApp do
   # A fresh directory under the system's temporary directory, removed when the test (or, from
   # setup_all, the module) ends.
   def tmp_dir!(prefix) do
-    dir = Path.join(System.tmp_dir!(), "#{prefix}_#{System.unique_integer([:positive])}")
+    # The OS pid too: unique_integer/1 repeats across VMs, and other test runs share /tmp.
+    dir =
+      Path.join(
+        System.tmp_dir!(),
+        "#{prefix}_#{System.pid()}_#{System.unique_integer([:positive])}"
+      )
+
     File.rm_rf!(dir)
     File.mkdir_p!(dir)
     ExUnit.Callbacks.on_exit(fn -> rm_rf!(dir) end)
