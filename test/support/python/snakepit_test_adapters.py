@@ -279,11 +279,13 @@ class TestAdapter(ThreadSafeAdapter):
                 send(pid, (tag, os.getpid(), threading.current_thread().name))
             while time.monotonic() < deadline:
                 n += 1
+            # Not the loop's backward jump last in the try body: CPython may place that jump
+            # outside the try's exception-table range (gh-130279), skipping the except block.
+            TRACKED[tag] = "finished"
         except BaseException as exc:
             TRACKED[tag] = type(exc).__name__
             self.last_interrupt = type(exc).__name__
             raise
-        TRACKED[tag] = "finished"
         return n
 
     @tool(
