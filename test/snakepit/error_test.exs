@@ -11,49 +11,6 @@ defmodule Snakepit.ErrorTest do
     %{pool: name}
   end
 
-  test "a Python exception carries type, message and traceback", %{pool: p} do
-    assert {:error, %Error{} = e} = Snakepit.execute(p, "fail", %{message: "bad input"})
-    assert e.category == :python_error
-    assert e.python_type == "ValueError"
-    assert e.message == "bad input"
-    assert e.python_traceback =~ "Traceback (most recent call last)"
-    assert e.python_traceback =~ "in inner"
-    assert e.python_traceback =~ "ValueError: bad input"
-    assert Exception.message(e) =~ "ValueError: bad input"
-  end
-
-  test "SystemExit and KeyboardInterrupt are values, not a VM exit", %{pool: p} do
-    assert {:error, %Error{category: :python_error, python_type: "SystemExit", message: "3"}} =
-             Snakepit.execute(p, "exit", %{code: 3})
-
-    assert {:error, %Error{category: :python_error, python_type: "KeyboardInterrupt"}} =
-             Snakepit.execute(p, "interrupt", %{})
-
-    assert Snakepit.execute(p, "echo", %{value: 1}) == {:ok, 1}
-  end
-
-  test "an unknown command lists the available ones", %{pool: p} do
-    assert {:error, %Error{category: :validation, message: msg, details: details}} =
-             Snakepit.execute(p, "no_such_command", %{})
-
-    assert msg =~ ~s(unknown command "no_such_command")
-    assert msg =~ "echo"
-    assert "echo" in details.available
-    assert "ping" in details.available
-    assert "get_stats" in details.available
-  end
-
-  test "bad keyword arguments are a Python TypeError", %{pool: p} do
-    assert {:error, %Error{python_type: "TypeError", message: msg}} =
-             Snakepit.execute(p, "echo", %{nope: 1})
-
-    assert msg =~ "nope"
-  end
-
-  test "a command that is not a string", %{pool: p} do
-    assert {:error, %Error{category: :validation}} = Snakepit.execute(p, 123, %{})
-  end
-
   test "execute! raises Snakepit.Error", %{pool: p} do
     assert_raise Error, ~r/ValueError: kaboom/, fn ->
       Snakepit.execute!(p, "fail", %{message: "kaboom"})
@@ -67,25 +24,6 @@ defmodule Snakepit.ErrorTest do
              Snakepit.execute(:no_such_pool, "ping", %{})
 
     assert msg =~ ":no_such_pool"
-  end
-
-  test "adapter import errors stop the pool start with the Python error" do
-    assert {:error, %Error{python_type: "ImportError", message: msg}} =
-             Snakepit.start_pool(name: :broken_import, adapter: "no_such_module.Adapter")
-
-    assert msg =~ "no_such_module"
-    assert {:error, %Error{category: :pool}} = Snakepit.execute(:broken_import, "ping", %{})
-  end
-
-  test "an exception in the adapter's __init__ stops the pool start with its traceback" do
-    assert {:error, %Error{python_type: "RuntimeError", message: msg} = e} =
-             Snakepit.start_pool(
-               name: :broken_init,
-               adapter: "snakepit_test_adapters.BrokenInit"
-             )
-
-    assert msg =~ "cannot load the model"
-    assert e.python_traceback =~ "__init__"
   end
 
   test "bad config names the key" do

@@ -154,22 +154,6 @@ defmodule Snakepit.PoolTest do
       assert stats.active_requests == 0
     end
 
-    test "a queued job whose caller timed out is dropped, not run" do
-      pool = start_test_pool!(pool_size: 1, threads_per_worker: 1)
-      release = release_file()
-      blocker = async_hold(pool, "blocker", release)
-      assert_started("blocker")
-
-      assert {:error, %Error{category: :timeout}} =
-               Snakepit.execute(pool, "increment", %{}, timeout: 50)
-
-      release(release)
-      assert {:ok, _} = Task.await(blocker, 30_000)
-      # increment never ran.
-      assert %{"counter" => 0} = Snakepit.execute!(pool, "state", %{})
-      refute_received {_, _}
-    end
-
     test "a call blocked in C (time.sleep) frees its thread when the C call returns" do
       pool = start_test_pool!(pool_size: 1, threads_per_worker: 1)
 
@@ -178,54 +162,6 @@ defmodule Snakepit.PoolTest do
 
       assert {:ok, 7} = Snakepit.execute(pool, "echo", %{value: 7}, timeout: 30_000)
     end
-
-    test "a caller that dies cancels its running job" do
-      pool = start_test_pool!(pool_size: 1, threads_per_worker: 1)
-      test = self()
-      args = %{tag: "running", seconds: 3_600, pid: test}
-      caller = spawn(fn -> Snakepit.execute(pool, "tracked_busy", args) end)
-      # Killed once its loop runs (the message is sent from inside it).
-      assert_started("running")
-      Process.exit(caller, :kill)
-      assert_interrupted(pool)
-    end
-
-    test "no stray reply reaches a caller after its timeout" do
-      pool = start_test_pool!(pool_size: 1, threads_per_worker: 2)
-
-      for _ <- 1..20 do
-        Snakepit.execute(pool, "sleep", %{seconds: 0.01}, timeout: 10)
-      end
-
-      # Every call is over (it ran or was dropped) before the mailbox is read.
-      wait_until(fn ->
-        {:ok, s} = Snakepit.stats(pool)
-        s.completed + s.cancelled == 20 and s.active_requests == 0 and s.queued == 0
-      end)
-
-      {:messages, messages} = Process.info(self(), :messages)
-      assert messages == []
-    end
-  end
-
-  test "a full queue answers at once with a :pool error" do
-    pool = start_test_pool!(pool_size: 1, threads_per_worker: 1, max_queue: 2)
-    release = release_file()
-    # Occupy the thread until released, then fill the queue.
-    running = async_hold(pool, "running", release)
-    assert_started("running")
-    queued = for tag <- ["q1", "q2"], do: async_hold(pool, tag, release)
-    wait_until(fn -> match?({:ok, %{queued: 2}}, Snakepit.stats(pool)) end)
-    busy = [running | queued]
-
-    assert {:error, %Error{category: :pool, message: msg}} =
-             Snakepit.execute(pool, "echo", %{value: 1})
-
-    assert msg =~ "max_queue"
-    release(release)
-    assert Enum.all?(Task.await_many(busy, 30_000), &match?({:ok, _}, &1))
-    {:ok, stats} = Snakepit.stats(pool)
-    assert stats.rejected >= 1
   end
 
   # Times out `tracked_busy` calls, one timeout after the other, until one interrupts a loop
@@ -251,19 +187,5 @@ defmodule Snakepit.PoolTest do
       {:ok, nil} -> interrupt_running_loop(pool, longer, attempt + 1)
       {:ok, _started} -> attempt
     end
-  end
-
-  test "subprocess.run works inside adapters (SIGCHLD is default)" do
-    assert {:ok, "child ok"} = Snakepit.execute(start_test_pool!(), "run_subprocess", %{})
-  end
-
-  test "tools/1 lists commands with descriptions and parameters" do
-    {:ok, tools} = Snakepit.tools(:hpc_pool)
-    names = Enum.map(tools, & &1["name"])
-    assert "compute_intensive" in names and "ping" in names
-
-    compute = Enum.find(tools, &(&1["name"] == "compute_intensive"))
-    assert is_binary(compute["description"]) and compute["description"] != ""
-    assert Enum.map(compute["parameters"], & &1["name"]) == ["data", "iterations"]
   end
 end
