@@ -72,7 +72,8 @@ defmodule Snakepit.Pool.Process do
 
   @behaviour Snakepit.Pool
 
-  alias Snakepit.{Caller, Config, Error, Runtime}
+  alias Snakepit.{Caller, Config, Error}
+  alias Snakepit.Pool.Process.OS
 
   # Frame kinds, Elixir -> worker (priv/python/snakepit_bridge/worker.py).
   @call 0
@@ -128,8 +129,6 @@ defmodule Snakepit.Pool.Process do
 
   @shutdown_grace 5_000
   @restart_backoff 1_000
-  @blas_vars ~w(OPENBLAS_NUM_THREADS OMP_NUM_THREADS MKL_NUM_THREADS NUMEXPR_NUM_THREADS
-                VECLIB_MAXIMUM_THREADS)
   @max_id 0xFFFFFFFF
 
   @doc false
@@ -235,13 +234,13 @@ defmodule Snakepit.Pool.Process do
 
     # Claim the name before any worker starts: a second pool of the same name stops here.
     with :ok <- Snakepit.Registry.claim(config.name),
-         {:ok, python} <- python_executable(config) do
+         {:ok, python} <- OS.python_executable(config) do
       state = %{
         config: config,
         name: config.name,
         threads: config.threads_per_worker,
         python: python,
-        env: worker_env(config),
+        env: OS.worker_env(config),
         workers: %{},
         ports: %{},
         # One entry per free thread: the index of its worker.
@@ -285,54 +284,6 @@ defmodule Snakepit.Pool.Process do
     end
   end
 
-  defp python_executable(%Config{python: nil, name: name}) do
-    case Runtime.build_info() do
-      {:ok, %{executable: exe}} -> check_executable(exe, name)
-      {:error, _} = error -> error
-    end
-  end
-
-  defp python_executable(%Config{python: python, name: name}), do: check_executable(python, name)
-
-  defp check_executable(path, name) do
-    path = to_string(path)
-
-    found =
-      cond do
-        String.contains?(path, "/") -> if File.regular?(path), do: Path.expand(path)
-        true -> System.find_executable(path)
-      end
-
-    case found do
-      nil ->
-        {:error,
-         Error.new(
-           :validation,
-           "pool #{inspect(name)}: invalid python: no interpreter at #{inspect(path)}",
-           details: %{key: :python, value: path, pool: name}
-         )}
-
-      exe ->
-        {:ok, exe}
-    end
-  end
-
-  defp worker_env(%Config{adapter_env: adapter_env}) do
-    given = MapSet.new(adapter_env, &elem(&1, 0))
-    blas = for var <- @blas_vars, not MapSet.member?(given, var), do: {var, "1"}
-
-    base = [
-      {"PYTHONPATH", Enum.join(Runtime.python_path(), ":")},
-      {"PYTHONUNBUFFERED", "1"},
-      {"SNAKEPIT_BEAM_PID", System.pid()},
-      {"SNAKEPIT_MAPSET_FIELDS",
-       Enum.map_join(Runtime.mapset_fields(), ",", fn {k, v} -> "#{k}=#{v}" end)}
-    ]
-
-    for {k, v} <- base ++ blas ++ adapter_env,
-        do: {String.to_charlist(k), String.to_charlist(v)}
-  end
-
   defp new_worker(index) do
     %{
       index: index,
@@ -356,23 +307,7 @@ defmodule Snakepit.Pool.Process do
   defp spawn_worker(state, index, worker) do
     config = state.config
 
-    port =
-      Port.open({:spawn_executable, state.python}, [
-        :binary,
-        {:packet, 4},
-        :exit_status,
-        :use_stdio,
-        :hide,
-        {:busy_limits_port, :disabled},
-        {:args, ["-m", "snakepit_bridge.worker"]},
-        {:env, state.env}
-      ])
-
-    os_pid =
-      case Port.info(port, :os_pid) do
-        {:os_pid, pid} -> pid
-        _ -> nil
-      end
+    {port, os_pid} = OS.open(state.python, state.env)
 
     init = %{
       adapter: config.adapter,
@@ -388,7 +323,7 @@ defmodule Snakepit.Pool.Process do
       }
     }
 
-    Port.command(port, [@init | :erlang.term_to_binary(init)])
+    OS.send(port, [@init | :erlang.term_to_binary(init)])
     Process.send_after(self(), {:startup_timeout, port}, config.startup_timeout)
 
     worker = %{
@@ -432,7 +367,7 @@ defmodule Snakepit.Pool.Process do
         {port, {:exit_status, status}} when is_map_key(state.ports, port) ->
           w = state.workers[state.ports[port]]
 
-          {:error, exit_error(state, w, status, "while starting"),
+          {:error, OS.exit_error(state.name, w, status, "while starting"),
            %{state | ports: Map.delete(state.ports, port)}}
       after
         remaining ->
@@ -543,7 +478,7 @@ defmodule Snakepit.Pool.Process do
   def handle_info({:"$snakepit_demand", tag, n}, state) do
     with %{^tag => %{index: index, id: id}} when index != nil <- state.jobs,
          %{port: port} when port != nil <- state.workers[index] do
-      port_send(port, <<@demand, id::32, n::32>>)
+      OS.send(port, <<@demand, id::32, n::32>>)
     end
 
     {:noreply, state}
@@ -613,8 +548,8 @@ defmodule Snakepit.Pool.Process do
         {:noreply, state}
 
       {os_pid, retiring} ->
-        close_port(port)
-        kill_os_pid(os_pid)
+        OS.close_port(port)
+        OS.kill_os_pid(os_pid)
         {:noreply, %{state | retiring: retiring}}
     end
   end
@@ -641,7 +576,7 @@ defmodule Snakepit.Pool.Process do
   defp start_job(state, index, job) do
     w = state.workers[index]
     {id, state} = next_id(state, w)
-    port_send(w.port, [<<frame_kind(job.kind), id::32>> | job.body])
+    OS.send(w.port, [<<frame_kind(job.kind), id::32>> | job.body])
     job = %{job | index: index, id: id}
     w = %{w | jobs: Map.put(w.jobs, id, job.tag)}
 
@@ -725,18 +660,11 @@ defmodule Snakepit.Pool.Process do
         # Running: the worker raises Cancelled in its thread (or closes the stream) and ends
         # the job with its terminal frame; if it does not in time, it is killed.
         w = state.workers[job.index]
-        port_send(w.port, <<@cancel, job.id::32>>)
+        OS.send(w.port, <<@cancel, job.id::32>>)
         Process.send_after(self(), {:cancel_grace, tag, w.port}, @cancel_grace)
         job = %{job | cancelled: true}
         %{state | jobs: Map.put(state.jobs, tag, job), cancelled: state.cancelled + 1}
     end
-  end
-
-  # Writes a frame; a port that closed meanwhile is reported by its exit message.
-  defp port_send(port, data) do
-    Port.command(port, data)
-  rescue
-    ArgumentError -> false
   end
 
   # Job `id` of worker `index` ended (`status` :ok, :error or :cancelled): returns its job and
@@ -908,9 +836,12 @@ defmodule Snakepit.Pool.Process do
       {index, ports} ->
         state = %{state | ports: ports}
         w = state.workers[index]
-        close_port(port)
+        OS.close_port(port)
         status = with {:exit_status, s} <- how, do: s
-        state = fail_jobs(state, index, exit_error(state, w, status, "while running the call"))
+
+        state =
+          fail_jobs(state, index, OS.exit_error(state.name, w, status, "while running the call"))
+
         log_exit(state, w, status)
         restart(state, index, if(w.status == :starting, do: :failed_start, else: :crashed))
     end
@@ -929,7 +860,7 @@ defmodule Snakepit.Pool.Process do
     message =
       case w.start_error do
         %Error{} = e -> "failed to start: #{Exception.message(e)}"
-        nil -> "exited (#{describe_status(status)})"
+        nil -> "exited (#{OS.describe_status(status)})"
       end
 
     Logger.warning(
@@ -938,50 +869,14 @@ defmodule Snakepit.Pool.Process do
     )
   end
 
-  defp exit_error(state, w, status, doing) do
-    Error.new(
-      :worker,
-      "worker #{w.index} of pool #{inspect(state.name)} (OS pid #{w.os_pid}) died #{doing}: " <>
-        describe_status(status),
-      details: %{
-        pool: state.name,
-        worker: w.index,
-        os_pid: w.os_pid,
-        exit_status: status,
-        signal: signal(status)
-      }
-    )
-  end
-
-  defp signal(status) when is_integer(status) and status > 128, do: status - 128
-  defp signal(_), do: nil
-
-  defp describe_status(status) when is_integer(status) and status > 128 do
-    names = %{
-      6 => "SIGABRT",
-      9 => "SIGKILL",
-      11 => "SIGSEGV",
-      15 => "SIGTERM",
-      7 => "SIGBUS",
-      8 => "SIGFPE"
-    }
-
-    sig = status - 128
-    "killed by signal #{sig}#{if n = names[sig], do: " (#{n})", else: ""}"
-  end
-
-  defp describe_status(status) when is_integer(status), do: "exit status #{status}"
-  defp describe_status(nil), do: "exited"
-  defp describe_status(other), do: "port closed: #{inspect(other)}"
-
   # Kills the worker in slot `index` (a cancelled job that did not end, a start-up timeout) and
   # starts another; the other jobs it ran fail with :worker.
   defp kill_and_restart(state, index, why) do
     w = state.workers[index]
-    close_port(w.port)
-    kill_os_pid(w.os_pid)
+    OS.close_port(w.port)
+    OS.kill_os_pid(w.os_pid)
     state = %{state | ports: Map.delete(state.ports, w.port)}
-    error = exit_error(state, w, 137, "after a cancelled call did not end")
+    error = OS.exit_error(state.name, w, 137, "after a cancelled call did not end")
     state = fail_jobs(state, index, error)
     restart(state, index, why)
   end
@@ -1021,7 +916,7 @@ defmodule Snakepit.Pool.Process do
   defp maybe_recycle(state, _index), do: state
 
   defp recycle(state, index, w) do
-    port_send(w.port, <<@stop>>)
+    OS.send(w.port, <<@stop>>)
     Process.send_after(self(), {:retire_timeout, w.port}, @shutdown_grace)
 
     Logger.debug(
@@ -1054,36 +949,6 @@ defmodule Snakepit.Pool.Process do
   defp update_worker(state, index, fun),
     do: %{state | workers: Map.update!(state.workers, index, fun)}
 
-  defp close_port(nil), do: :ok
-
-  defp close_port(port) do
-    Port.close(port)
-  rescue
-    ArgumentError -> :ok
-  end
-
-  defp kill_os_pid(nil), do: :ok
-
-  defp kill_os_pid(os_pid) do
-    spawn(fn -> kill_now(os_pid) end)
-    :ok
-  end
-
-  defp kill_now(os_pids) do
-    case for(pid <- List.wrap(os_pids), is_integer(pid), do: Integer.to_string(pid)) do
-      [] ->
-        :ok
-
-      pids ->
-        case System.find_executable("kill") do
-          nil -> :os.cmd(String.to_charlist("kill -9 #{Enum.join(pids, " ")} 2>/dev/null"))
-          kill -> System.cmd(kill, ["-KILL" | pids], stderr_to_stdout: true)
-        end
-
-        :ok
-    end
-  end
-
   # Kills every worker process that is still running and waits (up to 2 s) until each is
   # gone, so that no Python process outlives the pool.
   defp kill_all(state) do
@@ -1093,22 +958,7 @@ defmodule Snakepit.Pool.Process do
       Enum.map(state.ports, fn {_port, index} -> state.workers[index].os_pid end) ++
         Map.values(state.retiring)
 
-    kill_now(pids)
-    await_exits(ports, System.monotonic_time(:millisecond) + 2_000)
-    Enum.each(ports, &close_port/1)
-  end
-
-  defp await_exits([], _deadline), do: :ok
-
-  defp await_exits(ports, deadline) do
-    remaining = max(deadline - System.monotonic_time(:millisecond), 0)
-
-    receive do
-      {port, {:exit_status, _}} when is_port(port) ->
-        await_exits(List.delete(ports, port), deadline)
-    after
-      remaining -> :ok
-    end
+    OS.kill_all(ports, pids)
   end
 
   ## Stats
@@ -1165,7 +1015,7 @@ defmodule Snakepit.Pool.Process do
     {queued, running} = Enum.split_with(state.jobs, fn {_, job} -> job.index == nil end)
     for {_tag, job} <- queued, do: answer(job, {:error, stopped(state, "before the call ran")})
 
-    for {port, _index} <- state.ports, do: port_send(port, <<@stop>>)
+    for {port, _index} <- state.ports, do: OS.send(port, <<@stop>>)
     deadline = System.monotonic_time(:millisecond) + @shutdown_grace
 
     state = %{
@@ -1216,7 +1066,7 @@ defmodule Snakepit.Pool.Process do
 
               {index, ports} ->
                 w = state.workers[index]
-                error = exit_error(state, w, nil, "while the pool stopped")
+                error = OS.exit_error(state.name, w, nil, "while the pool stopped")
                 fail_jobs(%{state | ports: ports}, index, error)
             end
 
