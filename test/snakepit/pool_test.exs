@@ -3,33 +3,6 @@ defmodule Snakepit.PoolTest do
 
   alias Snakepit.Error
 
-  # Events instead of sleeps: `started_*` and `tracked_busy` calls send {tag, os_pid, thread} to
-  # the test process once they run; `started_hold` then returns only when its release file exists.
-  defp release_file do
-    path =
-      Path.join(
-        System.tmp_dir!(),
-        "snakepit_release_#{System.pid()}_#{System.unique_integer([:positive])}"
-      )
-
-    on_exit(fn -> File.rm(path) end)
-    path
-  end
-
-  defp release(path), do: File.write!(path, "")
-
-  defp async_hold(pool, tag, path) do
-    test = self()
-
-    Task.async(fn ->
-      Snakepit.execute(pool, "started_hold", %{pid: test, tag: tag, path: path},
-        timeout: :infinity
-      )
-    end)
-  end
-
-  defp assert_started(tag), do: assert_receive({^tag, _os_pid, _thread}, 30_000)
-
   describe "the guide's :hpc_pool from config/config.exs" do
     test "both call forms work" do
       assert {:ok, %{"sum" => 6, "squares" => [1, 4, 9]}} =
