@@ -18,6 +18,8 @@ pub mod nif;
 pub mod pool;
 pub mod runtime;
 #[cfg(feature = "nif")]
+pub mod slot;
+#[cfg(feature = "nif")]
 pub mod worker;
 
 #[cfg(feature = "nif")]

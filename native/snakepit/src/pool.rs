@@ -26,10 +26,11 @@ use crate::atoms;
 use crate::convert;
 use crate::error::{Error, Result};
 use crate::idle::Idle;
-use crate::interrupt::{self, Running};
+use crate::interrupt;
 use crate::job::{CancelOutcome, Job, JobCtl};
 use crate::mailer;
 use crate::runtime::{self, RuntimeConfig};
+use crate::slot::{Running, ThreadSlot};
 use crate::worker::{self, Reason, RecyclePolicy, Worker, WorkerSlot};
 
 /// Stack of each pool thread: room for deep conversions and Python code.
@@ -57,18 +58,6 @@ pub struct PoolConfig {
     pub worker_max_requests: u64,
     /// Recycle a worker after this many milliseconds (0: never).
     pub worker_ttl_ms: u64,
-}
-
-/// Per-thread bookkeeping, readable by stats and by the interrupter.
-pub struct ThreadSlot {
-    pub name: String,
-    pub worker: usize,
-    /// `threading.get_ident()` of the thread.
-    pub ident: AtomicU64,
-    /// The job being run and the state of its interruption (see interrupt.rs).
-    pub run: Mutex<Running>,
-    pub requests: AtomicU64,
-    pub busy_ns: AtomicU64,
 }
 
 #[derive(Default)]
@@ -166,14 +155,8 @@ impl PoolInner {
             .map(|i| {
                 let worker = i / config.threads_per_worker;
                 let t = i % config.threads_per_worker;
-                Arc::new(ThreadSlot {
-                    name: format!("snakepit-{}-w{}-t{}", config.name, worker, t),
-                    worker,
-                    ident: AtomicU64::new(0),
-                    run: Mutex::new(Running::default()),
-                    requests: AtomicU64::new(0),
-                    busy_ns: AtomicU64::new(0),
-                })
+                let name = format!("snakepit-{}-w{}-t{}", config.name, worker, t);
+                Arc::new(ThreadSlot::new(name, worker))
             })
             .collect();
         let config_pool_size = config.pool_size;
