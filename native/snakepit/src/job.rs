@@ -4,20 +4,36 @@
 //! cancelled it (timeout) or died first. The state machine makes that race-free:
 //! `QUEUED -> RUNNING -> DONE`, and `QUEUED | RUNNING -> CANCELLED`. Only the thread that wins
 //! `RUNNING -> DONE` sends a reply.
+//!
+//! The state machine, the job ids and a stream's credits need no BEAM: they are compiled (and
+//! unit-tested) without the `nif` feature. The caller monitor, the resource and the queued
+//! `Job` with its terms are behind it (module `beam` below).
 
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Weak;
+use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
-use rustler::env::SavedTerm;
-use rustler::{Env, LocalPid, Monitor, OwnedEnv, Resource, ResourceArc};
 
-use crate::pool::PoolInner;
+#[cfg(feature = "nif")]
+pub use beam::Job;
 
 const QUEUED: u8 = 0;
 const RUNNING: u8 = 1;
 const DONE: u8 = 2;
 const CANCELLED: u8 = 3;
+
+/// How often a stream waiting for demand asks whether its pool stopped.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// What a job needs from the pool it was submitted to (`PoolInner` in pool.rs implements it;
+/// a trait, so that this module does not depend on the pool).
+pub trait JobHost: Send + Sync {
+    /// Raises the cancellation in pool thread `thread` if it still runs job `job` (by id).
+    fn interrupt(&self, thread: usize, job: u64);
+    /// A queued job was cancelled (it counts in the pool's stats).
+    fn cancelled_queued(&self);
+}
 
 /// The part of a job Elixir holds (as a resource) to cancel it; also the target of the
 /// caller monitor.
@@ -28,24 +44,13 @@ pub struct JobCtl {
     state: AtomicU8,
     /// 1 + index of the pool thread running the job, 0 while queued.
     running_on: AtomicUsize,
-    monitor: Mutex<Option<Monitor>>,
-    pool: Weak<PoolInner>,
+    host: Weak<dyn JobHost>,
     /// Stream jobs: how many more chunks the consumer wants (demand-driven flow).
     credits: Mutex<u64>,
     credit_cv: Condvar,
-}
-
-// Monitor is plain data (ErlNifMonitor); it is only touched under the mutex.
-unsafe impl Send for JobCtl {}
-unsafe impl Sync for JobCtl {}
-
-#[rustler::resource_impl]
-impl Resource for JobCtl {
-    fn down<'a>(&'a self, _env: Env<'a>, _pid: LocalPid, _monitor: Monitor) {
-        // The caller died: nobody wants the answer.
-        self.monitor.lock().take();
-        self.cancel();
-    }
+    /// The monitor of the caller (see `beam`).
+    #[cfg(feature = "nif")]
+    monitor: Mutex<Option<rustler::Monitor>>,
 }
 
 /// What `cancel` found.
@@ -58,16 +63,17 @@ pub enum CancelOutcome {
 }
 
 impl JobCtl {
-    pub fn new(pool: Weak<PoolInner>) -> Self {
+    pub fn new<H: JobHost + 'static>(host: Weak<H>) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         JobCtl {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             state: AtomicU8::new(QUEUED),
             running_on: AtomicUsize::new(0),
-            monitor: Mutex::new(None),
-            pool,
+            host,
             credits: Mutex::new(0),
             credit_cv: Condvar::new(),
+            #[cfg(feature = "nif")]
+            monitor: Mutex::new(None),
         }
     }
 
@@ -80,6 +86,12 @@ impl JobCtl {
     /// Stream jobs: waits for one unit of demand; false when the job was cancelled or
     /// `stopped()` (checked every 50 ms) says the pool stopped.
     pub fn take_credit(&self, stopped: impl Fn() -> bool) -> bool {
+        self.take_credit_polling(stopped, STOP_POLL)
+    }
+
+    /// `take_credit`, asking `stopped()` every `poll`. A grant or a cancellation wakes the
+    /// wait at once.
+    fn take_credit_polling(&self, stopped: impl Fn() -> bool, poll: Duration) -> bool {
         let mut credits = self.credits.lock();
         loop {
             if self.is_cancelled() {
@@ -92,23 +104,7 @@ impl JobCtl {
             if stopped() {
                 return false;
             }
-            self.credit_cv
-                .wait_for(&mut credits, std::time::Duration::from_millis(50));
-        }
-    }
-
-    pub fn set_monitor(&self, monitor: Option<Monitor>) {
-        *self.monitor.lock() = monitor;
-    }
-
-    pub fn take_monitor(&self) -> Option<Monitor> {
-        self.monitor.lock().take()
-    }
-
-    /// Drops the caller monitor (from a non-scheduler thread).
-    pub fn demonitor(this: &ResourceArc<JobCtl>) {
-        if let Some(mon) = this.take_monitor() {
-            this.demonitor(None, &mon);
+            self.credit_cv.wait_for(&mut credits, poll);
         }
     }
 
@@ -159,14 +155,14 @@ impl JobCtl {
                     drop(self.credits.lock());
                     self.credit_cv.notify_all();
                     if previous == RUNNING {
-                        if let Some(pool) = self.pool.upgrade() {
+                        if let Some(host) = self.host.upgrade() {
                             let thread = self.running_on.load(Ordering::SeqCst);
                             if thread > 0 {
-                                pool.interrupt(thread - 1, self.id);
+                                host.interrupt(thread - 1, self.id);
                             }
                         }
-                    } else if let Some(pool) = self.pool.upgrade() {
-                        pool.note_cancelled_queued();
+                    } else if let Some(host) = self.host.upgrade() {
+                        host.cancelled_queued();
                     }
                     return CancelOutcome::Cancelled;
                 }
@@ -176,14 +172,49 @@ impl JobCtl {
     }
 }
 
-/// The whole job as it travels through the queue.
-pub struct Job {
-    pub ctl: ResourceArc<JobCtl>,
-    pub caller: LocalPid,
-    pub env: OwnedEnv,
-    pub reference: SavedTerm,
-    pub command: SavedTerm,
-    pub args: SavedTerm,
-    /// A stream job: the command returns an iterator whose items are sent one by one.
-    pub stream: bool,
+/// The BEAM side of a job: the caller monitor, the resource, the queued job.
+#[cfg(feature = "nif")]
+mod beam {
+    use rustler::env::SavedTerm;
+    use rustler::{Env, LocalPid, Monitor, OwnedEnv, Resource, ResourceArc};
+
+    use super::JobCtl;
+
+    #[rustler::resource_impl]
+    impl Resource for JobCtl {
+        fn down<'a>(&'a self, _env: Env<'a>, _pid: LocalPid, _monitor: Monitor) {
+            // The caller died: nobody wants the answer.
+            self.monitor.lock().take();
+            self.cancel();
+        }
+    }
+
+    impl JobCtl {
+        pub fn set_monitor(&self, monitor: Option<Monitor>) {
+            *self.monitor.lock() = monitor;
+        }
+
+        pub fn take_monitor(&self) -> Option<Monitor> {
+            self.monitor.lock().take()
+        }
+
+        /// Drops the caller monitor (from a non-scheduler thread).
+        pub fn demonitor(this: &ResourceArc<JobCtl>) {
+            if let Some(mon) = this.take_monitor() {
+                this.demonitor(None, &mon);
+            }
+        }
+    }
+
+    /// The whole job as it travels through the queue.
+    pub struct Job {
+        pub ctl: ResourceArc<JobCtl>,
+        pub caller: LocalPid,
+        pub env: OwnedEnv,
+        pub reference: SavedTerm,
+        pub command: SavedTerm,
+        pub args: SavedTerm,
+        /// A stream job: the command returns an iterator whose items are sent one by one.
+        pub stream: bool,
+    }
 }

@@ -8,7 +8,6 @@ pub mod error;
 pub mod idle;
 #[cfg(feature = "nif")]
 pub mod interrupt;
-#[cfg(feature = "nif")]
 pub mod job;
 #[cfg(feature = "nif")]
 pub mod mailer;

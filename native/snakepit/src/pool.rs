@@ -27,7 +27,7 @@ use crate::convert;
 use crate::error::{Error, Result};
 use crate::idle::Idle;
 use crate::interrupt;
-use crate::job::{CancelOutcome, Job, JobCtl};
+use crate::job::{CancelOutcome, Job, JobCtl, JobHost};
 use crate::mailer;
 use crate::runtime::{self, RuntimeConfig};
 use crate::slot::{Running, ThreadSlot};
@@ -115,6 +115,19 @@ impl rustler::Resource for PoolRef {
         let _ = std::thread::Builder::new()
             .name("snakepit-stop".into())
             .spawn(move || pool.stop(Duration::from_secs(5)));
+    }
+}
+
+impl JobHost for PoolInner {
+    /// Raises `snakepit_bridge.Cancelled` in pool thread `thread` if it still runs job `job`.
+    fn interrupt(&self, thread: usize, job: u64) {
+        if let Some(slot) = self.slots.get(thread) {
+            interrupt::request(slot, job);
+        }
+    }
+
+    fn cancelled_queued(&self) {
+        self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -245,17 +258,6 @@ impl PoolInner {
                 job,
                 Error::Pool(format!("pool {} is stopped", self.config.name)),
             )),
-        }
-    }
-
-    pub fn note_cancelled_queued(&self) {
-        self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Raises `snakepit_bridge.Cancelled` in pool thread `thread` if it still runs job `job`.
-    pub fn interrupt(&self, thread: usize, job: u64) {
-        if let Some(slot) = self.slots.get(thread) {
-            interrupt::request(slot, job);
         }
     }
 
