@@ -172,13 +172,16 @@ impl JobCtl {
     }
 }
 
-/// The BEAM side of a job: the caller monitor, the resource, the queued job.
+/// The BEAM side of a job: the caller monitor, the resource, the queued job and its replies.
 #[cfg(feature = "nif")]
 mod beam {
     use rustler::env::SavedTerm;
-    use rustler::{Env, LocalPid, Monitor, OwnedEnv, Resource, ResourceArc};
+    use rustler::types::tuple::make_tuple;
+    use rustler::{Atom, Encoder, Env, LocalPid, Monitor, OwnedEnv, Resource, ResourceArc};
 
     use super::JobCtl;
+    use crate::atoms;
+    use crate::error::Result;
 
     #[rustler::resource_impl]
     impl Resource for JobCtl {
@@ -216,6 +219,31 @@ mod beam {
         pub args: SavedTerm,
         /// A stream job: the command returns an iterator whose items are sent one by one.
         pub stream: bool,
+    }
+
+    impl Job {
+        /// Sends `{ref, {:ok, result}}` or `{ref, {:error, map}}` to the caller.
+        pub fn reply(mut self, result: Result<SavedTerm>) {
+            JobCtl::demonitor(&self.ctl);
+            let reference = self.reference.clone();
+            let caller = self.caller;
+            let _ = self.env.send_and_clear(&caller, |env| {
+                let body = match &result {
+                    Ok(saved) => make_tuple(env, &[atoms::ok().encode(env), saved.load(env)]),
+                    Err(e) => make_tuple(env, &[atoms::error().encode(env), e.to_term(env)]),
+                };
+                make_tuple(env, &[reference.load(env), body])
+            });
+        }
+
+        /// `{ref, :done}` or `{ref, :closed}` to a stream's consumer.
+        pub fn end_stream(mut self, tag: Atom) {
+            let reference = self.reference.clone();
+            let caller = self.caller;
+            let _ = self
+                .env
+                .send_and_clear(&caller, |env| (reference.load(env), tag).encode(env));
+        }
     }
 }
 

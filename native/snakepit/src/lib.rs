@@ -1,9 +1,12 @@
 //! Snakepit's NIF: CPython hosted in the BEAM, a native thread pool running adapter methods.
-//! Each module matches one Elixir concern: runtime (the interpreter), pool (threads, queue,
-//! stats), job (one call and its cancellation), convert (terms <-> Python), error.
+//! Each module matches one concern: runtime (the interpreter), pool (config and lifecycle),
+//! thread (what a pool thread does), job (one call and its cancellation), dispatch (the calls
+//! into Python), stats, convert (terms <-> Python), error. docs/architecture.md has the map.
 
 #[cfg(feature = "nif")]
 pub mod convert;
+#[cfg(feature = "nif")]
+pub mod dispatch;
 pub mod error;
 pub mod idle;
 #[cfg(feature = "nif")]
@@ -18,6 +21,10 @@ pub mod pool;
 pub mod runtime;
 #[cfg(feature = "nif")]
 pub mod slot;
+#[cfg(feature = "nif")]
+pub mod stats;
+#[cfg(feature = "nif")]
+pub mod thread;
 #[cfg(feature = "nif")]
 pub mod worker;
 

@@ -8,8 +8,10 @@ use rustler::{Encoder, Env, OwnedEnv, ResourceArc, Term};
 use crate::atoms;
 use crate::error::Error;
 use crate::job::{CancelOutcome, Job, JobCtl};
-use crate::pool::{self, PoolConfig, PoolInner, PoolRef};
+use crate::pool::{PoolConfig, PoolInner, PoolRef};
 use crate::runtime::{self, RuntimeConfig};
+use crate::stats;
+use crate::thread;
 
 fn error_tuple<'a>(env: Env<'a>, e: &Error) -> Term<'a> {
     (atoms::error(), e.to_term(env)).encode(env)
@@ -33,7 +35,7 @@ fn python_info(env: Env<'_>) -> Term<'_> {
 
 #[rustler::nif(schedule = "DirtyIo")]
 fn start_pool(env: Env<'_>, config: PoolConfig) -> Term<'_> {
-    match PoolInner::start(config, env.pid()) {
+    match PoolInner::start(config, env.pid(), thread::thread_main) {
         Ok(inner) => {
             let pool = ResourceArc::new(PoolRef(inner));
             // The owner is the pool's Elixir process (the caller): see PoolRef's `down`.
@@ -123,7 +125,7 @@ fn stream_demand(job: ResourceArc<JobCtl>, n: u64) -> rustler::Atom {
 
 #[rustler::nif]
 fn cancel(job: ResourceArc<JobCtl>) -> rustler::Atom {
-    match pool::cancel(&job) {
+    match job.cancel() {
         CancelOutcome::Cancelled => atoms::cancelled(),
         CancelOutcome::Done => atoms::done(),
     }
@@ -131,12 +133,12 @@ fn cancel(job: ResourceArc<JobCtl>) -> rustler::Atom {
 
 #[rustler::nif]
 fn stats(env: Env<'_>, pool: ResourceArc<PoolRef>) -> Term<'_> {
-    pool::stats_term(env, &pool.0)
+    stats::stats_term(env, &pool.0)
 }
 
 #[rustler::nif(schedule = "DirtyCpu")]
 fn tools(env: Env<'_>, pool: ResourceArc<PoolRef>) -> Term<'_> {
-    match pool::tools_term(env, &pool.0) {
+    match stats::tools_term(env, &pool.0) {
         Ok(t) => (atoms::ok(), t).encode(env),
         Err(e) => error_tuple(env, &e),
     }
