@@ -176,12 +176,14 @@ impl JobCtl {
 #[cfg(feature = "nif")]
 mod beam {
     use rustler::env::SavedTerm;
-    use rustler::types::tuple::make_tuple;
     use rustler::{Atom, Encoder, Env, LocalPid, Monitor, OwnedEnv, Resource, ResourceArc};
 
     use super::JobCtl;
-    use crate::atoms;
     use crate::error::Result;
+
+    // rustler returns a NIF's value from inside `catch_unwind`, so a NIF that returns a
+    // `ResourceArc<JobCtl>` needs it; encoding the resource reads none of its state.
+    impl std::panic::RefUnwindSafe for JobCtl {}
 
     #[rustler::resource_impl]
     impl Resource for JobCtl {
@@ -228,11 +230,8 @@ mod beam {
             let reference = self.reference.clone();
             let caller = self.caller;
             let _ = self.env.send_and_clear(&caller, |env| {
-                let body = match &result {
-                    Ok(saved) => make_tuple(env, &[atoms::ok().encode(env), saved.load(env)]),
-                    Err(e) => make_tuple(env, &[atoms::error().encode(env), e.to_term(env)]),
-                };
-                make_tuple(env, &[reference.load(env), body])
+                let body = result.as_ref().map(|saved| saved.load(env));
+                (reference.load(env), body).encode(env)
             });
         }
 

@@ -31,19 +31,13 @@ pub mod worker;
 #[cfg(feature = "nif")]
 mod atoms {
     rustler::atoms! {
-        ok, error, nil, true_ = "true", false_ = "false",
+        ok, nil, true_ = "true", false_ = "false",
         bytes, nan, infinity, neg_infinity,
-        __struct__, map, version, mapset_module = "Elixir.MapSet",
-        category, message, python_type, python_traceback, details, available,
-        python_error, conversion, validation, pool, worker, timeout,
+        __struct__, map, mapset_module = "Elixir.MapSet",
+        python_error, conversion, validation, pool, worker,
         cancelled, done, chunk, closed,
-        free_threaded, gil_enabled, executable, prefix, full_version,
-        name, requests, busy_ms, busy_share, index, adapter, threads,
-        total_requests, active_requests, queued, completed, failed, rejected,
-        max_workers, pool_size, threads_per_worker, max_queue, thread_utilization, workers,
-        uptime_ms, leaked, wakeups, parks,
         snakepit_log, snakepit_recycled, snakepit_recycle_failed, max_requests, ttl,
-        recycles, instance_id, reason, saturated, python_logger_process = "Elixir.Snakepit.PythonLogger",
+        saturated, python_logger_process = "Elixir.Snakepit.PythonLogger",
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
-use rustler::{Env, LocalPid};
+use rustler::{Env, LocalPid, NifTuple};
 
 use crate::dispatch::{self, AdapterSpec};
 use crate::error::{Error, Result};
@@ -100,7 +100,9 @@ pub struct PoolInner {
     pub(crate) stop_done: AtomicBool,
 }
 
-/// A thread still running when `stop` returned, and why.
+/// A thread still running when `stop` returned, and why: `{name, reason}` for Elixir.
+#[derive(NifTuple)]
+#[rustler(encode)]
 pub struct Straggler {
     pub name: String,
     pub reason: &'static str,
@@ -110,6 +112,10 @@ pub struct Straggler {
 /// process dies without stopping the pool (killed, so no `terminate/2`), the pool is stopped
 /// anyway, so no native pool outlives its owner.
 pub struct PoolRef(pub Arc<PoolInner>);
+
+// rustler returns a NIF's value from inside `catch_unwind`, so a NIF that returns a
+// `ResourceArc<PoolRef>` needs it; encoding the resource reads none of its state.
+impl std::panic::RefUnwindSafe for PoolRef {}
 
 #[rustler::resource_impl]
 impl rustler::Resource for PoolRef {

@@ -122,13 +122,7 @@ fn recycle(py: Python<'_>, pool: &PoolInner, slot: &WorkerSlot, reason: Reason) 
     let message = env.run(|e| {
         let term = match &outcome {
             Ok(served) => (atoms::snakepit_recycled(), slot.index, reason, *served).encode(e),
-            Err(err) => (
-                atoms::snakepit_recycle_failed(),
-                slot.index,
-                reason,
-                err.to_term(e),
-            )
-                .encode(e),
+            Err(err) => (atoms::snakepit_recycle_failed(), slot.index, reason, err).encode(e),
         };
         env.save(term)
     });
