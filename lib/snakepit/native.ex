@@ -1,6 +1,9 @@
 defmodule Snakepit.Native do
   @moduledoc false
   # NIF stubs. The only caller is Snakepit.Runtime / Snakepit.Pool / Snakepit.
+  # The NIFs are in native/snakepit/src/nif.rs: one that can fail answers `{:ok, value}` or
+  # `{:error, map}` (`start_runtime` answers `{:ok, {}}`); `stop_pool` answers the list of
+  # threads still running, `[{name, reason}]`.
 
   @on_load :load_nif
 

@@ -212,7 +212,7 @@ defmodule Snakepit.Runtime do
   def ensure_started do
     with {:ok, config} <- native_config() do
       case Snakepit.Native.start_runtime(config) do
-        :ok -> :ok
+        {:ok, {}} -> :ok
         {:error, map} -> {:error, Error.from_native(map)}
       end
     end

@@ -141,7 +141,7 @@ defmodule Snakepit.Pool.Thread do
   @impl true
   def terminate(_reason, %{config: config, ref: ref}) do
     Snakepit.Registry.release(config.name)
-    {:ok, stragglers} = Native.stop_pool(ref, @shutdown_grace)
+    stragglers = Native.stop_pool(ref, @shutdown_grace)
 
     if stragglers != [] do
       threads = Enum.map_join(stragglers, ", ", fn {name, why} -> "#{name} (#{why})" end)

@@ -4,7 +4,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyAnyMethods, PyTracebackMethods, PyTypeMethods};
 #[cfg(feature = "nif")]
-use rustler::{Encoder, Env, Term};
+use rustler::{Atom, Encoder, Env, NifMap, Term};
 
 #[cfg(feature = "nif")]
 use crate::atoms;
@@ -101,54 +101,6 @@ impl Error {
             Error::Validation { message, .. } | Error::Saturated { message, .. } => message,
         }
     }
-
-    #[cfg(feature = "nif")]
-    /// The map sent to Elixir: `%{category:, message:, python_type:, python_traceback:, details:}`.
-    pub fn to_term<'a>(&self, env: Env<'a>) -> Term<'a> {
-        let nil = atoms::nil().encode(env);
-        let (python_type, traceback) = match self {
-            Error::Python {
-                python_type,
-                traceback,
-                ..
-            } => (
-                python_type.encode(env),
-                traceback.as_ref().map_or(nil, |t| t.encode(env)),
-            ),
-            _ => (nil, nil),
-        };
-        let details = match self {
-            Error::Validation { available, .. } if !available.is_empty() => Term::map_from_pairs(
-                env,
-                &[(atoms::available().encode(env), available.encode(env))],
-            )
-            .unwrap_or(nil),
-            Error::Saturated { max_queue, .. } => Term::map_from_pairs(
-                env,
-                &[
-                    (atoms::reason().encode(env), atoms::saturated().encode(env)),
-                    (atoms::max_queue().encode(env), max_queue.encode(env)),
-                ],
-            )
-            .unwrap_or(nil),
-            _ => Term::map_new(env),
-        };
-        let keys = [
-            atoms::category().encode(env),
-            atoms::message().encode(env),
-            atoms::python_type().encode(env),
-            atoms::python_traceback().encode(env),
-            atoms::details().encode(env),
-        ];
-        let values = [
-            self.category().encode(env),
-            self.message().encode(env),
-            python_type,
-            traceback,
-            details,
-        ];
-        Term::map_from_term_arrays(env, &keys, &values).unwrap_or(nil)
-    }
 }
 
 /// `"".join(traceback.format_exception(err))`, or None when that itself fails.
@@ -177,5 +129,85 @@ impl std::fmt::Display for Error {
             } => write!(f, "{python_type}: {message}"),
             other => f.write_str(other.message()),
         }
+    }
+}
+
+/// The map an `Error` is encoded as: `%{category:, message:, python_type:, python_traceback:,
+/// details:}` (`Snakepit.Error.from_native/1` reads it).
+#[cfg(feature = "nif")]
+#[derive(NifMap)]
+#[rustler(encode)]
+struct ErrorMap<'e> {
+    category: Atom,
+    message: &'e str,
+    python_type: Option<&'e str>,
+    python_traceback: Option<&'e str>,
+    details: Details<'e>,
+}
+
+/// `details`: `%{available: [...]}` for an unknown command, `%{reason: :saturated, max_queue:}`
+/// for a full queue, `%{}` otherwise.
+#[cfg(feature = "nif")]
+enum Details<'e> {
+    Available(Available<'e>),
+    Saturated(Saturated),
+    None,
+}
+
+#[cfg(feature = "nif")]
+#[derive(NifMap)]
+#[rustler(encode)]
+struct Available<'e> {
+    available: &'e [String],
+}
+
+#[cfg(feature = "nif")]
+#[derive(NifMap)]
+#[rustler(encode)]
+struct Saturated {
+    reason: Atom,
+    max_queue: usize,
+}
+
+#[cfg(feature = "nif")]
+impl Encoder for Details<'_> {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        match self {
+            Details::Available(d) => d.encode(env),
+            Details::Saturated(d) => d.encode(env),
+            Details::None => Term::map_new(env),
+        }
+    }
+}
+
+#[cfg(feature = "nif")]
+impl Encoder for Error {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        let (python_type, python_traceback) = match self {
+            Error::Python {
+                python_type,
+                traceback,
+                ..
+            } => (Some(python_type.as_str()), traceback.as_deref()),
+            _ => (None, None),
+        };
+        let details = match self {
+            Error::Validation { available, .. } if !available.is_empty() => {
+                Details::Available(Available { available })
+            }
+            Error::Saturated { max_queue, .. } => Details::Saturated(Saturated {
+                reason: atoms::saturated(),
+                max_queue: *max_queue,
+            }),
+            _ => Details::None,
+        };
+        ErrorMap {
+            category: self.category(),
+            message: self.message(),
+            python_type,
+            python_traceback,
+            details,
+        }
+        .encode(env)
     }
 }

@@ -30,26 +30,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyCFunction;
 
-use crate::pool::ThreadSlot;
-
-/// What a pool thread runs, as the interrupter sees it (`ThreadSlot::run`).
-#[derive(Default, Clone, Copy, Debug)]
-pub struct Running {
-    /// `JobCtl::id` of the job being run, 0 when idle.
-    pub job: u64,
-    /// A cancellation waits to be raised by the safe-point callback.
-    pub pending: bool,
-    /// Safe-point delivery may be armed for this thread: disarm it when the job ends.
-    pub armed: bool,
-    /// An async exception was set for this thread: clear it when the job ends.
-    pub async_exc: bool,
-    /// The safe-point callback raised the cancellation in the job's Python code.
-    pub delivered: bool,
-    /// The pool's stop interrupted the job: it answers with a `:pool` error.
-    pub stopped: bool,
-    /// A stream job waiting for demand: its cancellation needs no exception (the wait sees it).
-    pub waiting: bool,
-}
+use crate::slot::{Running, ThreadSlot};
 
 /// How long a cancellation waits to be raised at a safe instruction before it falls back to
 /// `PyThreadState_SetAsyncExc`.

@@ -1,14 +1,16 @@
 //! Snakepit's NIF: CPython hosted in the BEAM, a native thread pool running adapter methods.
-//! Each module matches one Elixir concern: runtime (the interpreter), pool (threads, queue,
-//! stats), job (one call and its cancellation), convert (terms <-> Python), error.
+//! Each module matches one concern: runtime (the interpreter), pool (config and lifecycle),
+//! thread (what a pool thread does), job (one call and its cancellation), dispatch (the calls
+//! into Python), stats, convert (terms <-> Python), error. docs/architecture.md has the map.
 
 #[cfg(feature = "nif")]
 pub mod convert;
+#[cfg(feature = "nif")]
+pub mod dispatch;
 pub mod error;
 pub mod idle;
 #[cfg(feature = "nif")]
 pub mod interrupt;
-#[cfg(feature = "nif")]
 pub mod job;
 #[cfg(feature = "nif")]
 pub mod mailer;
@@ -18,24 +20,24 @@ pub mod nif;
 pub mod pool;
 pub mod runtime;
 #[cfg(feature = "nif")]
+pub mod slot;
+#[cfg(feature = "nif")]
+pub mod stats;
+#[cfg(feature = "nif")]
+pub mod thread;
+#[cfg(feature = "nif")]
 pub mod worker;
 
 #[cfg(feature = "nif")]
 mod atoms {
     rustler::atoms! {
-        ok, error, nil, true_ = "true", false_ = "false",
+        ok, nil, true_ = "true", false_ = "false",
         bytes, nan, infinity, neg_infinity,
-        __struct__, map, version, mapset_module = "Elixir.MapSet",
-        category, message, python_type, python_traceback, details, available,
-        python_error, conversion, validation, pool, worker, timeout,
+        __struct__, map, mapset_module = "Elixir.MapSet",
+        python_error, conversion, validation, pool, worker,
         cancelled, done, chunk, closed,
-        free_threaded, gil_enabled, executable, prefix, full_version,
-        name, requests, busy_ms, busy_share, index, adapter, threads,
-        total_requests, active_requests, queued, completed, failed, rejected,
-        max_workers, pool_size, threads_per_worker, max_queue, thread_utilization, workers,
-        uptime_ms, leaked, wakeups, parks,
         snakepit_log, snakepit_recycled, snakepit_recycle_failed, max_requests, ttl,
-        recycles, instance_id, reason, saturated, python_logger_process = "Elixir.Snakepit.PythonLogger",
+        saturated, python_logger_process = "Elixir.Snakepit.PythonLogger",
     }
 }
 

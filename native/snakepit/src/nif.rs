@@ -1,58 +1,43 @@
-//! The NIFs: decode, delegate, encode. `Snakepit.Native` holds their stubs.
+//! The NIFs: decode, delegate, encode. `Snakepit.Native` holds their stubs. A NIF that can
+//! fail returns `Result<T, Error>`, which reaches Elixir as `{:ok, t}` or `{:error, map}`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustler::{Encoder, Env, OwnedEnv, ResourceArc, Term};
+use rustler::{Env, OwnedEnv, ResourceArc, Term};
 
 use crate::atoms;
-use crate::error::Error;
+use crate::error::Result;
 use crate::job::{CancelOutcome, Job, JobCtl};
-use crate::pool::{self, PoolConfig, PoolInner, PoolRef};
-use crate::runtime::{self, RuntimeConfig};
+use crate::pool::{PoolConfig, PoolInner, PoolRef, Straggler};
+use crate::runtime::{self, PythonInfo, RuntimeConfig};
+use crate::stats::{self, Stats};
+use crate::thread;
 
-fn error_tuple<'a>(env: Env<'a>, e: &Error) -> Term<'a> {
-    (atoms::error(), e.to_term(env)).encode(env)
+/// `{:ok, {}}` (Rust's `Ok(())`) once the interpreter runs.
+#[rustler::nif(schedule = "DirtyIo")]
+fn start_runtime(config: RuntimeConfig) -> Result<()> {
+    runtime::ensure_started(&config)
 }
 
 #[rustler::nif(schedule = "DirtyIo")]
-fn start_runtime(env: Env<'_>, config: RuntimeConfig) -> Term<'_> {
-    match runtime::ensure_started(&config) {
-        Ok(()) => atoms::ok().encode(env),
-        Err(e) => error_tuple(env, &e),
-    }
+fn python_info() -> Result<PythonInfo> {
+    runtime::info()
 }
 
 #[rustler::nif(schedule = "DirtyIo")]
-fn python_info(env: Env<'_>) -> Term<'_> {
-    match runtime::info(env) {
-        Ok(t) => (atoms::ok(), t).encode(env),
-        Err(e) => error_tuple(env, &e),
-    }
+fn start_pool(env: Env<'_>, config: PoolConfig) -> Result<ResourceArc<PoolRef>> {
+    let inner = PoolInner::start(config, env.pid(), thread::thread_main)?;
+    let pool = ResourceArc::new(PoolRef(inner));
+    // The owner is the pool's Elixir process (the caller): see PoolRef's `down`.
+    pool.monitor(Some(env), &env.pid());
+    Ok(pool)
 }
 
+/// The threads still running when the stop returned, as `[{name, reason}]`.
 #[rustler::nif(schedule = "DirtyIo")]
-fn start_pool(env: Env<'_>, config: PoolConfig) -> Term<'_> {
-    match PoolInner::start(config, env.pid()) {
-        Ok(inner) => {
-            let pool = ResourceArc::new(PoolRef(inner));
-            // The owner is the pool's Elixir process (the caller): see PoolRef's `down`.
-            pool.monitor(Some(env), &env.pid());
-            (atoms::ok(), pool).encode(env)
-        }
-        Err(e) => error_tuple(env, &e),
-    }
-}
-
-#[rustler::nif(schedule = "DirtyIo")]
-fn stop_pool(env: Env<'_>, pool: ResourceArc<PoolRef>, grace_ms: u64) -> Term<'_> {
-    let stragglers: Vec<(String, &str)> = pool
-        .0
-        .stop(Duration::from_millis(grace_ms))
-        .into_iter()
-        .map(|s| (s.name, s.reason))
-        .collect();
-    (atoms::ok(), stragglers).encode(env)
+fn stop_pool(pool: ResourceArc<PoolRef>, grace_ms: u64) -> Vec<Straggler> {
+    pool.0.stop(Duration::from_millis(grace_ms))
 }
 
 #[rustler::nif]
@@ -62,7 +47,7 @@ fn submit<'a>(
     reference: Term<'a>,
     command: Term<'a>,
     arguments: Term<'a>,
-) -> Term<'a> {
+) -> Result<ResourceArc<JobCtl>> {
     submit_job(env, &pool.0, reference, command, arguments, None)
 }
 
@@ -75,7 +60,7 @@ fn submit_stream<'a>(
     command: Term<'a>,
     arguments: Term<'a>,
     window: u64,
-) -> Term<'a> {
+) -> Result<ResourceArc<JobCtl>> {
     submit_job(env, &pool.0, reference, command, arguments, Some(window))
 }
 
@@ -86,7 +71,7 @@ fn submit_job<'a>(
     command: Term<'a>,
     args: Term<'a>,
     window: Option<u64>,
-) -> Term<'a> {
+) -> Result<ResourceArc<JobCtl>> {
     let ctl = ResourceArc::new(JobCtl::new(Arc::downgrade(inner)));
     if let Some(n) = window {
         ctl.grant(n);
@@ -104,12 +89,12 @@ fn submit_job<'a>(
         stream: window.is_some(),
     });
     match inner.submit(job) {
-        Ok(()) => (atoms::ok(), ctl).encode(env),
+        Ok(()) => Ok(ctl),
         Err((job, e)) => {
             if let Some(mon) = job.ctl.take_monitor() {
                 job.ctl.demonitor(Some(env), &mon);
             }
-            error_tuple(env, &e)
+            Err(e)
         }
     }
 }
@@ -121,28 +106,27 @@ fn stream_demand(job: ResourceArc<JobCtl>, n: u64) -> rustler::Atom {
     atoms::ok()
 }
 
+/// Cancels a job (timeout or caller exit): `:cancelled` (it will never reply) or `:done` (its
+/// reply has been or is being sent).
 #[rustler::nif]
 fn cancel(job: ResourceArc<JobCtl>) -> rustler::Atom {
-    match pool::cancel(&job) {
+    match job.cancel() {
         CancelOutcome::Cancelled => atoms::cancelled(),
         CancelOutcome::Done => atoms::done(),
     }
 }
 
 #[rustler::nif]
-fn stats(env: Env<'_>, pool: ResourceArc<PoolRef>) -> Term<'_> {
-    pool::stats_term(env, &pool.0)
+fn stats(pool: ResourceArc<PoolRef>) -> Stats {
+    stats::stats(&pool.0)
 }
 
 #[rustler::nif(schedule = "DirtyCpu")]
-fn tools(env: Env<'_>, pool: ResourceArc<PoolRef>) -> Term<'_> {
-    match pool::tools_term(env, &pool.0) {
-        Ok(t) => (atoms::ok(), t).encode(env),
-        Err(e) => error_tuple(env, &e),
-    }
+fn tools(env: Env<'_>, pool: ResourceArc<PoolRef>) -> Result<Term<'_>> {
+    stats::tools(env, &pool.0)
 }
 
 #[rustler::nif]
-fn build_info(env: Env<'_>) -> Term<'_> {
-    (runtime::FREE_THREADED, crate::convert::MAX_DEPTH).encode(env)
+fn build_info() -> (bool, usize) {
+    (runtime::FREE_THREADED, crate::convert::MAX_DEPTH)
 }

@@ -1,36 +1,27 @@
-//! The thread pool: `pool_size` workers (one adapter instance each) × `threads_per_worker`
+//! The native pool: `pool_size` workers (one adapter instance each) × `threads_per_worker`
 //! native threads, one bounded queue, replies sent straight from the pool thread to the caller.
-//!
-//! Scheduling (docs/architecture.md, "What shaped the pool"): each thread attaches to Python once. A thread that
-//! finds the queue empty spins briefly (a bounded number of threads at a time), then detaches
-//! and parks. `ready` counts the threads that will look at the queue soon without being woken
-//! (spinners, and on GIL builds threads waiting for the GIL); a submit wakes a parked thread only
-//! when nobody is ready, and a thread that takes a job while more are queued and nobody is
-//! ready wakes one more. That keeps wake-ups (the expensive part of a call) rare under load while
-//! a job that blocks in C (NumPy, sleep) never strands the queue.
+//! This module holds its configuration and lifecycle (start, submit, stop, the owner monitor);
+//! what each thread does is in thread.rs, the calls into Python in dispatch.rs, the counters'
+//! terms in stats.rs.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
-use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
-use rustler::types::tuple::make_tuple;
-use rustler::{Binary, Encoder, Env, LocalPid, OwnedEnv, Term, TermType};
+use rustler::{Env, LocalPid, NifTuple};
 
-use crate::atoms;
-use crate::convert;
+use crate::dispatch::{self, AdapterSpec};
 use crate::error::{Error, Result};
 use crate::idle::Idle;
-use crate::interrupt::{self, Running};
-use crate::job::{CancelOutcome, Job, JobCtl};
-use crate::mailer;
+use crate::interrupt;
+use crate::job::{Job, JobCtl, JobHost};
 use crate::runtime::{self, RuntimeConfig};
-use crate::worker::{self, Reason, RecyclePolicy, Worker, WorkerSlot};
+use crate::slot::ThreadSlot;
+use crate::worker::{RecyclePolicy, Worker, WorkerSlot};
 
 /// Stack of each pool thread: room for deep conversions and Python code.
 const THREAD_STACK: usize = 16 * 1024 * 1024;
@@ -59,16 +50,17 @@ pub struct PoolConfig {
     pub worker_ttl_ms: u64,
 }
 
-/// Per-thread bookkeeping, readable by stats and by the interrupter.
-pub struct ThreadSlot {
-    pub name: String,
-    pub worker: usize,
-    /// `threading.get_ident()` of the thread.
-    pub ident: AtomicU64,
-    /// The job being run and the state of its interruption (see interrupt.rs).
-    pub run: Mutex<Running>,
-    pub requests: AtomicU64,
-    pub busy_ns: AtomicU64,
+impl PoolConfig {
+    /// A new instance of the adapter for worker `index`.
+    pub fn create_worker(&self, py: Python<'_>, index: usize) -> Result<Worker> {
+        let spec = AdapterSpec {
+            adapter: &self.adapter,
+            pool_name: &self.name,
+            threads_per_worker: self.threads_per_worker,
+            thread_safety_check: self.thread_safety_check,
+        };
+        dispatch::create_worker(py, &spec, index)
+    }
 }
 
 #[derive(Default)]
@@ -81,30 +73,36 @@ pub struct Counters {
     pub active: AtomicUsize,
 }
 
+/// What each pool thread runs: `thread::thread_main` (passed in by nif.rs, since thread.rs
+/// depends on this module). It signals on the sender once it is ready to take jobs.
+pub type ThreadMain = fn(Arc<PoolInner>, usize, Sender<()>);
+
 pub struct PoolInner {
     pub config: PoolConfig,
     tx: Sender<Box<Job>>,
-    rx: Receiver<Box<Job>>,
+    pub(crate) rx: Receiver<Box<Job>>,
     pub workers: Vec<WorkerSlot>,
-    policy: RecyclePolicy,
+    pub(crate) policy: RecyclePolicy,
     /// The pool's Elixir process: recycling events go there.
-    owner: LocalPid,
+    pub(crate) owner: LocalPid,
     pub slots: Vec<Arc<ThreadSlot>>,
     pub counters: Counters,
     pub idle: Idle,
-    shutdown: AtomicBool,
+    pub(crate) shutdown: AtomicBool,
     submitting: AtomicUsize,
     /// Each thread's handle, with its index.
     threads: Mutex<Vec<(usize, JoinHandle<()>)>>,
     started_at: Instant,
     /// Per worker: its threads that have not exited, and whether its `cleanup()` ran.
-    live_threads: Vec<AtomicUsize>,
+    pub(crate) live_threads: Vec<AtomicUsize>,
     cleaned: Vec<AtomicBool>,
     /// `stop` is past waiting: a thread that exits later cleans its worker up if it is the last.
-    stop_done: AtomicBool,
+    pub(crate) stop_done: AtomicBool,
 }
 
-/// A thread still running when `stop` returned, and why.
+/// A thread still running when `stop` returned, and why: `{name, reason}` for Elixir.
+#[derive(NifTuple)]
+#[rustler(encode)]
 pub struct Straggler {
     pub name: String,
     pub reason: &'static str,
@@ -114,6 +112,10 @@ pub struct Straggler {
 /// process dies without stopping the pool (killed, so no `terminate/2`), the pool is stopped
 /// anyway, so no native pool outlives its owner.
 pub struct PoolRef(pub Arc<PoolInner>);
+
+// rustler returns a NIF's value from inside `catch_unwind`, so a NIF that returns a
+// `ResourceArc<PoolRef>` needs it; encoding the resource reads none of its state.
+impl std::panic::RefUnwindSafe for PoolRef {}
 
 #[rustler::resource_impl]
 impl rustler::Resource for PoolRef {
@@ -129,9 +131,27 @@ impl rustler::Resource for PoolRef {
     }
 }
 
+impl JobHost for PoolInner {
+    /// Raises `snakepit_bridge.Cancelled` in pool thread `thread` if it still runs job `job`.
+    fn interrupt(&self, thread: usize, job: u64) {
+        if let Some(slot) = self.slots.get(thread) {
+            interrupt::request(slot, job);
+        }
+    }
+
+    fn cancelled_queued(&self) {
+        self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl PoolInner {
-    /// Starts the interpreter if needed, creates the adapters and the threads.
-    pub fn start(config: PoolConfig, owner: LocalPid) -> Result<Arc<PoolInner>> {
+    /// Starts the interpreter if needed, creates the adapters and the threads (each runs
+    /// `thread_main`).
+    pub fn start(
+        config: PoolConfig,
+        owner: LocalPid,
+        thread_main: ThreadMain,
+    ) -> Result<Arc<PoolInner>> {
         if config.pool_size == 0 || config.threads_per_worker == 0 || config.max_queue == 0 {
             return Err(Error::Validation {
                 message: "pool_size, threads_per_worker and max_queue must be positive".into(),
@@ -140,9 +160,9 @@ impl PoolInner {
         }
         runtime::ensure_started(&config.runtime)?;
         let workers = Python::attach(|py| -> Result<Vec<Worker>> {
-            apply_env(py, &config.adapter_env)?;
+            dispatch::apply_env(py, &config.adapter_env)?;
             (0..config.pool_size)
-                .map(|i| create_worker(py, &config, i))
+                .map(|i| config.create_worker(py, i))
                 .collect()
         })?;
         let workers = workers
@@ -166,14 +186,8 @@ impl PoolInner {
             .map(|i| {
                 let worker = i / config.threads_per_worker;
                 let t = i % config.threads_per_worker;
-                Arc::new(ThreadSlot {
-                    name: format!("snakepit-{}-w{}-t{}", config.name, worker, t),
-                    worker,
-                    ident: AtomicU64::new(0),
-                    run: Mutex::new(Running::default()),
-                    requests: AtomicU64::new(0),
-                    busy_ns: AtomicU64::new(0),
-                })
+                let name = format!("snakepit-{}-w{}-t{}", config.name, worker, t);
+                Arc::new(ThreadSlot::new(name, worker))
             })
             .collect();
         let config_pool_size = config.pool_size;
@@ -262,17 +276,6 @@ impl PoolInner {
                 job,
                 Error::Pool(format!("pool {} is stopped", self.config.name)),
             )),
-        }
-    }
-
-    pub fn note_cancelled_queued(&self) {
-        self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Raises `snakepit_bridge.Cancelled` in pool thread `thread` if it still runs job `job`.
-    pub fn interrupt(&self, thread: usize, job: u64) {
-        if let Some(slot) = self.slots.get(thread) {
-            interrupt::request(slot, job);
         }
     }
 
@@ -375,12 +378,9 @@ impl PoolInner {
     }
 
     /// Runs worker `w`'s `cleanup()`, once.
-    fn cleanup_worker(&self, py: Python<'_>, w: usize) {
+    pub(crate) fn cleanup_worker(&self, py: Python<'_>, w: usize) {
         if !self.cleaned[w].swap(true, Ordering::SeqCst) {
-            let adapter = self.workers[w].get();
-            if let Err(e) = call_runtime(py, "cleanup", (adapter.adapter.bind(py),)) {
-                e.print(py);
-            }
+            dispatch::cleanup(py, &self.workers[w].get());
         }
     }
 
@@ -391,7 +391,7 @@ impl PoolInner {
                     "pool stopped before the call ran (pool :{})",
                     self.config.name
                 ));
-                send_reply(*job, Err(err));
+                (*job).reply(Err(err));
             } else {
                 JobCtl::demonitor(&job.ctl);
             }
@@ -399,7 +399,7 @@ impl PoolInner {
     }
 
     /// The error of a call that the pool's stop cut off.
-    fn stopped_error(&self) -> Error {
+    pub(crate) fn stopped_error(&self) -> Error {
         Error::Pool(format!(
             "pool stopped while the call ran (pool :{})",
             self.config.name
@@ -413,602 +413,4 @@ impl PoolInner {
     pub fn uptime(&self) -> Duration {
         self.started_at.elapsed()
     }
-}
-
-/// Sets the pool's `adapter_env` before the adapter is imported (warnings are logged by Python).
-fn apply_env(py: Python<'_>, env: &[(String, String)]) -> Result<()> {
-    if env.is_empty() {
-        return Ok(());
-    }
-    call_runtime(py, "apply_env", (env.to_vec(),))
-        .map(|_| ())
-        .map_err(|e| Error::from_py(py, e))
-}
-
-fn call_runtime<'py>(
-    py: Python<'py>,
-    func: &str,
-    args: impl pyo3::call::PyCallArgs<'py>,
-) -> PyResult<Bound<'py, PyAny>> {
-    py.import("snakepit_bridge._runtime")?
-        .getattr(func)?
-        .call1(args)
-}
-
-fn create_worker(py: Python<'_>, config: &PoolConfig, index: usize) -> Result<Worker> {
-    (|| -> PyResult<Worker> {
-        let options = PyDict::new(py);
-        options.set_item("threaded", true)?;
-        options.set_item("max_workers", config.threads_per_worker)?;
-        options.set_item("thread_safety_check", config.thread_safety_check)?;
-        options.set_item("pool_name", &config.name)?;
-        let adapter = call_runtime(
-            py,
-            "create_adapter",
-            (&config.adapter, &config.name, index, options),
-        )?;
-        let commands = call_runtime(py, "commands", (&adapter,))?;
-        worker::from_adapter(py, adapter, commands)
-    })()
-    .map_err(|e| Error::from_py(py, e))
-}
-
-/// Replaces worker `slot`'s instance after `reason`, and tells the pool's process.
-fn recycle(py: Python<'_>, pool: &PoolInner, slot: &WorkerSlot, reason: Reason) {
-    let outcome = slot.recycle(
-        py,
-        |py| create_worker(py, &pool.config, slot.index),
-        |py, old| {
-            if let Err(e) = call_runtime(py, "cleanup", (old.adapter.bind(py),)) {
-                e.print(py);
-            }
-        },
-    );
-    let reason = match reason {
-        Reason::MaxRequests => atoms::max_requests(),
-        Reason::Ttl => atoms::ttl(),
-    };
-    let env = OwnedEnv::new();
-    let message = env.run(|e| {
-        let term = match &outcome {
-            Ok(served) => (atoms::snakepit_recycled(), slot.index, reason, *served).encode(e),
-            Err(err) => (
-                atoms::snakepit_recycle_failed(),
-                slot.index,
-                reason,
-                err.to_term(e),
-            )
-                .encode(e),
-        };
-        env.save(term)
-    });
-    mailer::post(mailer::Mail::Term {
-        env,
-        to: pool.owner,
-        term: message,
-    });
-}
-
-// ---------------------------------------------------------------------------------------------
-// Pool threads
-// ---------------------------------------------------------------------------------------------
-
-fn thread_main(pool: Arc<PoolInner>, index: usize, started: crossbeam_channel::Sender<()>) {
-    Python::attach(|py| {
-        let slot = Arc::clone(&pool.slots[index]);
-        slot.ident.store(
-            unsafe { ffi::PyThread_get_thread_ident() } as u64,
-            Ordering::SeqCst,
-        );
-        call_runtime(py, "set_thread_name", (&slot.name, &pool.config.name)).ok();
-        interrupt::register_thread(&slot);
-        drop(started);
-        let worker_slot = &pool.workers[slot.worker];
-        pool.idle.ready_begin();
-        loop {
-            if pool.shutdown.load(Ordering::Relaxed) {
-                pool.idle.ready_done();
-                break;
-            }
-            let job = match pool.rx.try_recv() {
-                Ok(job) => Some(job),
-                Err(TryRecvError::Empty) => spin(py, &pool),
-                Err(TryRecvError::Disconnected) => None,
-            };
-            let job = match job {
-                Some(job) => {
-                    pool.idle.ready_done();
-                    Some(job)
-                }
-                None => pool.idle.leave_ready(|| pool.rx.try_recv().ok()),
-            };
-            match job {
-                Some(job) => {
-                    pool.idle.took_job(!pool.rx.is_empty());
-                    // run_job counts this thread ready again before it replies.
-                    let worker = worker_slot.get();
-                    run_job(py, &pool, &worker, &slot, index, *job);
-                    drop(worker);
-                    if let Some(reason) = worker_slot.served_one(&pool.policy) {
-                        recycle(py, &pool, worker_slot, reason);
-                    }
-                }
-                None => py.detach(|| {
-                    pool.idle
-                        .park(|| !pool.rx.is_empty() || pool.shutdown.load(Ordering::SeqCst));
-                    // Until it holds the GIL again this thread will look at the queue soon.
-                    pool.idle.ready_begin();
-                }),
-            }
-        }
-        // The last thread of its worker to leave after `stop` returned cleans the worker up
-        // (`stop` does it for the workers whose threads all left before).
-        let w = slot.worker;
-        if pool.live_threads[w].fetch_sub(1, Ordering::SeqCst) == 1
-            && pool.stop_done.load(Ordering::SeqCst)
-        {
-            pool.cleanup_worker(py, w);
-        }
-    });
-}
-
-/// Spins for a job for a short while if fewer than `max_spinners` threads already do.
-/// On GIL builds the spinner keeps the GIL (handing it over costs more than the spin); on
-/// free-threaded builds it detaches so it never holds up a stop-the-world pause.
-fn spin(py: Python<'_>, pool: &PoolInner) -> Option<Box<Job>> {
-    let spin_loop = || {
-        pool.idle.spin_for(
-            || pool.rx.try_recv().ok(),
-            || pool.shutdown.load(Ordering::Relaxed),
-        )
-    };
-    if runtime::FREE_THREADED {
-        py.detach(spin_loop)
-    } else {
-        spin_loop()
-    }
-}
-
-fn run_job(
-    py: Python<'_>,
-    pool: &PoolInner,
-    worker: &Worker,
-    slot: &ThreadSlot,
-    index: usize,
-    job: Job,
-) {
-    if !job.ctl.start(index) {
-        // Cancelled while queued (already counted); the caller is gone or timed out.
-        pool.idle.ready_begin();
-        JobCtl::demonitor(&job.ctl);
-        if job.stream {
-            send_stream_end(job, atoms::closed());
-        }
-        return;
-    }
-    *slot.run.lock() = Running {
-        job: job.ctl.id,
-        ..Running::default()
-    };
-    pool.counters.active.fetch_add(1, Ordering::Relaxed);
-    let t0 = Instant::now();
-
-    if job.stream {
-        run_stream(py, pool, worker, slot, job, t0);
-        return;
-    }
-
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        job.env.run(|env| {
-            let command = job.command.load(env);
-            let args = job.args.load(env);
-            call_command(py, worker, env, command, args).map(|t| job.env.save(t))
-        })
-    }))
-    .unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        Err(Error::Worker(format!(
-            "internal error in pool thread: {what}"
-        )))
-    });
-
-    let run = job_done(pool, slot, t0);
-    if run.armed || run.async_exc {
-        interrupt::after_job(py, slot, &run);
-    }
-    let result = if run.stopped {
-        result.map_err(|_| pool.stopped_error())
-    } else {
-        result
-    };
-
-    if job.ctl.finish() {
-        if result.is_ok() {
-            pool.counters.completed.fetch_add(1, Ordering::Relaxed);
-        } else {
-            pool.counters.failed.fetch_add(1, Ordering::Relaxed);
-        }
-        send_reply(job, result);
-    } else {
-        cancelled_while_running(pool, &job);
-    }
-}
-
-/// Bookkeeping for a job cancelled while it ran (its interruption is over: see
-/// `interrupt::after_job`): count it, drop the caller monitor.
-fn cancelled_while_running(pool: &PoolInner, job: &Job) {
-    pool.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-    JobCtl::demonitor(&job.ctl);
-}
-
-/// Once the Python work of a job is over: the thread is free (ready again before it replies,
-/// so the caller's next call does not wake another thread), and its counters move. Returns
-/// what the interrupter did to the job; call `interrupt::after_job` if it armed or set anything.
-fn job_done(pool: &PoolInner, slot: &ThreadSlot, t0: Instant) -> Running {
-    let run = std::mem::take(&mut *slot.run.lock());
-    pool.idle.ready_begin();
-    slot.busy_ns
-        .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    slot.requests.fetch_add(1, Ordering::Relaxed);
-    pool.counters.active.fetch_sub(1, Ordering::Relaxed);
-    run
-}
-
-/// Runs a stream job: each item of the iterator the command returns is sent as
-/// `{ref, {:chunk, term}}` when the consumer has demand; the end is `{ref, :done}`, a failure
-/// `{ref, {:error, map}}`, and a cancellation (consumer halted, timed out or died) closes the
-/// generator and answers `{ref, :closed}`.
-fn run_stream(
-    py: Python<'_>,
-    pool: &PoolInner,
-    worker: &Worker,
-    slot: &ThreadSlot,
-    job: Job,
-    t0: Instant,
-) {
-    let iterator = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        job.env.run(|env| {
-            let command = job.command.load(env);
-            let args = job.args.load(env);
-            invoke(py, worker, command, args).and_then(|obj| {
-                obj.try_iter().map(|it| it.into_any()).map_err(|_| {
-                    Error::conversion(format!(
-                        "execute_stream needs a command that returns an iterator or generator, got {}",
-                        obj.get_type()
-                            .fully_qualified_name()
-                            .map(|n| n.to_string())
-                            .unwrap_or_default()
-                    ))
-                })
-            })
-        })
-    }))
-    .unwrap_or_else(|_| Err(Error::Worker("internal error in pool thread".into())));
-
-    let mut outcome: Result<()> = Ok(());
-    let mut cancelled = false;
-    if let Ok(iterator) = &iterator {
-        let mut chunk_env = OwnedEnv::new();
-        loop {
-            // While it waits for demand the thread is in Rust: a cancellation then needs no
-            // exception (the wait sees it), and one must not land in the generator's `finally`
-            // when it is closed below. Only the generator's own code is interruptible. A stop
-            // ends the wait too.
-            slot.run.lock().waiting = true;
-            let credit = py.detach(|| job.ctl.take_credit(|| slot.run.lock().stopped));
-            slot.run.lock().waiting = false;
-            if !credit {
-                if job.ctl.is_cancelled() {
-                    cancelled = true;
-                } else {
-                    outcome = Err(pool.stopped_error());
-                }
-                break;
-            }
-            let item = match iterator.call_method0("__next__") {
-                Ok(item) => item,
-                Err(e) if e.is_instance_of::<pyo3::exceptions::PyStopIteration>(py) => break,
-                Err(e) => {
-                    outcome = Err(Error::from_py(py, e));
-                    break;
-                }
-            };
-            let mut failure = None;
-            job.env.run(|jenv| {
-                let reference = job.reference.load(jenv);
-                let _ = chunk_env.send_and_clear(&job.caller, |cenv| {
-                    match convert::py_to_term(cenv, &item) {
-                        Ok(t) => {
-                            (reference.in_env(cenv), (atoms::chunk(), t).encode(cenv)).encode(cenv)
-                        }
-                        Err(e) => {
-                            failure = Some(e);
-                            atoms::nil().encode(cenv)
-                        }
-                    }
-                });
-            });
-            if let Some(e) = failure {
-                outcome = Err(e);
-                break;
-            }
-        }
-        // No cancellation may be raised any more, not in the finally blocks `close` runs.
-        let run = std::mem::take(&mut *slot.run.lock());
-        if run.armed || run.async_exc {
-            interrupt::after_job(py, slot, &run);
-        }
-        if run.stopped {
-            outcome = outcome.map_err(|_| pool.stopped_error());
-        }
-        if (cancelled || outcome.is_err()) && iterator.hasattr("close").unwrap_or(false) {
-            let _ = iterator.call_method0("close");
-        }
-    }
-    let outcome = iterator.and(outcome);
-
-    job_done(pool, slot, t0);
-
-    if !cancelled && job.ctl.finish() {
-        match outcome {
-            Ok(()) => {
-                pool.counters.completed.fetch_add(1, Ordering::Relaxed);
-                JobCtl::demonitor(&job.ctl);
-                send_stream_end(job, atoms::done());
-            }
-            Err(e) => {
-                pool.counters.failed.fetch_add(1, Ordering::Relaxed);
-                send_reply(job, Err(e));
-            }
-        }
-    } else {
-        cancelled_while_running(pool, &job);
-        send_stream_end(job, atoms::closed());
-    }
-}
-
-/// `{ref, :done}` or `{ref, :closed}` to a stream's consumer.
-fn send_stream_end(mut job: Job, tag: rustler::Atom) {
-    let reference = job.reference.clone();
-    let caller = job.caller;
-    let _ = job
-        .env
-        .send_and_clear(&caller, |env| (reference.load(env), tag).encode(env));
-}
-
-/// Sends `{ref, {:ok, result}}` or `{ref, {:error, map}}` to the caller.
-fn send_reply(mut job: Job, result: Result<rustler::env::SavedTerm>) {
-    JobCtl::demonitor(&job.ctl);
-    let reference = job.reference.clone();
-    let caller = job.caller;
-    let _ = job.env.send_and_clear(&caller, |env| {
-        let body = match &result {
-            Ok(saved) => make_tuple(env, &[atoms::ok().encode(env), saved.load(env)]),
-            Err(e) => make_tuple(env, &[atoms::error().encode(env), e.to_term(env)]),
-        };
-        make_tuple(env, &[reference.load(env), body])
-    });
-}
-
-fn call_command<'a>(
-    py: Python<'_>,
-    worker: &Worker,
-    env: Env<'a>,
-    command: Term<'a>,
-    args: Term<'a>,
-) -> Result<Term<'a>> {
-    let obj = invoke(py, worker, command, args)?;
-    convert::py_to_term(env, &obj)
-}
-
-/// Calls the adapter method `command` with `args` (map: keyword arguments, list: positional,
-/// nil: none).
-/// The `:validation` error for a command the adapter does not have; its message comes from
-/// `snakepit_bridge._dispatch.unknown_command`, as in the `:process` worker (did you mean, an
-/// unmarked method).
-fn unknown_command(py: Python<'_>, worker: &Worker, name: &str) -> Error {
-    let message = py
-        .import("snakepit_bridge._dispatch")
-        .and_then(|m| {
-            m.getattr("unknown_command")?.call1((
-                name,
-                &worker.class_name,
-                worker.names.clone(),
-                worker.adapter.bind(py),
-            ))
-        })
-        .and_then(|m| m.extract::<String>())
-        .unwrap_or_else(|_| {
-            format!(
-                "unknown command {:?} for adapter {}; available commands: {}",
-                name,
-                worker.class_name,
-                worker.names.join(", ")
-            )
-        });
-    Error::Validation {
-        message,
-        available: worker.names.clone(),
-    }
-}
-
-fn invoke<'py>(
-    py: Python<'py>,
-    worker: &Worker,
-    command: Term<'_>,
-    args: Term<'_>,
-) -> Result<Bound<'py, PyAny>> {
-    let bin =
-        Binary::from_term(command).map_err(|_| Error::conversion("command must be a string"))?;
-    let name = std::str::from_utf8(bin.as_slice())
-        .map_err(|_| Error::conversion("command must be valid UTF-8"))?;
-    let func = match worker.commands.get(name) {
-        Some(func) => func,
-        None => return Err(unknown_command(py, worker, name)),
-    };
-    let func = func.bind(py);
-    let out = match args.get_type() {
-        TermType::Map if args.map_size().unwrap_or(0) == 0 => func.call0(),
-        TermType::Map => {
-            let kwargs = convert::term_to_py(py, args)?;
-            let kwargs = kwargs
-                .cast::<PyDict>()
-                .map_err(|_| Error::conversion("arguments must be a map"))?;
-            for key in kwargs.keys() {
-                if !key.is_instance_of::<pyo3::types::PyString>() {
-                    return Err(Error::conversion(format!(
-                        "argument names must be atoms or strings, got {key}"
-                    )));
-                }
-            }
-            func.call((), Some(kwargs))
-        }
-        TermType::List => {
-            let list = convert::term_to_py(py, args)?;
-            let list = list
-                .cast::<PyList>()
-                .map_err(|_| Error::conversion("bad list"))?;
-            func.call1(PyTuple::new(py, list.iter()).map_err(|e| Error::from_py(py, e))?)
-        }
-        TermType::Atom if args.decode::<rustler::Atom>().ok() == Some(atoms::nil()) => func.call0(),
-        _ => {
-            return Err(Error::conversion(
-                "arguments must be a map (keyword arguments), a list (positional) or nil",
-            ))
-        }
-    };
-    out.map_err(|e| Error::from_py(py, e))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Cancelling
-// ---------------------------------------------------------------------------------------------
-
-/// Cancels a job (timeout or caller exit).
-pub fn cancel(ctl: &JobCtl) -> CancelOutcome {
-    ctl.cancel()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Stats
-// ---------------------------------------------------------------------------------------------
-
-pub fn stats_term<'a>(env: Env<'a>, pool: &PoolInner) -> Term<'a> {
-    let c = &pool.counters;
-    let uptime = pool.uptime().as_nanos().max(1) as f64;
-    let threads: Vec<Term<'a>> = pool
-        .slots
-        .iter()
-        .map(|s| {
-            let busy = s.busy_ns.load(Ordering::Relaxed);
-            map(
-                env,
-                &[
-                    (atoms::name(), s.name.encode(env)),
-                    (atoms::worker(), s.worker.encode(env)),
-                    (
-                        atoms::requests(),
-                        s.requests.load(Ordering::Relaxed).encode(env),
-                    ),
-                    (atoms::busy_ms(), (busy as f64 / 1e6).encode(env)),
-                    (atoms::busy_share(), (busy as f64 / uptime).encode(env)),
-                ],
-            )
-        })
-        .collect();
-    let workers: Vec<Term<'a>> = pool
-        .workers
-        .iter()
-        .enumerate()
-        .map(|(i, slot)| {
-            let w = slot.get();
-            let requests: u64 = pool
-                .slots
-                .iter()
-                .filter(|s| s.worker == i)
-                .map(|s| s.requests.load(Ordering::Relaxed))
-                .sum();
-            map(
-                env,
-                &[
-                    (atoms::index(), i.encode(env)),
-                    (atoms::adapter(), w.class_name.encode(env)),
-                    (atoms::requests(), requests.encode(env)),
-                    (atoms::threads(), pool.config.threads_per_worker.encode(env)),
-                    (
-                        atoms::recycles(),
-                        slot.recycles.load(Ordering::Relaxed).encode(env),
-                    ),
-                    (atoms::instance_id(), w.instance_id.encode(env)),
-                ],
-            )
-        })
-        .collect();
-    let completed = c.completed.load(Ordering::Relaxed);
-    let failed = c.failed.load(Ordering::Relaxed);
-    map(
-        env,
-        &[
-            (
-                atoms::total_requests(),
-                c.submitted.load(Ordering::Relaxed).encode(env),
-            ),
-            (
-                atoms::active_requests(),
-                c.active.load(Ordering::Relaxed).encode(env),
-            ),
-            (atoms::queued(), pool.queued().encode(env)),
-            (atoms::completed(), completed.encode(env)),
-            (atoms::failed(), failed.encode(env)),
-            (
-                atoms::cancelled(),
-                c.cancelled.load(Ordering::Relaxed).encode(env),
-            ),
-            (
-                atoms::rejected(),
-                c.rejected.load(Ordering::Relaxed).encode(env),
-            ),
-            (atoms::max_workers(), pool.capacity().encode(env)),
-            (atoms::pool_size(), pool.config.pool_size.encode(env)),
-            (
-                atoms::threads_per_worker(),
-                pool.config.threads_per_worker.encode(env),
-            ),
-            (atoms::max_queue(), pool.config.max_queue.encode(env)),
-            (atoms::thread_utilization(), threads.encode(env)),
-            (atoms::workers(), workers.encode(env)),
-            (
-                atoms::uptime_ms(),
-                (pool.uptime().as_millis() as u64).encode(env),
-            ),
-            (
-                atoms::wakeups(),
-                pool.idle.wakeups.load(Ordering::Relaxed).encode(env),
-            ),
-            (
-                atoms::parks(),
-                pool.idle.parks.load(Ordering::Relaxed).encode(env),
-            ),
-        ],
-    )
-}
-
-fn map<'a>(env: Env<'a>, pairs: &[(rustler::Atom, Term<'a>)]) -> Term<'a> {
-    let keys: Vec<Term<'a>> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
-    let values: Vec<Term<'a>> = pairs.iter().map(|(_, v)| *v).collect();
-    Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys")
-}
-
-/// `tools/1`: the adapter's commands with descriptions and parameters.
-pub fn tools_term<'a>(env: Env<'a>, pool: &PoolInner) -> Result<Term<'a>> {
-    Python::attach(|py| {
-        let worker = pool.workers[0].get();
-        let tools = call_runtime(py, "tools", (worker.adapter.bind(py),))
-            .map_err(|e| Error::from_py(py, e))?;
-        convert::py_to_term(env, &tools)
-    })
 }

@@ -10,10 +10,8 @@ use pyo3::types::PyList;
 #[cfg(feature = "nif")]
 use pyo3::types::PyModule;
 #[cfg(feature = "nif")]
-use rustler::{Encoder, Env, OwnedEnv, Term};
+use rustler::OwnedEnv;
 
-#[cfg(feature = "nif")]
-use crate::atoms;
 #[cfg(feature = "nif")]
 use crate::convert::{self, PyPid};
 use crate::error::{Error, Result};
@@ -209,53 +207,52 @@ fn log(level: u32, logger: String, message: String, thread: String, pool: Option
     });
 }
 
-/// `%{version:, free_threaded:, gil_enabled:, executable:, prefix:}` of the running interpreter.
-#[cfg(feature = "nif")]
-pub fn info<'a>(env: Env<'a>) -> Result<Term<'a>> {
+/// What `Snakepit.Runtime.info/0` shows of the running interpreter.
+#[cfg_attr(feature = "nif", derive(rustler::NifMap))]
+#[cfg_attr(feature = "nif", rustler(encode))]
+#[derive(Debug, Clone)]
+pub struct PythonInfo {
+    /// `"3.13.1"`.
+    pub version: String,
+    pub free_threaded: bool,
+    pub gil_enabled: bool,
+    pub executable: String,
+    pub prefix: String,
+    /// `sys.version`.
+    pub full_version: String,
+}
+
+/// The running interpreter's `PythonInfo`.
+pub fn info() -> Result<PythonInfo> {
     if !is_started() {
         return Err(Error::Pool(
             "the Python interpreter has not been started".into(),
         ));
     }
     Python::attach(|py| {
-        let result = (|| -> PyResult<(String, bool, String, String, String)> {
+        (|| -> PyResult<PythonInfo> {
             let sys = py.import("sys")?;
-            let version: String = sys.getattr("version")?.extract()?;
             let gil_enabled = match sys.getattr("_is_gil_enabled") {
                 Ok(f) => f.call0()?.extract()?,
                 Err(_) => true,
             };
-            let exe: String = sys.getattr("executable")?.extract()?;
-            let prefix: String = sys.getattr("prefix")?.extract()?;
             let vi = sys.getattr("version_info")?;
-            let short = format!(
+            let version = format!(
                 "{}.{}.{}",
                 vi.getattr("major")?,
                 vi.getattr("minor")?,
                 vi.getattr("micro")?
             );
-            Ok((short, gil_enabled, exe, prefix, version))
-        })();
-        let (version, gil_enabled, exe, prefix, full) =
-            result.map_err(|e| Error::from_py(py, e))?;
-        let keys = [
-            atoms::version().encode(env),
-            atoms::free_threaded().encode(env),
-            atoms::gil_enabled().encode(env),
-            atoms::executable().encode(env),
-            atoms::prefix().encode(env),
-            atoms::full_version().encode(env),
-        ];
-        let values = [
-            version.encode(env),
-            FREE_THREADED.encode(env),
-            gil_enabled.encode(env),
-            exe.encode(env),
-            prefix.encode(env),
-            full.encode(env),
-        ];
-        Term::map_from_term_arrays(env, &keys, &values)
-            .map_err(|_| Error::Worker("cannot build info map".into()))
+            Ok(PythonInfo {
+                version,
+                free_threaded: FREE_THREADED,
+                gil_enabled,
+                executable: sys.getattr("executable")?.extract()?,
+                prefix: sys.getattr("prefix")?.extract()?,
+                full_version: sys.getattr("version")?.extract()?,
+            })
+        })()
+        .map_err(|e| Error::from_py(py, e))
     })
 }
 

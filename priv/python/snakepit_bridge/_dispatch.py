@@ -1,6 +1,6 @@
 """Command dispatch and exception capture, written once for every profile. Not a user API.
 
-The ``:thread`` profile's NIF (``native/snakepit/src/pool.rs``, ``error.rs``) and the
+The ``:thread`` profile's NIF (``native/snakepit/src/dispatch.rs``, ``error.rs``) and the
 ``:process`` worker (:mod:`snakepit_bridge.worker`) both look commands up in the dict
 :func:`snakepit_bridge._runtime.commands` builds, and both call these functions when a call
 fails: :func:`unknown_command` for the message of a command the adapter does not have, and
