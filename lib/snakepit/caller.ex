@@ -51,8 +51,12 @@ defmodule Snakepit.Caller do
     case mod.submit(handle, command, args, nil) do
       {:ok, tag, job} ->
         receive do
-          {^tag, reply} -> result(reply)
-          {:DOWN, ^tag, _, _, reason} -> pool_down(reason, command)
+          {^tag, reply} ->
+            mod.finished(handle, tag, job)
+            result(reply)
+
+          {:DOWN, ^tag, _, _, reason} ->
+            pool_down(reason, command)
         after
           timeout ->
             case mod.cancel(handle, tag, job) do

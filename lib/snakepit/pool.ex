@@ -72,7 +72,10 @@ defmodule Snakepit.Pool do
   @doc "A stream's consumer wants `n` more chunks."
   @callback demand(handle(), reference(), job(), pos_integer()) :: :ok
 
-  @doc "The caller is done with a stream (its last message was received or given up on)."
+  @doc """
+  The caller is done with a job: a call's reply was received, or a stream's last message was
+  received or given up on. Drops what the profile keeps for it in the caller (a monitor).
+  """
   @callback finished(handle(), reference(), job()) :: :ok
 
   @doc "The pool's counters, as `Snakepit.stats/1` returns them; `info` as registered."

@@ -590,6 +590,25 @@ defmodule Snakepit.ConformanceCase do
       end
 
       describe "concurrency and counters" do
+        test "a caller keeps no monitor after its calls, and gets no stray message later", ctx do
+          parent = self()
+
+          caller =
+            spawn(fn ->
+              for i <- 1..20, do: {:ok, ^i} = call(ctx.profile, ctx.pool, "echo", %{value: i})
+              {:monitors, monitors} = Process.info(self(), :monitors)
+              send(parent, {:monitors, monitors})
+
+              receive do
+                :report -> send(parent, {:mailbox, Process.info(self(), :messages)})
+              end
+            end)
+
+          assert_receive {:monitors, []}, 30_000
+          send(caller, :report)
+          assert_receive {:mailbox, {:messages, []}}, 30_000
+        end
+
         test "500 concurrent callers: every reply reaches its caller, none lost", ctx do
           pool = start!(ctx.profile, capacity(ctx.profile, 4))
           parent = self()

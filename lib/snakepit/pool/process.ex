@@ -191,9 +191,15 @@ defmodule Snakepit.Pool.Process do
   end
 
   @impl Snakepit.Pool
-  def finished(_server, tag, _job) do
+  def finished(_server, tag, {_pid, :stream}) do
     Process.demonitor(tag, [:flush])
     flush(tag)
+  end
+
+  # A call's one reply has been received: only the monitor (and its alias) is left to drop.
+  def finished(_server, tag, _job) do
+    Process.demonitor(tag, [:flush])
+    :ok
   end
 
   defp flush(tag) do
