@@ -1,6 +1,7 @@
 """snakepit_bridge._dispatch: the messages every profile gives for a failed call."""
 
 from snakepit_bridge import ThreadSafeAdapter, tool
+from snakepit_bridge import _dispatch
 from snakepit_bridge._dispatch import exception_info, type_name, unknown_command
 
 
@@ -62,3 +63,27 @@ def test_a_broken_str_does_not_hide_the_error():
             raise RuntimeError("no")
 
     assert exception_info(Broken())[1] == "<exception str() failed>"
+
+
+def test_not_a_value_names_generators_and_iterators_only():
+    def gen():
+        yield 1
+
+    assert _dispatch.not_a_value("g", gen()) == (
+        'command "g" returned a generator: use Snakepit.execute_stream/4 to receive its items'
+    )
+    assert "an iterator (list_iterator)" in _dispatch.not_a_value("i", iter([1]))
+    for value in (1, "text", [1], {"a": 1}, object()):
+        assert _dispatch.not_a_value("v", value) is None
+
+
+def test_not_an_iterator_says_what_to_return():
+    dict_message = _dispatch.not_an_iterator("d", {"a": 1})
+    assert dict_message.startswith("execute_stream needs a command that returns an iterator")
+    assert 'command "d" returned dict' in dict_message
+    assert "only its keys" in dict_message
+    assert "return iter(...) of it" in _dispatch.not_an_iterator("l", [1, 2])
+    assert _dispatch.not_an_iterator("n", 5).endswith(
+        "returned int: use Snakepit.execute/4 for a single value"
+    )
+    assert "returned str: use Snakepit.execute/4" in _dispatch.not_an_iterator("s", "abc")

@@ -580,12 +580,51 @@ defmodule Snakepit.ConformanceCase do
             stream(ctx.profile, ctx.pool, "echo", %{value: 5}) |> Enum.to_list()
           end
 
+          # A dict would stream its keys, a list its items: neither is taken as a stream.
+          for {value, hint} <- [
+                {%{"a" => 1, "b" => 2},
+                 ~r/returned dict \(iterating it would give only its keys/},
+                {[1, 2, 3], ~r/returned list \(return iter\(\.\.\.\) of it/}
+              ] do
+            error =
+              assert_raise Error, fn ->
+                stream(ctx.profile, ctx.pool, "echo", %{value: value}) |> Enum.to_list()
+              end
+
+            assert error.category == :conversion
+            assert error.message =~ ~s(command "echo" returned)
+            assert error.message =~ hint
+          end
+
           assert_raise Error, ~r/unknown command/, fn ->
             stream(ctx.profile, ctx.pool, "nope", %{}) |> Enum.to_list()
           end
 
           assert {:ok, 1} = call(ctx.profile, ctx.pool, "echo", %{value: 1})
           assert stats(ctx.profile, ctx.pool).active_requests == 0
+        end
+      end
+
+      describe "results that do not suit the call" do
+        test "execute on a command that returns a generator says to use execute_stream", ctx do
+          assert {:error, %Error{category: :conversion, message: message}} =
+                   exec(ctx, "count_up", %{limit: 3})
+
+          assert message ==
+                   ~s(command "count_up" returned a generator: use Snakepit.execute_stream/4 ) <>
+                     "to receive its items"
+
+          assert {:error, %Error{message: message}} = exec(ctx, "iterate", %{value: [1, 2]})
+
+          assert message =~
+                   ~s[returned an iterator (list_iterator): use Snakepit.execute_stream/4]
+
+          # The same commands stream, and other unconvertible results keep their message.
+          assert [1, 2] =
+                   stream(ctx.profile, ctx.pool, "iterate", %{value: [1, 2]}) |> Enum.to_list()
+
+          assert {:error, %Error{message: message}} = exec(ctx, "unconvertible", %{})
+          assert message =~ "cannot convert Python object"
         end
       end
 

@@ -2,7 +2,7 @@
 //! environment) and the adapter methods a job runs.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{PyDict, PyIterator, PyList, PyTuple};
 use rustler::{Binary, Env, Term, TermType};
 
 use crate::atoms;
@@ -75,7 +75,55 @@ pub fn call_command<'a>(
     args: Term<'a>,
 ) -> Result<Term<'a>> {
     let obj = invoke(py, worker, command, args)?;
-    convert::py_to_term(env, &obj)
+    convert::py_to_term(env, &obj).map_err(|e| match e {
+        // Only on a failed conversion: an iterator gets "use execute_stream".
+        Error::Conversion(_) => result_message(py, "not_a_value", command, &obj)
+            .map(Error::conversion)
+            .unwrap_or(e),
+        e => e,
+    })
+}
+
+/// Runs `command` for a stream: its result must be an iterator (a generator, or what
+/// `iter(...)` returns), never iterated implicitly (a dict would stream its keys).
+pub fn stream_command<'py>(
+    py: Python<'py>,
+    worker: &Worker,
+    command: Term<'_>,
+    args: Term<'_>,
+) -> Result<Bound<'py, PyAny>> {
+    let obj = invoke(py, worker, command, args)?;
+    if obj.cast::<PyIterator>().is_ok() {
+        return Ok(obj);
+    }
+    Err(Error::conversion(
+        result_message(py, "not_an_iterator", command, &obj).unwrap_or_else(|| {
+            "execute_stream needs a command that returns an iterator or generator".into()
+        }),
+    ))
+}
+
+/// `snakepit_bridge._dispatch.<func>(command, result)`: the message for a result that does
+/// not suit the call (shared with the `:process` worker), or `None`.
+fn result_message(
+    py: Python<'_>,
+    func: &str,
+    command: Term<'_>,
+    obj: &Bound<'_, PyAny>,
+) -> Option<String> {
+    let name = command_name(command).ok()?;
+    py.import("snakepit_bridge._dispatch")
+        .and_then(|m| m.getattr(func)?.call1((name, obj)))
+        .and_then(|m| m.extract::<Option<String>>())
+        .ok()
+        .flatten()
+}
+
+fn command_name<'a>(command: Term<'a>) -> Result<&'a str> {
+    let bin =
+        Binary::from_term(command).map_err(|_| Error::conversion("command must be a string"))?;
+    std::str::from_utf8(bin.as_slice())
+        .map_err(|_| Error::conversion("command must be valid UTF-8"))
 }
 
 /// The `:validation` error for a command the adapter does not have; its message comes from
@@ -115,10 +163,7 @@ pub fn invoke<'py>(
     command: Term<'_>,
     args: Term<'_>,
 ) -> Result<Bound<'py, PyAny>> {
-    let bin =
-        Binary::from_term(command).map_err(|_| Error::conversion("command must be a string"))?;
-    let name = std::str::from_utf8(bin.as_slice())
-        .map_err(|_| Error::conversion("command must be valid UTF-8"))?;
+    let name = command_name(command)?;
     let func = match worker.commands.get(name) {
         Some(func) => func,
         None => return Err(unknown_command(py, worker, name)),

@@ -238,17 +238,7 @@ fn run_stream(
         job.env.run(|env| {
             let command = job.command.load(env);
             let args = job.args.load(env);
-            dispatch::invoke(py, worker, command, args).and_then(|obj| {
-                obj.try_iter().map(|it| it.into_any()).map_err(|_| {
-                    Error::conversion(format!(
-                        "execute_stream needs a command that returns an iterator or generator, got {}",
-                        obj.get_type()
-                            .fully_qualified_name()
-                            .map(|n| n.to_string())
-                            .unwrap_or_default()
-                    ))
-                })
-            })
+            dispatch::stream_command(py, worker, command, args)
         })
     }))
     .unwrap_or_else(|_| Err(Error::Worker("internal error in pool thread".into())));

@@ -3,20 +3,29 @@
 The ``:thread`` profile's NIF (``native/snakepit/src/dispatch.rs``, ``error.rs``) and the
 ``:process`` worker (:mod:`snakepit_bridge.worker`) both look commands up in the dict
 :func:`snakepit_bridge._runtime.commands` builds, and both call these functions when a call
-fails: :func:`unknown_command` for the message of a command the adapter does not have, and
-:func:`exception_info` for the type, message and traceback of an exception. So a Python
-error reads the same in every profile.
+fails: :func:`unknown_command` for the message of a command the adapter does not have,
+:func:`exception_info` for the type, message and traceback of an exception, and
+:func:`not_a_value` / :func:`not_an_iterator` when a command's result does not suit the call
+(a generator given to ``execute``, a dict given to ``execute_stream``). So a Python error reads
+the same in every profile.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import difflib
 import json
 import os
 import traceback
 from typing import Any, Iterable, Tuple
 
-__all__ = ["exception_info", "type_name", "unknown_command"]
+__all__ = [
+    "exception_info",
+    "not_a_value",
+    "not_an_iterator",
+    "type_name",
+    "unknown_command",
+]
 
 # Frames of these files at the head of a traceback are Snakepit's own dispatch, not the
 # adapter's code: they are left out, so that a traceback starts where the user's code does.
@@ -26,8 +35,9 @@ _OWN_FILES = frozenset(
 )
 
 
-def type_name(exc: BaseException) -> str:
-    """``module.QualName`` of the exception's type, just ``QualName`` for builtins."""
+def type_name(exc: Any) -> str:
+    """``module.QualName`` of the type of ``exc`` (an exception or any value), just
+    ``QualName`` for builtins."""
     cls = type(exc)
     module = getattr(cls, "__module__", None)
     if module in (None, "builtins"):
@@ -78,3 +88,41 @@ def unknown_command(name: str, class_name: str, names: Iterable[str], adapter: A
             message += f" (did you mean {json.dumps(close[0], ensure_ascii=False)}?)"
     return f"{message}; available commands: {', '.join(names)}"
 
+
+
+def not_a_value(command: str, result: Any) -> "str | None":
+    """The message when ``execute`` got an iterator it cannot send as one value, else ``None``.
+
+    Called only after the result failed to convert, so plain calls pay nothing for it.
+    """
+    if not isinstance(result, (collections.abc.Iterator, collections.abc.AsyncIterator)):
+        return None
+    what = "a generator" if isinstance(result, collections.abc.Generator) else (
+        f"an iterator ({type_name(result)})"
+    )
+    return (
+        f"command {json.dumps(command, ensure_ascii=False)} returned {what}: "
+        "use Snakepit.execute_stream/4 to receive its items"
+    )
+
+
+def not_an_iterator(command: str, result: Any) -> str:
+    """The message when ``execute_stream`` got a result that is not an iterator.
+
+    A stream reads an iterator (a generator, or what ``iter(...)`` returns); anything else is an
+    error rather than being iterated, so a dict does not silently stream its keys.
+    """
+    message = (
+        "execute_stream needs a command that returns an iterator or generator (yield the "
+        f"items, or return iter(...)); command {json.dumps(command, ensure_ascii=False)} "
+        f"returned {type_name(result)}"
+    )
+    if isinstance(result, collections.abc.Mapping):
+        message += " (iterating it would give only its keys: return iter(d.items()) for pairs)"
+    elif isinstance(result, collections.abc.Iterable) and not isinstance(
+        result, (str, bytes, bytearray)
+    ):
+        message += " (return iter(...) of it to stream its items, or use Snakepit.execute/4)"
+    else:
+        message += ": use Snakepit.execute/4 for a single value"
+    return message

@@ -61,6 +61,7 @@ the end of the BEAM whose OS pid is in ``SNAKEPIT_BEAM_PID``), or after a stop f
 
 from __future__ import annotations
 
+import collections.abc
 import ctypes
 import io
 import logging
@@ -146,7 +147,7 @@ class Job:
     """One call, stream or tools request, from its frame to its one terminal frame."""
 
     __slots__ = ("id", "kind", "frame", "lock", "credit", "credits", "cancelled", "thread",
-                 "interruptible", "pending", "async_exc")
+                 "interruptible", "pending", "async_exc", "command")
 
     def __init__(self, job_id: int, kind: int, frame: memoryview) -> None:
         self.id = job_id
@@ -163,6 +164,8 @@ class Job:
         self.pending = False
         #: PyThreadState_SetAsyncExc was called for it: clear what is left when the job ends.
         self.async_exc = False
+        #: The command's name, once the frame has been read.
+        self.command = ""
 
 
 class Worker:
@@ -216,11 +219,12 @@ class Worker:
 
     # A job's terminal frame (reply, error or done) is written once: writing it forgets the job.
 
-    def reply_ok(self, job_id: int, value: Any) -> None:
+    def reply_ok(self, job_id: int, value: Any, command: str = "") -> None:
         try:
             frame = _frame(REPLY_OK, (_OK, value), job_id)
         except ConversionError as exc:
-            self.reply_error(job_id, error_map("conversion", str(exc)))
+            message = _dispatch.not_a_value(command, value) or str(exc)
+            self.reply_error(job_id, error_map("conversion", message))
             return
         self._forget(job_id)
         self._write(frame)
@@ -329,7 +333,7 @@ class Worker:
         if job.kind == CALL:
             ok, result = self._interruptibly(job, lambda: self.invoke(job, job.frame, 5))
             if ok:
-                self.reply_ok(job.id, result)
+                self.reply_ok(job.id, result, job.command)
         elif job.kind == STREAM:
             self.stream(job)
         else:
@@ -386,6 +390,7 @@ class Worker:
         (size,) = _u32.unpack_from(frame, offset)
         start = offset + 4
         name = str(frame[start : start + size], "utf-8", "replace")
+        job.command = name
         func = self.commands.get(name)
         if func is None:
             self.reply_error(
@@ -445,18 +450,12 @@ class Worker:
         ok, result = self._interruptibly(job, lambda: self.invoke(job, job.frame, 9))
         if not ok:
             return
-        try:
-            iterator = iter(result)
-        except TypeError:
+        if not isinstance(result, collections.abc.Iterator):
             self.reply_error(
-                job.id,
-                error_map(
-                    "conversion",
-                    "execute_stream needs a command that returns an iterator or generator, got "
-                    f"{etf.type_name(result)}",
-                ),
+                job.id, error_map("conversion", _dispatch.not_an_iterator(job.command, result))
             )
             return
+        iterator = result
         while True:
             with job.lock:
                 while job.credits <= 0 and not job.cancelled:

@@ -211,6 +211,10 @@ class TestAdapter(ThreadSafeAdapter):
         finally:
             self.closed = True
 
+    @tool(description="An iterator over the value (not a generator).")
+    def iterate(self, value=()):
+        return iter(value)
+
     @tool(description="How many items count_up produced, and whether it was closed.")
     def stream_state(self):
         return {"produced": getattr(self, "produced", 0), "closed": getattr(self, "closed", None)}
