@@ -129,6 +129,22 @@ defmodule Snakepit do
   end
 
   @doc """
+  Reloads the Python code of pool `pool` (or, `reload/0`, of every pool of this node) and
+  replaces its adapter instances, as recycling does: calls in flight finish on the old ones.
+  A failure (a `SyntaxError`, an exception in `__init__`) returns `{:error, %Snakepit.Error{}}`
+  with the traceback, and the old instances keep serving. See `Snakepit.Reloader`, also for
+  `config :snakepit, reload: :auto`.
+
+      iex> Snakepit.reload(:hpc_pool)
+      :ok
+  """
+  @spec reload() :: :ok | {:error, Error.t()}
+  def reload, do: Snakepit.Reloader.reload_all()
+
+  @spec reload(pool(), keyword()) :: :ok | {:error, Error.t()}
+  def reload(pool, opts \\ []), do: Snakepit.Reloader.reload(pool, opts)
+
+  @doc """
   The pid of the pool named `pool` in this node, or `nil` (as `GenServer.whereis/1` answers).
   A pool that has stopped or died is never returned.
   """

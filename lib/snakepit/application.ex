@@ -10,6 +10,7 @@ defmodule Snakepit.Application do
   #   PoolSupervisor      DynamicSupervisor: every pool, configured or started at run time
   #   ConfiguredPools     adds `config :snakepit, pools:` to PoolSupervisor; restarted with it,
   #                       so the configured pools come back if PoolSupervisor ever restarts
+  #   Reloader            only with `reload: :auto`: polls python_path, reloads pools
   # Pools are independent: a few restarts of different pools in quick succession must not
   # take PoolSupervisor (and so every pool) down, as OTP's default of 3 in 5 s would.
   @pool_restarts 10
@@ -35,6 +36,12 @@ defmodule Snakepit.Application do
          max_seconds: @pool_restart_seconds},
         {Snakepit.ConfiguredPools, pools}
       ]
+
+      children =
+        case Snakepit.Config.reload() do
+          {:auto, interval} -> children ++ [{Snakepit.Reloader, interval: interval}]
+          {:manual, _} -> children
+        end
 
       case Supervisor.start_link(children, strategy: :rest_for_one, name: Snakepit.Supervisor) do
         {:ok, sup} -> {:ok, sup}

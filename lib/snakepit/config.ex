@@ -35,7 +35,8 @@ defmodule Snakepit.Config do
       {"a path, an {app, path} tuple, or a list of those",
        quote(do: [String.t() | {atom(), String.t()}]),
        quote(do: String.t() | {atom(), String.t()} | [String.t() | {atom(), String.t()}])},
-    pools: {"a list of pool configs", quote(do: [t()]), quote(do: [pool_config()])}
+    pools: {"a list of pool configs", quote(do: [t()]), quote(do: [pool_config()])},
+    reload_mode: {":manual or :auto", quote(do: :manual | :auto)}
   }
 
   # flag, the key it sets, and its argument: a placeholder (the value is read as the key's
@@ -256,6 +257,20 @@ defmodule Snakepit.Config do
       a pip requirements file, relative to the app's directory (`"requirements.txt"`),
       installed like `:python_deps` (which may be used with it).
       """
+    ],
+    reload: [
+      type: :reload_mode,
+      default: :manual,
+      doc: """
+      `:auto` (for development) watches the `.py` files under `:python_path` and reloads the
+      pools whose adapter depends on a changed file (`Snakepit.Reloader`); `:manual` leaves it
+      to `Snakepit.reload/1`.
+      """
+    ],
+    reload_interval: [
+      type: :pos_integer,
+      default: 1_000,
+      doc: "how often `reload: :auto` looks at the files, in milliseconds."
     ]
   ]
 
@@ -502,6 +517,10 @@ defmodule Snakepit.Config do
 
   defp resolve_path(path), do: Path.expand(path)
 
+  @doc "`config :snakepit, reload: ..., reload_interval: ...`: the mode and the poll interval."
+  @spec reload() :: {:manual | :auto, pos_integer()}
+  def reload, do: {global!(:reload), global!(:reload_interval)}
+
   @doc """
   The venv to use at run time, as an absolute path, or `nil` for the one the NIF was built
   with: the `SNAKEPIT_VENV` environment variable, else `config :snakepit, venv: ...` (relative
@@ -663,6 +682,7 @@ defmodule Snakepit.Config do
 
   defp cast(:profile, profile) when profile in @profiles, do: {:ok, profile}
   defp cast(:pos_integer, n) when is_integer(n) and n > 0, do: {:ok, n}
+  defp cast(:reload_mode, mode) when mode in [:manual, :auto], do: {:ok, mode}
   defp cast(:boolean, bool) when is_boolean(bool), do: {:ok, bool}
 
   defp cast(:adapter_module, module)

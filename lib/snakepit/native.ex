@@ -24,6 +24,7 @@ defmodule Snakepit.Native do
   def python_info, do: :erlang.nif_error(:nif_not_loaded)
   def start_pool(_config), do: :erlang.nif_error(:nif_not_loaded)
   def stop_pool(_pool, _grace_ms), do: :erlang.nif_error(:nif_not_loaded)
+  def reload(_pool, _roots), do: :erlang.nif_error(:nif_not_loaded)
   def submit(_pool, _ref, _command, _args), do: :erlang.nif_error(:nif_not_loaded)
 
   def submit_stream(_pool, _ref, _command, _args, _window),

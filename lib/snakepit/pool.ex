@@ -84,6 +84,15 @@ defmodule Snakepit.Pool do
   @doc "The adapter's commands, as `Snakepit.tools/1` returns them."
   @callback tools(handle()) :: {:ok, [map()]} | {:error, Error.t()}
 
+  @doc """
+  Reloads the pool's Python code and replaces every adapter instance (`Snakepit.Reloader`):
+  calls in flight finish on the old instances; on failure the old instances keep serving.
+  `roots` are the `:python_path` directories. Returns the modules re-imported, or `:all` (new
+  worker processes).
+  """
+  @callback reload(handle(), roots :: [String.t()], timeout()) ::
+              {:ok, [String.t()] | :all} | {:error, Error.t()}
+
   @profiles %{thread: Snakepit.Pool.Thread, process: Snakepit.Pool.Process}
   @shutdown_grace 5_000
 

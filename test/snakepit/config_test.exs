@@ -776,7 +776,7 @@ defmodule Snakepit.ConfigEnvTest do
       assert error.message ==
                "config :snakepit: unknown key :pyhton_path; did you mean :python_path? " <>
                  "(valid keys: :pools, :default_pool, :python_path, :python, :venv, " <>
-                 ":python_deps, :python_requirements)"
+                 ":python_deps, :python_requirements, :reload, :reload_interval)"
 
       assert error.details == %{
                key: :pyhton_path,
@@ -790,7 +790,9 @@ defmodule Snakepit.ConfigEnvTest do
                  :python,
                  :venv,
                  :python_deps,
-                 :python_requirements
+                 :python_requirements,
+                 :reload,
+                 :reload_interval
                ]
              }
     end
@@ -819,6 +821,8 @@ defmodule Snakepit.ConfigEnvTest do
             {:python_deps, "numpy", "expected a list of strings"},
             {:python_deps, [:numpy], "expected a list of strings"},
             {:python_requirements, ["requirements.txt"], "expected nil or a path"},
+            {:reload, true, "expected :manual or :auto"},
+            {:reload_interval, 0, "expected a positive integer"},
             {:pools, %{name: :a}, "expected a list of pool configs"}
           ] do
         Application.put_env(:snakepit, key, value)

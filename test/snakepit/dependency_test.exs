@@ -52,6 +52,10 @@ defmodule Snakepit.DependencyTest do
     if System.get_env("BAD_POOL") do
       config :snakepit, pools: [%{name: :bad_pool, adapter: "missing_mod.Adapter"}]
     end
+
+    if System.get_env("RELOAD_AUTO") do
+      config :snakepit, reload: :auto, reload_interval: 100
+    end
     """)
 
     write!(app, "priv/python/greeter.py", """
@@ -237,6 +241,42 @@ defmodule Snakepit.DependencyTest do
     assert status == 1
     assert out =~ "no module named 'nowhere'"
     assert out =~ "\n  #{ctx.app}/_build/dev/lib/dep_app/priv/python\n"
+  end
+
+  test "an edited adapter is served after Snakepit.reload/1, and by itself with reload: :auto",
+       ctx do
+    # Both runs edit the app's adapter and put it back (priv is linked into _build).
+    script = fn reload ->
+      """
+      path = "priv/python/greeter.py"
+      original = File.read!(path)
+      {:ok, "hello a"} = Snakepit.execute(:app_pool, "greet", %{name: "a"})
+
+      try do
+        File.write!(path, String.replace(original, ~S(f"hello {name}"), ~S(f"hi there {name}")))
+        #{reload}
+        IO.inspect(Snakepit.execute(:app_pool, "greet", %{name: "b"}), label: "RELOADED")
+      after
+        File.write!(path, original)
+      end
+      """
+    end
+
+    out = mix!(ctx.app, ["run", "-e", script.(":ok = Snakepit.reload(:app_pool)")])
+    assert out =~ ~s(RELOADED: {:ok, "hi there b"})
+
+    # The file watcher: poll (on events, not time) until the new code answers.
+    auto = """
+    # (at most 60 s: a broken watcher fails the test instead of hanging it)
+    Stream.repeatedly(fn -> Process.sleep(20) end)
+    |> Stream.take(3_000)
+    |> Enum.find_value(fn _ ->
+      match?({:ok, "hi there" <> _}, Snakepit.execute(:app_pool, "greet", %{name: "b"}))
+    end)
+    """
+
+    out = mix!(ctx.app, ["run", "-e", script.(auto)], [{"RELOAD_AUTO", "1"}])
+    assert out =~ ~s(RELOADED: {:ok, "hi there b"})
   end
 
   test "a pool that fails at start prints its message and traceback as text", ctx do

@@ -73,7 +73,7 @@ defmodule Snakepit.Pool.Process do
   @behaviour Snakepit.Pool
 
   alias Snakepit.{Caller, Config, Error}
-  alias Snakepit.Pool.Process.OS
+  alias Snakepit.Pool.Process.{OS, Reload}
 
   # Frame kinds, Elixir -> worker (priv/python/snakepit_bridge/worker.py).
   @call 0
@@ -214,6 +214,17 @@ defmodule Snakepit.Pool.Process do
   def stats(server, _info), do: GenServer.call(server, :stats)
 
   @impl Snakepit.Pool
+  def reload(server, _roots, timeout) do
+    GenServer.call(server, :reload, timeout)
+  catch
+    :exit, {:timeout, _} ->
+      {:error, Error.new(:timeout, "the reload did not finish within #{timeout} ms")}
+
+    :exit, reason ->
+      {:error, Error.new(:pool, "the pool stopped during the reload (#{inspect(reason)})")}
+  end
+
+  @impl Snakepit.Pool
   def tools(server) do
     {:ok, tag, job} = request(server, "", :tools)
 
@@ -258,6 +269,8 @@ defmodule Snakepit.Pool.Process do
         callers: %{},
         next_id: 1,
         recycling: nil,
+        # A running Snakepit.reload/1: %{from, pending: worker indexes, current: index}.
+        reload: nil,
         stopping: false,
         retiring: %{},
         info: nil,
@@ -314,22 +327,7 @@ defmodule Snakepit.Pool.Process do
     config = state.config
 
     {port, os_pid} = OS.open(state.python, state.env)
-
-    init = %{
-      adapter: config.adapter,
-      pool_name: Atom.to_string(config.name),
-      index: index,
-      log_level: Snakepit.PythonLogger.python_level(),
-      threads: state.threads,
-      options: %{
-        threaded: state.threads > 1,
-        max_workers: state.threads,
-        thread_safety_check: config.thread_safety_check,
-        pool_name: Atom.to_string(config.name)
-      }
-    }
-
-    OS.send(port, [@init | :erlang.term_to_binary(init)])
+    OS.send(port, [@init | :erlang.term_to_binary(init_term(state, index))])
     Process.send_after(self(), {:startup_timeout, port}, config.startup_timeout)
 
     worker = %{
@@ -347,6 +345,25 @@ defmodule Snakepit.Pool.Process do
       state
       | workers: Map.put(state.workers, index, worker),
         ports: Map.put(state.ports, port, index)
+    }
+  end
+
+  # What a worker's init frame carries.
+  defp init_term(state, index) do
+    config = state.config
+
+    %{
+      adapter: config.adapter,
+      pool_name: Atom.to_string(config.name),
+      index: index,
+      log_level: Snakepit.PythonLogger.python_level(),
+      threads: state.threads,
+      options: %{
+        threaded: state.threads > 1,
+        max_workers: state.threads,
+        thread_safety_check: config.thread_safety_check,
+        pool_name: Atom.to_string(config.name)
+      }
     }
   end
 
@@ -560,10 +577,40 @@ defmodule Snakepit.Pool.Process do
     end
   end
 
+  def handle_info({:reload_probe, :ok}, %{reload: %{}} = state),
+    do:
+      {:noreply,
+       reload_next(%{state | reload: %{state.reload | pending: Map.keys(state.workers)}})}
+
+  def handle_info({:reload_probe, {:error, %Error{} = e}}, %{reload: %{from: from}} = state) do
+    GenServer.reply(from, {:error, e})
+    {:noreply, %{state | reload: nil}}
+  end
+
   def handle_info(_other, state), do: {:noreply, state}
 
   @impl true
   def handle_call(:stats, _from, state), do: {:reply, stats_map(state), state}
+
+  # Snakepit.reload/1: a probe worker with the new code first (Snakepit.Pool.Process.Reload),
+  # then every worker replaced in turn; the reply comes when the last replacement is ready.
+  def handle_call(:reload, _from, %{reload: %{}} = state),
+    do: {:reply, {:error, Error.new(:pool, "a reload of this pool is already running")}, state}
+
+  def handle_call(:reload, from, state) do
+    name = state.name
+
+    Reload.start_probe(
+      self(),
+      state.python,
+      state.env,
+      init_term(state, state.config.pool_size),
+      state.config.startup_timeout,
+      &log_frame(%{name: name}, &1)
+    )
+
+    {:noreply, %{state | reload: %{from: from, pending: nil, current: nil}}}
+  end
 
   ## Jobs
 
@@ -785,11 +832,36 @@ defmodule Snakepit.Pool.Process do
   end
 
   defp worker_frame(state, index, @ready, bin) do
-    state = mark_ready(state, state.workers[index].port, bin)
+    state = state |> mark_ready(state.workers[index].port, bin) |> reload_next(index)
     if state.recycling == index, do: recycle_next(%{state | recycling: nil}), else: state
   end
 
   defp worker_frame(state, _index, kind, bin), do: retiring_frame(state, kind, bin)
+
+  # A reload marks the next ready worker due once the previous one's replacement is ready
+  # (`index`: after recycling, or a restart if the old one died meanwhile); a worker that is
+  # not ready is starting anyway, with the new code. The last one ready answers the reload.
+  defp reload_next(state, index \\ nil)
+  defp reload_next(%{reload: %{current: current}} = state, index) when current != index, do: state
+
+  defp reload_next(%{reload: %{pending: []}} = state, _index) do
+    GenServer.reply(state.reload.from, {:ok, :all})
+    %{state | reload: nil}
+  end
+
+  defp reload_next(%{reload: %{pending: [next | rest]} = reload} = state, _index) do
+    state = %{state | reload: %{reload | pending: rest, current: next}}
+
+    case state.workers[next] do
+      %{status: :ready} ->
+        state |> update_worker(next, &%{&1 | due: :reload}) |> maybe_recycle(next)
+
+      _ ->
+        reload_next(state, next)
+    end
+  end
+
+  defp reload_next(state, _index), do: state
 
   # Frames any worker may send, including one being retired.
   defp retiring_frame(state, @send, bin) do

@@ -51,6 +51,15 @@ defmodule Snakepit.Pool.Thread do
     |> Map.put(:python, Map.take(python, [:version, :free_threaded, :gil_enabled]))
   end
 
+  # On a dirty scheduler; fails without touching the current instances (native/snakepit/src/reload.rs).
+  @impl Snakepit.Pool
+  def reload(pool, roots, _timeout) do
+    case Native.reload(pool, roots) do
+      {:ok, modules} -> {:ok, modules}
+      {:error, map} -> {:error, Error.from_native(map)}
+    end
+  end
+
   @impl Snakepit.Pool
   def tools(pool) do
     case Native.tools(pool) do

@@ -1,6 +1,6 @@
 //! Snakepit's NIF: CPython hosted in the BEAM, a native thread pool running adapter methods.
 //! Each module matches one concern: runtime (the interpreter), pool (config and lifecycle),
-//! thread (what a pool thread does), job (one call and its cancellation), dispatch (the calls
+//! thread (what a pool thread does), reload (Snakepit.reload/1), job (one call and its cancellation), dispatch (the calls
 //! into Python), stats, convert (terms <-> Python), error. docs/architecture.md has the map.
 
 #[cfg(feature = "nif")]
@@ -18,6 +18,8 @@ pub mod mailer;
 pub mod nif;
 #[cfg(feature = "nif")]
 pub mod pool;
+#[cfg(feature = "nif")]
+pub mod reload;
 pub mod runtime;
 #[cfg(feature = "nif")]
 pub mod slot;

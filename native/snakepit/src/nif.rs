@@ -34,6 +34,13 @@ fn start_pool(env: Env<'_>, config: PoolConfig) -> Result<ResourceArc<PoolRef>> 
     Ok(pool)
 }
 
+/// `Snakepit.reload/1`: re-imports the changed code and replaces every instance (reload.rs);
+/// the names of the modules re-imported.
+#[rustler::nif(schedule = "DirtyIo")]
+fn reload(pool: ResourceArc<PoolRef>, roots: Vec<String>) -> Result<Vec<String>> {
+    crate::reload::reload(&pool.0, roots)
+}
+
 /// The threads still running when the stop returned, as `[{name, reason}]`.
 #[rustler::nif(schedule = "DirtyIo")]
 fn stop_pool(pool: ResourceArc<PoolRef>, grace_ms: u64) -> Vec<Straggler> {

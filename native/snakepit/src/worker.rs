@@ -4,6 +4,7 @@
 //! replacing the instance never disturbs a call in flight: `recycle` builds the new instance,
 //! swaps it in, waits until the calls still running on the old one have finished, then runs the
 //! old one's `cleanup()`. Only one thread recycles a worker at a time; the others keep serving.
+//! A reload (`reload.rs`) swaps instances the same way.
 //! A failed re-creation keeps the old instance and retries with exponential backoff.
 
 use std::collections::HashMap;
@@ -97,21 +98,12 @@ impl WorkerSlot {
         create: impl FnOnce(Python<'_>) -> Result<Worker>,
         cleanup: impl FnOnce(Python<'_>, &Worker),
     ) -> Result<u64> {
-        let result = match create(py) {
+        match create(py) {
             Ok(fresh) => {
-                let old = std::mem::replace(&mut *self.current.write(), Arc::new(fresh));
-                let served = self.served.swap(0, Ordering::Relaxed);
-                *self.born.lock() = Instant::now();
-                *self.backoff.lock() = (0, None);
+                let (old, served) = self.swap(fresh);
                 self.recycles.fetch_add(1, Ordering::Relaxed);
-                // Calls still running on the old instance hold clones of it.
-                py.detach(|| {
-                    let deadline = Instant::now() + Duration::from_secs(600);
-                    while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                });
-                cleanup(py, &old);
+                self.recycling.store(false, Ordering::SeqCst);
+                retire(py, old, cleanup);
                 Ok(served)
             }
             Err(e) => {
@@ -120,12 +112,48 @@ impl WorkerSlot {
                 let delay =
                     Duration::from_secs(1u64 << failures.min(6)).min(Duration::from_secs(60));
                 *backoff = (failures, Some(Instant::now() + delay));
+                drop(backoff);
+                self.recycling.store(false, Ordering::SeqCst);
                 Err(e)
             }
-        };
-        self.recycling.store(false, Ordering::SeqCst);
-        result
+        }
     }
+
+    /// Puts `fresh` in place of the current instance (a reload): waits while a recycling of
+    /// this worker is swapping, so the two never interleave; returns the old instance, which
+    /// the caller retires ([`retire`]).
+    pub fn replace(&self, py: Python<'_>, fresh: Worker) -> Arc<Worker> {
+        while self
+            .recycling
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            py.detach(|| std::thread::sleep(Duration::from_millis(1)));
+        }
+        let (old, _) = self.swap(fresh);
+        self.recycling.store(false, Ordering::SeqCst);
+        old
+    }
+
+    fn swap(&self, fresh: Worker) -> (Arc<Worker>, u64) {
+        let old = std::mem::replace(&mut *self.current.write(), Arc::new(fresh));
+        let served = self.served.swap(0, Ordering::Relaxed);
+        *self.born.lock() = Instant::now();
+        *self.backoff.lock() = (0, None);
+        (old, served)
+    }
+}
+
+/// Waits (detached) until the calls still running on a replaced instance have finished —
+/// each holds a clone of it — then runs `cleanup` on it.
+pub fn retire(py: Python<'_>, old: Arc<Worker>, cleanup: impl FnOnce(Python<'_>, &Worker)) {
+    py.detach(|| {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    cleanup(py, &old);
 }
 
 /// Builds a worker from an adapter instance.
@@ -139,7 +167,12 @@ pub fn from_adapter(
     for (k, v) in dict.iter() {
         map.insert(k.extract::<String>()?, v.unbind());
     }
-    let mut names: Vec<String> = map.keys().cloned().collect();
+    // Built-in commands (`snakepit_bridge._runtime.BUILTIN_PREFIX`) are not listed.
+    let mut names: Vec<String> = map
+        .keys()
+        .filter(|k| !k.starts_with("__snakepit_"))
+        .cloned()
+        .collect();
     names.sort();
     let class_name = adapter.get_type().qualname()?.to_string();
     let instance_id = py

@@ -2,8 +2,9 @@
 
 The Rust side calls, in order: :func:`set_thread_name` on each pool thread as it starts,
 :func:`create_adapter` once per worker (and again when the worker is recycled),
-:func:`commands` once per adapter instance (the dict it dispatches jobs through: the args map
-becomes keyword arguments), :func:`tools` for ``Snakepit.tools/1``, and :func:`cleanup` when
+:func:`dispatch_table` once per adapter instance (the dict it dispatches jobs through: the
+adapter's :func:`commands` and the :func:`builtin_commands`; the args map becomes keyword
+arguments), :func:`tools` for ``Snakepit.tools/1``, and :func:`cleanup` when
 the worker stops or is recycled. Errors are ordinary Python exceptions; the NIF turns them
 into ``%Snakepit.Error{}`` values.
 
@@ -173,6 +174,10 @@ def create_adapter(
         threaded,
         max_workers,
     )
+    # What a later Snakepit.reload/1 compares the files with (snakepit_bridge._reload).
+    from . import _reload
+
+    _reload.track()
     return adapter
 
 
@@ -245,6 +250,40 @@ def commands(adapter: Any) -> Dict[str, Callable[..., Any]]:
     for name, fn in _base_tools(adapter).items():
         result.setdefault(name, fn)
     return result
+
+
+#: Built-in commands every adapter has (hidden from ``tools`` and from the unknown-command list)
+#: start with this: capabilities of Snakepit itself reached through an ordinary call.
+BUILTIN_PREFIX = "__snakepit_"
+
+
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` is a built-in command (:data:`BUILTIN_PREFIX`)."""
+    return name.startswith(BUILTIN_PREFIX)
+
+
+def builtin_commands(adapter: Any) -> Dict[str, Callable[..., Any]]:
+    """The built-in commands for an adapter instance:
+
+    - ``__snakepit_dependencies__(roots)``: the source files the adapter's module depends on
+      (:func:`snakepit_bridge._reload.dependencies`), for ``reload: :auto``.
+    """
+    from . import _reload
+
+    module = type(adapter).__module__
+
+    def dependencies(roots: Optional[List[str]] = None) -> List[str]:
+        return _reload.dependencies(module, roots or ())
+
+    return {BUILTIN_PREFIX + "dependencies__": dependencies}
+
+
+def dispatch_table(adapter: Any) -> Dict[str, Callable[..., Any]]:
+    """What a worker dispatches calls through: :func:`commands` plus
+    :func:`builtin_commands` (an adapter's own command of the same name wins)."""
+    table = builtin_commands(adapter)
+    table.update(commands(adapter))
+    return table
 
 
 def tools(adapter: Any) -> List[Dict[str, Any]]:
