@@ -19,7 +19,8 @@ defmodule Snakepit.Caller do
     timeout = Keyword.get(opts, :timeout, @default_timeout)
 
     with {:ok, command} <- command_name(command),
-         {:ok, target} <- local_or_remote(pool, command, args, opts) do
+         {:ok, command, args} <- Snakepit.Ref.call_options(command, args, opts),
+         {:ok, target} <- local_or_remote(pool, command, args, Keyword.delete(opts, :return)) do
       if Telemetry.enabled?() do
         instrumented(pool, target, command, normalize_args(args), timeout)
       else

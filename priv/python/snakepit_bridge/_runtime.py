@@ -30,6 +30,7 @@ import sys
 import threading
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
+from ._builtins import builtin_commands, is_builtin
 from ._tooling import TOOL_ATTR, describe_callable, is_command, tool
 from .base_adapter import BaseAdapter
 from .base_adapter_threaded import ThreadSafeAdapter, collect_stats
@@ -244,6 +245,8 @@ def commands(adapter: Any) -> Dict[str, Callable[..., Any]]:
             result[name] = bound
     for name, fn in _base_tools(adapter).items():
         result.setdefault(name, fn)
+    # Built-in commands (refs, eval): reached through the table, hidden from the listings.
+    result.update(builtin_commands(dict(result)))
     return result
 
 
@@ -253,7 +256,11 @@ def tools(adapter: Any) -> List[Dict[str, Any]]:
     Each parameter is ``{"name", "type", "required", "default"}``, with the type as a string
     such as ``"str"`` or ``"list[float]"``.
     """
-    described = [describe_callable(fn, name) for name, fn in commands(adapter).items()]
+    described = [
+        describe_callable(fn, name)
+        for name, fn in commands(adapter).items()
+        if not is_builtin(name)
+    ]
     return sorted(described, key=lambda item: item["name"])
 
 
