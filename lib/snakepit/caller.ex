@@ -49,7 +49,7 @@ defmodule Snakepit.Caller do
   @doc "One call on a profile's pool handle: submit, then wait for the one reply."
   @spec call(target(), String.t(), term(), timeout()) :: {:ok, term()} | {:error, Error.t()}
   def call({mod, handle}, command, args, timeout) do
-    case mod.submit(handle, command, args, nil) do
+    case submit(mod, handle, command, args, nil) do
       {:ok, tag, job} ->
         receive do
           {^tag, reply} ->
@@ -80,6 +80,22 @@ defmodule Snakepit.Caller do
     end
   end
 
+  # A profile whose objects live in one worker gets the calls that pass its refs pinned to
+  # that worker (Snakepit.Pool's object_home/0 and submit_to/5).
+  defp submit(mod, handle, command, args, window) do
+    case mod.object_home() do
+      :node ->
+        mod.submit(handle, command, args, window)
+
+      :worker ->
+        case Snakepit.Ref.route(args) do
+          {:ok, nil, args} -> mod.submit(handle, command, args, window)
+          {:ok, worker, args} -> mod.submit_to(handle, worker, command, args, window)
+          {:error, %Error{}} = error -> error
+        end
+    end
+  end
+
   defp pool_down(reason, command) do
     {:error,
      Error.new(:pool, "the pool stopped before the call finished (#{inspect(reason)})",
@@ -97,7 +113,7 @@ defmodule Snakepit.Caller do
   def result({:etf, bin}), do: bin |> decode() |> result()
 
   defp decode(bin) do
-    :erlang.binary_to_term(bin, [:safe])
+    bin |> :erlang.binary_to_term([:safe]) |> Snakepit.Ref.adopt(bin)
   rescue
     ArgumentError -> {:error, Error.new(:conversion, "the worker's reply could not be decoded")}
   end
@@ -168,7 +184,7 @@ defmodule Snakepit.Caller do
   defp start_stream(pool, command, args, window) do
     with {:ok, {mod, handle}} <- target(pool),
          {:ok, command} <- command_name(command),
-         {:ok, tag, job} <- mod.submit(handle, command, args, window) do
+         {:ok, tag, job} <- submit(mod, handle, command, args, window) do
       {mod, handle, tag, job, :running}
     else
       {:error, %Error{} = e} -> raise e

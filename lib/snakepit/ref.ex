@@ -142,6 +142,109 @@ defmodule Snakepit.Ref do
   @spec counts() :: {non_neg_integer(), non_neg_integer()}
   def counts, do: Native.ref_counts()
 
+  ## :worker profiles (Snakepit.Pool.Process): routing and release
+
+  @doc false
+  # Snakepit.Caller, for a profile whose objects live in one worker: the worker the refs in
+  # `args` pin the call to (`{pool, index, os_pid}`, or nil), and the args as they travel
+  # (each ref without its resource, which cannot be encoded).
+  @spec route(term()) :: {:ok, term() | nil, term()} | {:error, Error.t()}
+  def route(args) do
+    case homes(args, []) do
+      [] ->
+        {:ok, nil, args}
+
+      [{:error, %Error{}} = error | _] ->
+        error
+
+      [home] ->
+        {:ok, home, strip(args)}
+
+      many ->
+        case Enum.find(many, &match?({:error, _}, &1)) || Enum.uniq(many) do
+          {:error, _} = error ->
+            error
+
+          [home] ->
+            {:ok, home, strip(args)}
+
+          _ ->
+            {:error,
+             Error.new(
+               :validation,
+               "the refs of one call must come from the same worker: their objects live in " <>
+                 "different Python processes"
+             )}
+        end
+    end
+  end
+
+  defp homes(%__MODULE__{} = ref, acc), do: [home(ref) | acc]
+
+  defp homes(%{} = map, acc) when not is_struct(map) or is_map_key(map, :map),
+    do: Enum.reduce(map, acc, fn {k, v}, acc -> homes(v, homes(k, acc)) end)
+
+  defp homes([h | t], acc), do: homes(t, homes(h, acc))
+  defp homes(t, acc) when is_tuple(t), do: homes(Tuple.to_list(t), acc)
+  defp homes(_, acc), do: acc
+
+  defp home(%__MODULE__{worker: nil}) do
+    {:error,
+     Error.new(
+       :validation,
+       "this Snakepit.Ref holds an object of a :thread pool (this node's interpreter); it " <>
+         "cannot be passed to a :process pool"
+     )}
+  end
+
+  defp home(%__MODULE__{pool: pool, worker: {index, os_pid}} = ref) do
+    case local(ref) do
+      :ok -> {pool, index, os_pid}
+      error -> error
+    end
+  end
+
+  defp strip(%__MODULE__{} = ref), do: %{ref | resource: nil}
+
+  defp strip(%{} = map) when not is_struct(map) or is_map_key(map, :map),
+    do: Map.new(map, fn {k, v} -> {strip(k), strip(v)} end)
+
+  defp strip([h | t]), do: [strip(h) | strip(t)]
+
+  defp strip(t) when is_tuple(t),
+    do: t |> Tuple.to_list() |> Enum.map(&strip/1) |> List.to_tuple()
+
+  defp strip(other), do: other
+
+  @doc false
+  # Snakepit.Caller, for a reply of an OS worker: each ref in it gets the guard whose
+  # garbage collection tells the pool to drop the object (only replies whose encoding names
+  # Snakepit.Ref are walked).
+  @spec adopt(term(), binary()) :: term()
+  def adopt(term, bin) do
+    case :binary.match(bin, "Elixir.Snakepit.Ref") do
+      :nomatch -> term
+      _ -> guard(term)
+    end
+  end
+
+  defp guard(%__MODULE__{resource: nil, worker: {index, os_pid}, id: id, pool: pool} = ref) do
+    case Snakepit.whereis(pool) do
+      nil -> ref
+      pid -> %{ref | resource: Native.ref_watch(pid, {:"$snakepit_drop_ref", index, os_pid, id})}
+    end
+  end
+
+  defp guard(%{} = map) when not is_struct(map) or is_map_key(map, :map),
+    do: Map.new(map, fn {k, v} -> {guard(k), guard(v)} end)
+
+  defp guard([h | t]), do: [guard(h) | guard(t)]
+
+  defp guard(t) when is_tuple(t),
+    do: t |> Tuple.to_list() |> Enum.map(&guard/1) |> List.to_tuple()
+
+  defp guard(other), do: other
+
   defp run(pool, command, args, opts) do
     Caller.execute(pool, command, args, Keyword.drop(opts, [:return, :pool]))
   end
@@ -151,9 +254,23 @@ defmodule Snakepit.Ref do
   @spec pool_for(term(), keyword()) :: {:ok, atom()} | {:error, Error.t()}
   def pool_for(%__MODULE__{} = ref, opts) do
     with :ok <- local(ref) do
-      case Keyword.get(opts, :pool) || ref.pool do
-        nil -> {:error, Error.new(:validation, "the ref names no pool; pass pool: to choose one")}
-        pool -> {:ok, pool}
+      case {ref.worker, Keyword.get(opts, :pool) || ref.pool} do
+        {_, nil} ->
+          {:error, Error.new(:validation, "the ref names no pool; pass pool: to choose one")}
+
+        {nil, pool} ->
+          {:ok, pool}
+
+        {_worker, _} ->
+          if Snakepit.whereis(ref.pool),
+            do: {:ok, ref.pool},
+            else:
+              {:error,
+               Error.new(
+                 :pool,
+                 "the pool #{inspect(ref.pool)} that held this object is not running: the " <>
+                   "object was lost with it"
+               )}
       end
     end
   end
@@ -171,6 +288,14 @@ defmodule Snakepit.Ref do
            "cannot be used from another node (#{inspect(node())})"
        )}
     end
+  end
+
+  defp local(%__MODULE__{resource: nil, worker: {_, _}}) do
+    {:error,
+     Error.new(
+       :pool,
+       "this Snakepit.Ref's pool was not running when the ref arrived: its object is lost"
+     )}
   end
 
   defp local(_), do: {:error, Error.new(:validation, "malformed Snakepit.Ref")}

@@ -13,11 +13,12 @@ its :class:`ObjectTable` and the ref carries its id (README, "Python objects and
 from __future__ import annotations
 
 import itertools
+import os
 import reprlib
 import threading
 from typing import Any, Dict, Tuple
 
-__all__ = ["ObjectTable", "Ref", "describe", "ref"]
+__all__ = ["TABLE", "ObjectTable", "Ref", "describe", "ref", "resolve", "set_home"]
 
 _SHORT = 48
 _reprs = reprlib.Repr()
@@ -79,6 +80,27 @@ class Ref:
     def __repr__(self) -> str:
         return f"<snakepit_bridge.ref {self.type} {self.repr}>"
 
+    def __snakepit__(self) -> Dict[Any, Any]:
+        """The ``%Snakepit.Ref{}`` of a ``:process`` worker: the object goes into the worker's
+        :data:`TABLE` and the struct carries its id and the worker's identity. (The
+        ``:thread`` profile's NIF turns a :class:`Ref` into a resource before this is asked.)
+        """
+        from .etf import Atom, ConversionError
+
+        if _HOME is None:
+            raise ConversionError("snakepit_bridge.ref(...) can only cross to Elixir from a pool")
+        pool, index, os_pid = _HOME
+        oid = TABLE.put(self.obj)
+        return {
+            Atom("__struct__"): Atom("Elixir.Snakepit.Ref"),
+            Atom("resource"): None,
+            Atom("pool"): Atom(pool),
+            Atom("type"): self.type,
+            Atom("repr"): self.repr,
+            Atom("worker"): (index, os_pid),
+            Atom("id"): oid,
+        }
+
 
 def ref(obj: Any) -> Ref:
     """Mark ``obj`` to be returned to Elixir as a reference (``%Snakepit.Ref{}``), not a copy.
@@ -130,3 +152,33 @@ class ObjectTable:
     def __len__(self) -> int:
         with self._lock:
             return len(self._objects)
+
+
+#: The objects of this ``:process`` worker that Elixir holds refs to.
+TABLE = ObjectTable()
+# (pool name, worker index, OS pid) of this worker process; None outside a :process worker.
+_HOME: "Tuple[str, int, int] | None" = None
+
+
+def set_home(pool: str, index: int) -> None:
+    """Called by the ``:process`` worker at start: refs it makes name this worker."""
+    global _HOME
+    _HOME = (str(pool), int(index), os.getpid())
+
+
+def resolve(struct: Dict[Any, Any]) -> Any:
+    """The object of a decoded ``%Snakepit.Ref{}`` (a dict) in this worker.
+
+    Raises:
+        LookupError: the ref is not this worker's (its object was lost with another worker
+            process), or it was released.
+    """
+    worker = struct.get("worker")
+    if worker is None:
+        raise LookupError(
+            "this Snakepit.Ref holds an object of a :thread pool (the BEAM's interpreter); "
+            "it cannot be passed to a :process pool"
+        )
+    if _HOME is None or tuple(worker)[1] != _HOME[2]:
+        raise LookupError("the object was lost with its worker (that OS process is gone)")
+    return TABLE.get(int(struct.get("id") or 0))
