@@ -88,8 +88,9 @@ defmodule Snakepit.Pool do
 
   @doc """
   Like `submit/4`, for a call that must run on one worker: the one that holds the objects of
-  the refs in `args`. `worker` is `{pool, index, os_pid}` as a `:worker` profile's refs carry
-  it. If that worker is gone (it died or was recycled) the call answers
+  the refs in `args`. `worker` is `{{pool, index, os_pid}, keep}`: the worker as a `:worker`
+  profile's refs name it, and the refs' guards (resources), which the profile holds until the
+  call ends (so no object is released while a call that passes it runs). If that worker is gone (it died or was recycled) the call answers
   `{:error, %Snakepit.Error{category: :worker}}`, "the object was lost with its worker"; it
   never runs on another worker. A `:node` profile runs the call anywhere.
   """

@@ -146,40 +146,37 @@ defmodule Snakepit.Ref do
 
   @doc false
   # Snakepit.Caller, for a profile whose objects live in one worker: the worker the refs in
-  # `args` pin the call to (`{pool, index, os_pid}`, or nil), and the args as they travel
-  # (each ref without its resource, which cannot be encoded).
-  @spec route(term()) :: {:ok, term() | nil, term()} | {:error, Error.t()}
+  # `args` pin the call to, as `{home, keep}` (home `{pool, index, os_pid}`; keep the refs'
+  # guards, which the pool holds until the call ends so that no object is dropped while a call
+  # that passes it runs), or nil; and the args as they travel (each ref without its guard,
+  # which cannot be encoded).
+  @spec route(term()) :: {:ok, {tuple(), [reference()]} | nil, term()} | {:error, Error.t()}
   def route(args) do
     case homes(args, []) do
       [] ->
         {:ok, nil, args}
 
-      [{:error, %Error{}} = error | _] ->
-        error
-
-      [home] ->
-        {:ok, home, strip(args)}
-
-      many ->
-        case Enum.find(many, &match?({:error, _}, &1)) || Enum.uniq(many) do
-          {:error, _} = error ->
+      refs ->
+        case refs |> Enum.map(&home/1) |> Enum.uniq() do
+          [{:error, _} = error | _] ->
             error
 
           [home] ->
-            {:ok, home, strip(args)}
+            {:ok, {home, Enum.map(refs, & &1.resource)}, strip(args)}
 
-          _ ->
-            {:error,
-             Error.new(
-               :validation,
-               "the refs of one call must come from the same worker: their objects live in " <>
-                 "different Python processes"
-             )}
+          many ->
+            Enum.find(many, &match?({:error, _}, &1)) ||
+              {:error,
+               Error.new(
+                 :validation,
+                 "the refs of one call must come from the same worker: their objects live " <>
+                   "in different Python processes"
+               )}
         end
     end
   end
 
-  defp homes(%__MODULE__{} = ref, acc), do: [home(ref) | acc]
+  defp homes(%__MODULE__{} = ref, acc), do: [ref | acc]
 
   defp homes(%{} = map, acc) when not is_struct(map) or is_map_key(map, :map),
     do: Enum.reduce(map, acc, fn {k, v}, acc -> homes(v, homes(k, acc)) end)

@@ -88,12 +88,9 @@ impl PyObjectRef {
     fn object<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyAny>> {
         match &*lock(&self.obj) {
             Some(obj) => Ok(obj.bind(py).clone()),
-            None => Err(Error::Validation {
-                message:
-                    "the Snakepit.Ref was released (Snakepit.release/1): its Python object is gone"
-                        .into(),
-                available: vec![],
-            }),
+            None => Err(Error::conversion(
+                "the Snakepit.Ref was released (Snakepit.release/1): its Python object is gone",
+            )),
         }
     }
 }
@@ -215,11 +212,9 @@ pub fn struct_to_py<'py>(py: Python<'py>, term: Term<'_>) -> Result<Bound<'py, P
         .map_err(|_| Error::conversion("malformed Snakepit.Ref: no resource"))?;
     match resource.decode::<ResourceArc<PyObjectRef>>() {
         Ok(r) => r.object(py),
-        Err(_) => Err(Error::Validation {
-            message: "this Snakepit.Ref does not belong to this node's interpreter: it was made by a :process pool's worker, or on another node, and cannot be used here"
-                .into(),
-            available: vec![],
-        }),
+        Err(_) => Err(Error::conversion(
+            "this Snakepit.Ref's object does not live in this node's interpreter: it was made by a :process pool's worker and can only be passed to calls on that pool",
+        )),
     }
 }
 

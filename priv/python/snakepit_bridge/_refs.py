@@ -141,7 +141,8 @@ class ObjectTable:
                 return self._objects[oid]
             except KeyError:
                 raise LookupError(
-                    f"object {oid} is not in this worker's table: the Snakepit.Ref was released"
+                    f"the Snakepit.Ref was released (Snakepit.release/1): its Python object is gone "
+                    f"(object {oid} of this worker)"
                 ) from None
 
     def drop(self, oid: int) -> bool:

@@ -42,8 +42,8 @@ class RefAdapter(ThreadSafeAdapter):
     def make_box(self, value=None, tag=None):
         return Box(value, tag)
 
-    @tool(description="A Box, always as a ref (snakepit_bridge.ref).")
-    def make_ref(self, value=None, tag=None):
+    @tool(description="A Box, always as a ref (snakepit_bridge.ref); anchor: a ref that pins the call.")
+    def make_ref(self, value=None, tag=None, anchor=None):
         return ref(Box(value, tag))
 
     @tool(description="A list of n Box refs.")
@@ -82,12 +82,16 @@ class RefAdapter(ThreadSafeAdapter):
         return {"id": id(value), "box": isinstance(value, Box)}
 
     @tool(description="How many Box objects are alive (after a gc.collect()) with the tag.")
-    def live(self, tag=None):
+    def live(self, tag=None, anchor=None):
         gc.collect()
         with _LIVE_LOCK:
             boxes = list(_LIVE)
         return sum(1 for b in boxes if tag is None or b.tag == tag)
 
     @tool(description="The OS pid of the worker.")
-    def os_pid(self):
+    def os_pid(self, anchor=None):
         return os.getpid()
+
+    @tool(description="A dict with a ref inside and plain data.")
+    def mixed(self):
+        return {"plain": [1, 2], "box": ref(Box("inner")), "boxes": (ref(Box(1)), ref(Box(2)))}

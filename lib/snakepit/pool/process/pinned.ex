@@ -12,7 +12,7 @@ defmodule Snakepit.Pool.Process.Pinned do
   alias Snakepit.Pool.Process, as: Pool
 
   @doc "A pinned request arrived at the pool process."
-  def submit(state, tag, caller, body, kind, {pool, index, os_pid}) do
+  def submit(state, tag, caller, body, kind, {{pool, index, os_pid}, keep}) do
     state = %{state | submitted: state.submitted + 1}
 
     job = %{
@@ -23,7 +23,9 @@ defmodule Snakepit.Pool.Process.Pinned do
       kind: kind,
       index: nil,
       id: nil,
-      cancelled: false
+      cancelled: false,
+      # The guards of the refs the call passes: held while the job lives.
+      keep: keep
     }
 
     cond do
