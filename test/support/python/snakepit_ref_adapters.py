@@ -5,7 +5,9 @@ import os
 import threading
 import weakref
 
-from snakepit_bridge import ThreadSafeAdapter, ref, tool
+import time
+
+from snakepit_bridge import ThreadSafeAdapter, ref, send, tool
 
 # Weak references to the Box objects made so far (per Python process), to see them freed.
 _LIVE = weakref.WeakSet()
@@ -87,6 +89,17 @@ class RefAdapter(ThreadSafeAdapter):
         with _LIVE_LOCK:
             boxes = list(_LIVE)
         return sum(1 for b in boxes if tag is None or b.tag == tag)
+
+    @tool(description="Send (tag, os pid) to pid, then wait until the file at path exists.")
+    def hold(self, pid=None, tag=None, path=None, anchor=None):
+        send(pid, (tag, os.getpid()))
+        while not os.path.exists(path):
+            time.sleep(0.01)
+        return os.getpid()
+
+    @tool(description="id() of this adapter instance (changes when the worker is recycled).")
+    def instance_id(self):
+        return id(self)
 
     @tool(description="The OS pid of the worker.")
     def os_pid(self, anchor=None):
