@@ -49,7 +49,7 @@ class RefAdapter(ThreadSafeAdapter):
         return ref(Box(value, tag))
 
     @tool(description="A list of n Box refs.")
-    def make_refs(self, n: int = 1):
+    def make_refs(self, n: int = 1, anchor=None):
         return [ref(Box(i)) for i in range(n)]
 
     @tool(description="A NumPy array of zeros of the shape.")
