@@ -116,7 +116,7 @@ defmodule Snakepit.RefsTest do
       assert {:error, %Error{category: :conversion, message: msg}} =
                Snakepit.execute(thread, "unbox", %{value: [box]})
 
-      assert msg =~ ":process pool"
+      assert msg =~ ":process pool's worker"
 
       :ok = Snakepit.stop_pool(pool)
 

@@ -213,7 +213,7 @@ pub fn struct_to_py<'py>(py: Python<'py>, term: Term<'_>) -> Result<Bound<'py, P
     match resource.decode::<ResourceArc<PyObjectRef>>() {
         Ok(r) => r.object(py),
         Err(_) => Err(Error::conversion(
-            "this Snakepit.Ref's object does not live in this node's interpreter: it was made by a :process pool's worker and can only be passed to calls on that pool",
+            "this Snakepit.Ref has no object in this node's interpreter: it was made by a :process pool's worker (pass it to calls on that pool), or it went through another node (a NIF resource does not survive that)",
         )),
     }
 }
