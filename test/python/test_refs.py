@@ -189,8 +189,15 @@ def test_builtins_are_in_the_table_but_not_listed():
     from snakepit_bridge.adapters.threaded_showcase import ThreadedShowcaseAdapter
 
     adapter = ThreadedShowcaseAdapter()
-    commands = _runtime.commands(adapter)
+    commands = _runtime.command_table(adapter)
     assert "__snakepit_eval__" in commands and "__snakepit_call__" in commands
+    assert set(commands) - set(_runtime.commands(adapter)) == {
+        "__snakepit_call__",
+        "__snakepit_eval__",
+        "__snakepit_call_method__",
+        "__snakepit_get_attr__",
+        "__snakepit_decode__",
+    }
     names = [tool["name"] for tool in _runtime.tools(adapter)]
     assert not any(_builtins.is_builtin(n) for n in names) and "ping" in names
 

@@ -1,6 +1,6 @@
 """Commands every adapter has, for every profile: ``__snakepit_<name>__``. Not a user API.
 
-``snakepit_bridge._runtime.commands`` adds them to each adapter's command table (so the
+``snakepit_bridge._runtime.command_table`` adds them to each adapter's commands (so the
 ``:thread`` NIF and the ``:process`` worker reach them through the ordinary call path); they
 are hidden from ``tools/1`` and from the unknown-command message. ``Snakepit.Caller`` and
 ``Snakepit.Ref`` / ``Snakepit.Eval`` submit them (README, "Python objects and eval"):

@@ -2,9 +2,10 @@
 
 The Rust side calls, in order: :func:`set_thread_name` on each pool thread as it starts,
 :func:`create_adapter` once per worker (and again when the worker is recycled),
-:func:`commands` once per adapter instance (the dict it dispatches jobs through: the args map
-becomes keyword arguments), :func:`tools` for ``Snakepit.tools/1``, and :func:`cleanup` when
-the worker stops or is recycled. Errors are ordinary Python exceptions; the NIF turns them
+:func:`command_table` once per adapter instance (the dict it dispatches jobs through: the
+adapter's :func:`commands` plus the built-in ones; the args map becomes keyword arguments),
+:func:`tools` for ``Snakepit.tools/1``, and :func:`cleanup` when the worker stops or is
+recycled. Errors are ordinary Python exceptions; the NIF turns them
 into ``%Snakepit.Error{}`` values.
 
 Which methods are commands:
@@ -30,7 +31,7 @@ import sys
 import threading
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from ._builtins import builtin_commands, is_builtin
+from ._builtins import builtin_commands
 from ._tooling import TOOL_ATTR, describe_callable, is_command, tool
 from .base_adapter import BaseAdapter
 from .base_adapter_threaded import ThreadSafeAdapter, collect_stats
@@ -42,7 +43,7 @@ from .thread_safety_checker import (
     undeclared_adapter_message,
 )
 
-__all__ = ["create_adapter", "commands", "tools", "cleanup", "set_thread_name"]
+__all__ = ["create_adapter", "commands", "command_table", "tools", "cleanup", "set_thread_name"]
 
 logger = logging.getLogger("snakepit_bridge")
 
@@ -245,9 +246,17 @@ def commands(adapter: Any) -> Dict[str, Callable[..., Any]]:
             result[name] = bound
     for name, fn in _base_tools(adapter).items():
         result.setdefault(name, fn)
-    # Built-in commands (refs, eval): reached through the table, hidden from the listings.
-    result.update(builtin_commands(dict(result)))
     return result
+
+
+def command_table(adapter: Any) -> Dict[str, Callable[..., Any]]:
+    """What the pools dispatch through: :func:`commands` plus the built-in
+    ``__snakepit_<name>__`` commands (refs, eval; :mod:`snakepit_bridge._builtins`), which are
+    left out of the command listings.
+    """
+    table = commands(adapter)
+    table.update(builtin_commands(dict(table)))
+    return table
 
 
 def tools(adapter: Any) -> List[Dict[str, Any]]:
@@ -256,11 +265,7 @@ def tools(adapter: Any) -> List[Dict[str, Any]]:
     Each parameter is ``{"name", "type", "required", "default"}``, with the type as a string
     such as ``"str"`` or ``"list[float]"``.
     """
-    described = [
-        describe_callable(fn, name)
-        for name, fn in commands(adapter).items()
-        if not is_builtin(name)
-    ]
+    described = [describe_callable(fn, name) for name, fn in commands(adapter).items()]
     return sorted(described, key=lambda item: item["name"])
 
 

@@ -266,7 +266,7 @@ class Worker:
                 root.setLevel(level)
             options = dict(init.get("options") or {})
             self.adapter = _runtime.create_adapter(init["adapter"], pool_name, index, options)
-            self.commands = _runtime.commands(self.adapter)
+            self.commands = _runtime.command_table(self.adapter)
             self.names = sorted(n for n in self.commands if not n.startswith("__snakepit_"))
             self.class_name = type(self.adapter).__qualname__
             self._start_threads(threads, f"snakepit-{pool_name}-w{index}", pool_name)
