@@ -20,7 +20,7 @@ defmodule Snakepit.Caller do
 
     with {:ok, command} <- command_name(command),
          {:ok, command, args} <- Snakepit.Ref.call_options(command, args, opts),
-         {:ok, target} <- local_or_remote(pool, command, args, Keyword.delete(opts, :return)) do
+         {:ok, target} <- local_or_remote(pool, command, args, opts) do
       if Telemetry.enabled?() do
         instrumented(pool, target, command, normalize_args(args), timeout)
       else
@@ -39,7 +39,10 @@ defmodule Snakepit.Caller do
         {:ok, target}
 
       {:error, _} = not_here ->
-        case Snakepit.Cluster.execute_remote(pool, command, normalize_args(args), opts) do
+        # `command` already carries the result options (`return:`): not again over there.
+        remote_opts = Keyword.delete(opts, :return)
+
+        case Snakepit.Cluster.execute_remote(pool, command, normalize_args(args), remote_opts) do
           :no_remote -> not_here
           result -> {:remote, result}
         end

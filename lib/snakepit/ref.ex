@@ -54,6 +54,8 @@ defmodule Snakepit.Ref do
   # (priv/python/snakepit_bridge/_builtins.py).
   @spec call_options(String.t(), term(), keyword()) ::
           {:ok, String.t(), term()} | {:error, Error.t()}
+  def call_options(command, args, []), do: {:ok, command, args}
+
   def call_options(command, args, opts) do
     case result_options(opts) do
       {:ok, options} when map_size(options) == 0 ->
