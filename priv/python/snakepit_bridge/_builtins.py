@@ -115,7 +115,10 @@ def builtin_commands(table: Mapping[str, Callable[..., Any]]) -> Dict[str, Calla
     def call(command: str, args: Any = None, options: Any = None) -> Any:
         func = table.get(command)
         if func is None or is_builtin(command):
-            raise LookupError(f"unknown command {command!r}")
+            from ._dispatch import unknown_command
+
+            names = [n for n in table if not is_builtin(n)]
+            raise LookupError(unknown_command(str(command), "the adapter", names))
         return apply_options(_call(func, args), options)
 
     def call_method(obj: Any, name: str, args: Any = None, options: Any = None) -> Any:
