@@ -128,6 +128,12 @@ defmodule Snakepit.ConformanceRefsCase do
                    Snakepit.execute(ctx.pool, "make_box", %{}, return: :copy)
 
           assert msg =~ "return: must be :term or :ref"
+
+          assert {:error, %Error{message: msg}} =
+                   Snakepit.execute(ctx.pool, "nope", %{}, return: :ref)
+
+          assert msg =~ "unknown command" and msg =~ "make_box"
+          refute msg =~ "__snakepit_"
           assert {:error, %Error{category: :validation}} = Snakepit.call_method(:nope, "x")
         end
 
