@@ -180,8 +180,9 @@ defmodule Snakepit.Ref do
 
   defp homes(%__MODULE__{} = ref, acc), do: [ref | acc]
 
+  # Maps as raw maps (a MapSet's elements are its keys): never through Enumerable.
   defp homes(%{} = map, acc) when not is_struct(map) or is_map_key(map, :map),
-    do: Enum.reduce(map, acc, fn {k, v}, acc -> homes(v, homes(k, acc)) end)
+    do: :maps.fold(fn k, v, acc -> homes(v, homes(k, acc)) end, acc, map)
 
   defp homes([h | t], acc), do: homes(t, homes(h, acc))
   defp homes(t, acc) when is_tuple(t), do: homes(Tuple.to_list(t), acc)
@@ -206,7 +207,7 @@ defmodule Snakepit.Ref do
   defp strip(%__MODULE__{} = ref), do: %{ref | resource: nil}
 
   defp strip(%{} = map) when not is_struct(map) or is_map_key(map, :map),
-    do: Map.new(map, fn {k, v} -> {strip(k), strip(v)} end)
+    do: map |> :maps.to_list() |> Map.new(fn {k, v} -> {strip(k), strip(v)} end)
 
   defp strip([h | t]), do: [strip(h) | strip(t)]
 
@@ -235,7 +236,7 @@ defmodule Snakepit.Ref do
   end
 
   defp guard(%{} = map) when not is_struct(map) or is_map_key(map, :map),
-    do: Map.new(map, fn {k, v} -> {guard(k), guard(v)} end)
+    do: map |> :maps.to_list() |> Map.new(fn {k, v} -> {guard(k), guard(v)} end)
 
   defp guard([h | t]), do: [guard(h) | guard(t)]
 

@@ -98,6 +98,11 @@ defmodule Snakepit.ConformanceRefsCase do
           assert Snakepit.execute(ctx.pool, "unbox", %{value: [a, %{"k" => [{b}]}, a]}) ==
                    {:ok, ["a", "b", "a"]}
 
+          assert Snakepit.execute(ctx.pool, "unbox", %{value: [MapSet.new([b]), %{a => 1}]}) ==
+                   {:ok, ["b"]}
+
+          assert {:ok, ["a"]} = Snakepit.execute(ctx.pool, "unbox", %{value: MapSet.new([a])})
+
           # The object itself, not a copy: the same identity every time, and state sticks.
           {:ok, %{"id" => id, "box" => true}} =
             Snakepit.execute(ctx.pool, "identity", %{value: a})

@@ -75,6 +75,9 @@ class RefAdapter(ThreadSafeAdapter):
             elif isinstance(v, (list, tuple)):
                 for x in v:
                     walk(x)
+            elif isinstance(v, (set, frozenset)):
+                for x in sorted(v, key=repr):
+                    walk(x)
 
         walk(value)
         return out
