@@ -15,7 +15,9 @@
 #      echoed, beside a raw port echo and an Erlang message echo of the same term;
 #   4. memory — resident memory of pools of capacity 16 in each profile, and per extra thread
 #      (in fresh BEAMs: bench/lib/fresh_node.exs);
-#   5. start-up — time to a ready pool (first right `ping`) with the showcase adapter.
+#   5. start-up — time to a ready pool (first right `ping`) with the showcase adapter;
+#   6. objects and eval — `call_method` on a `%Snakepit.Ref{}` and `eval("1+1")` round trips
+#      beside `ping`, and the cost of creating and releasing a ref, in each profile.
 #
 # Every reply is checked; any wrong one makes the run exit with status 1 (after the report).
 
@@ -123,7 +125,8 @@ defmodule Bench.Suite do
       {"2. Parallel scaling", &scaling/2},
       {"3. Data", &data/2},
       {"4. Memory", &memory/2},
-      {"5. Start-up", &startup/2}
+      {"5. Start-up", &startup/2},
+      {"6. Objects and eval", &objects/2}
     ]
 
     sections =
@@ -992,7 +995,7 @@ defmodule Bench.Suite do
   ## Report
 
   defp headlines(by, f) do
-    %{"1" => h1, "2" => h2, "3" => h3, "4" => h4, "5" => h5} = by
+    %{"1" => h1, "2" => h2, "3" => h3, "4" => h4, "5" => h5, "6" => h6} = by
 
     [
       "- `ping` round trip: #{Support.us(h1.t_rtt)} µs on a :thread pool vs #{Support.us(h1.p_rtt)} µs " <>
@@ -1011,8 +1014,105 @@ defmodule Bench.Suite do
         "#{Support.mib(h4.process_rss)} MB RSS (#{Support.mib(h4.process_pss)} MB Pss) for #{h4.cap} :process " <>
         "workers; an extra thread costs about #{Support.fixed(h4.per_thread / 1024, 0)} KB. Ready in " <>
         "#{Support.ms(h5.thread_warm)} ms (:thread 1×8; #{Support.ms(h5.thread_cold)} ms in a fresh BEAM) vs " <>
-        "#{Support.ms(h5.process_8)} ms (:process 8×1)."
+        "#{Support.ms(h5.process_8)} ms (:process 8×1).",
+      "- Objects and eval (:thread 1×8): `call_method` on a ref #{Support.us(h6.thread.method)} µs and " <>
+        "`eval(\"1+1\")` #{Support.us(h6.thread.eval)} µs beside `ping` #{Support.us(h6.thread.ping)} µs; " <>
+        "creating and releasing a ref #{Support.us(h6.thread.create_release)} µs " <>
+        "(:process 2×1: #{Support.us(h6.process.method)}, #{Support.us(h6.process.eval)}, " <>
+        "#{Support.us(h6.process.ping)}, #{Support.us(h6.process.create_release)} µs)."
     ]
+  end
+
+  ## 6. Objects and eval
+
+  # Round trips of one caller, as in section 1: `ping`; `call_method` on a ref to a Python dict
+  # (`d.get("k")`); `eval("1+1")`; `execute(..., return: :ref)` of `ping` followed by
+  # `Snakepit.release/1` of the ref (the object is let go on the release thread, or by the
+  # worker).
+  defp objects(p, _ctx) do
+    pools = [
+      {:thread,
+       Pools.start!(:thread, name: :bench_obj_t8, adapter: @showcase, threads_per_worker: 8)},
+      {:process, Pools.start!(:process, name: :bench_obj_p2, adapter: @showcase, pool_size: 2)}
+    ]
+
+    measured =
+      try do
+        for {id, pool} <- pools, into: %{} do
+          bg = quiet(p)
+          name = pool.name
+          {:ok, dict} = Snakepit.eval("{'k': 1}", %{}, pool: name, return: :ref)
+
+          calls = [
+            ping: fn -> Pools.call(pool, "ping", %{}) == {:ok, "pong"} end,
+            method: fn -> Snakepit.call_method(dict, "get", ["k"]) == {:ok, 1} end,
+            eval: fn -> Snakepit.eval("1+1", %{}, pool: name) == {:ok, 2} end,
+            create_release: fn ->
+              case Snakepit.execute(name, "ping", %{}, return: :ref) do
+                {:ok, %Snakepit.Ref{type: "str"} = ref} -> Snakepit.release(ref) == :ok
+                _ -> false
+              end
+            end
+          ]
+
+          results =
+            for {what, call} <- calls, into: %{} do
+              progress("  #{Pools.shape(pool)}: #{what}, #{p.rtt_calls} calls")
+              Measure.warm_for(call, p.warm_ms)
+              {what, Measure.round_trip(call, p.rtt_calls, p.warmup)}
+            end
+
+          {id, %{pool: pool, results: results, bg: bg}}
+        end
+      after
+        for {_, pool} <- pools, do: Pools.stop(pool)
+      end
+
+    bad = for {_, m} <- measured, {_, r} <- m.results, reduce: 0, do: (acc -> acc + r.bad)
+    med = fn id, what -> measured[id].results[what].median_us end
+
+    rows =
+      for {id, _} <- pools do
+        m = measured[id]
+
+        "| #{Pools.shape(m.pool)} | " <>
+          Enum.map_join([:ping, :method, :eval, :create_release], " | ", fn what ->
+            "#{Support.us(med.(id, what))} (p99 #{Support.us(m.results[what].p99_us)})"
+          end) <> " |"
+      end
+
+    headline =
+      for {id, _} <- pools, into: %{} do
+        {id,
+         %{
+           ping: med.(id, :ping),
+           method: med.(id, :method),
+           eval: med.(id, :eval),
+           create_release: med.(id, :create_release)
+         }}
+      end
+
+    %{
+      bad: bad,
+      headline: headline,
+      lines:
+        [
+          "Round trips of one caller (µs, median and p99 of #{p.rtt_calls} timed calls after #{p.warm_ms} ms and " <>
+            "#{p.warmup} calls of warm-up): the showcase adapter's `ping`; `Snakepit.call_method(ref, \"get\", [\"k\"])` " <>
+            "on a ref to a Python dict; `Snakepit.eval(\"1+1\")`; `Snakepit.execute(pool, \"ping\", %{}, return: :ref)` " <>
+            "then `Snakepit.release(ref)`, timed together.",
+          "",
+          "| path | `ping` | `call_method` on a ref | `eval(\"1+1\")` | create + release a ref |",
+          "| --- | ---: | ---: | ---: | ---: |"
+        ] ++
+          rows ++
+          [
+            "",
+            "Other processes' CPU use before each pool: " <>
+              Enum.map_join(pools, ", ", fn {id, _} -> Support.pct(measured[id].bg.share) end) <>
+              "."
+          ]
+    }
   end
 
   defp render(p, f, results, elapsed_s, smoke?) do
@@ -1020,7 +1120,7 @@ defmodule Bench.Suite do
     bad = results |> Enum.map(& &1.bad) |> Enum.sum()
 
     headlines =
-      if map_size(by) == 5,
+      if map_size(by) == 6,
         do: headlines(by, f),
         else: ["- (partial run: sections #{Enum.join(Enum.sort(Map.keys(by)), ", ")})"]
 

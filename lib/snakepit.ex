@@ -193,4 +193,70 @@ defmodule Snakepit do
         {:error, Registry.not_running(name)}
     end
   end
+
+  ## Python objects and eval (README, "Python objects and eval")
+
+  @doc """
+  Calls method `name` of the Python object behind `ref` with `args` (a map: keyword
+  arguments, a list: positional, `nil`: none).
+
+      {:ok, y} = Snakepit.call_method(model, "predict", [[[1.0, 2.0]]])
+
+  ## Options
+
+    * `:return` — `:term` (default) converts the result; `:ref` returns a `%Snakepit.Ref{}`.
+    * `:pool` — the pool to run on (default: the ref's own; a `:thread` ref works with any
+      `:thread` pool of the node).
+    * `:timeout` — as in `execute/4`.
+  """
+  @spec call_method(Snakepit.Ref.t(), String.t() | atom(), args(), keyword()) :: result()
+  def call_method(ref, name, args \\ [], opts \\ []),
+    do: Snakepit.Ref.call_method(ref, name, args, opts)
+
+  @doc """
+  Reads attribute `name` of the Python object behind `ref`. Options as in `call_method/4`.
+
+      {:ok, [3, 3]} = Snakepit.get_attr(array, "shape")
+  """
+  @spec get_attr(Snakepit.Ref.t(), String.t() | atom(), keyword()) :: result()
+  def get_attr(ref, name, opts \\ []), do: Snakepit.Ref.get_attr(ref, name, opts)
+
+  @doc """
+  Converts the Python object behind `ref` to an Elixir term now (as a result of `execute/4`
+  would be). Options as in `call_method/4`.
+  """
+  @spec decode(Snakepit.Ref.t(), keyword()) :: result()
+  def decode(ref, opts \\ []), do: Snakepit.Ref.decode(ref, opts)
+
+  @doc """
+  Releases the Python object behind `ref` now, rather than when the ref is garbage-collected.
+  Later use of the ref (or a copy of it) answers a `:validation` error. Releasing twice is `:ok`.
+  """
+  @spec release(Snakepit.Ref.t()) :: :ok | {:error, Error.t()}
+  def release(ref), do: Snakepit.Ref.release(ref)
+
+  @doc """
+  Runs Python source `code` on a pool thread and returns the value of its last expression
+  (`nil` when the code ends with a statement). `bindings` (a map or keyword list) are set as
+  globals of the code.
+
+      {:ok, 12} = Snakepit.eval("sum(x) * 2", %{x: [1, 2, 3]})
+
+  Errors are `{:error, %Snakepit.Error{}}`; a Python exception's traceback names the
+  snippet's lines (`File "<snakepit-eval-7>", line 2`) and shows them.
+
+  ## Options
+
+    * `:pool` — the pool to run on (default: the default pool, as in `execute/3`). In a
+      `:thread` pool the code shares the interpreter with the adapters and can import their
+      modules.
+    * `:globals` — a `%Snakepit.Ref{}` to a Python `dict` to run in: what the code defines
+      stays there for the next eval (`{:ok, ns} = Snakepit.eval("{}", %{}, return: :ref)`).
+    * `:return` — `:term` (default) or `:ref`.
+    * `:timeout` — as in `execute/4`.
+
+  See `Snakepit.Sigil` for `~PY` and `~P`.
+  """
+  @spec eval(String.t(), map() | keyword(), keyword()) :: result()
+  def eval(code, bindings \\ %{}, opts \\ []), do: Snakepit.Eval.eval(code, bindings, opts)
 end

@@ -19,6 +19,7 @@ defmodule Snakepit.Caller do
     timeout = Keyword.get(opts, :timeout, @default_timeout)
 
     with {:ok, command} <- command_name(command),
+         {:ok, command, args} <- Snakepit.Ref.call_options(command, args, opts),
          {:ok, target} <- local_or_remote(pool, command, args, opts) do
       if Telemetry.enabled?() do
         instrumented(pool, target, command, normalize_args(args), timeout)
@@ -38,7 +39,10 @@ defmodule Snakepit.Caller do
         {:ok, target}
 
       {:error, _} = not_here ->
-        case Snakepit.Cluster.execute_remote(pool, command, normalize_args(args), opts) do
+        # `command` already carries the result options (`return:`): not again over there.
+        remote_opts = Keyword.delete(opts, :return)
+
+        case Snakepit.Cluster.execute_remote(pool, command, normalize_args(args), remote_opts) do
           :no_remote -> not_here
           result -> {:remote, result}
         end
@@ -48,7 +52,7 @@ defmodule Snakepit.Caller do
   @doc "One call on a profile's pool handle: submit, then wait for the one reply."
   @spec call(target(), String.t(), term(), timeout()) :: {:ok, term()} | {:error, Error.t()}
   def call({mod, handle}, command, args, timeout) do
-    case mod.submit(handle, command, args, nil) do
+    case submit(mod, handle, command, args, nil) do
       {:ok, tag, job} ->
         receive do
           {^tag, reply} ->
@@ -79,6 +83,22 @@ defmodule Snakepit.Caller do
     end
   end
 
+  # A profile whose objects live in one worker gets the calls that pass its refs pinned to
+  # that worker (Snakepit.Pool's object_home/0 and submit_to/5).
+  defp submit(mod, handle, command, args, window) do
+    case mod.object_home() do
+      :node ->
+        mod.submit(handle, command, args, window)
+
+      :worker ->
+        case Snakepit.Ref.route(args) do
+          {:ok, nil, args} -> mod.submit(handle, command, args, window)
+          {:ok, worker, args} -> mod.submit_to(handle, worker, command, args, window)
+          {:error, %Error{}} = error -> error
+        end
+    end
+  end
+
   defp pool_down(reason, command) do
     {:error,
      Error.new(:pool, "the pool stopped before the call finished (#{inspect(reason)})",
@@ -96,7 +116,7 @@ defmodule Snakepit.Caller do
   def result({:etf, bin}), do: bin |> decode() |> result()
 
   defp decode(bin) do
-    :erlang.binary_to_term(bin, [:safe])
+    bin |> :erlang.binary_to_term([:safe]) |> Snakepit.Ref.adopt(bin)
   rescue
     ArgumentError -> {:error, Error.new(:conversion, "the worker's reply could not be decoded")}
   end
@@ -167,7 +187,7 @@ defmodule Snakepit.Caller do
   defp start_stream(pool, command, args, window) do
     with {:ok, {mod, handle}} <- target(pool),
          {:ok, command} <- command_name(command),
-         {:ok, tag, job} <- mod.submit(handle, command, args, window) do
+         {:ok, tag, job} <- submit(mod, handle, command, args, window) do
       {mod, handle, tag, job, :running}
     else
       {:error, %Error{} = e} -> raise e

@@ -35,4 +35,10 @@ defmodule Snakepit.Native do
   def stats(_pool), do: :erlang.nif_error(:nif_not_loaded)
   def tools(_pool), do: :erlang.nif_error(:nif_not_loaded)
   def build_info, do: :erlang.nif_error(:nif_not_loaded)
+
+  # Object refs (native/snakepit/src/refs.rs).
+  def ref_release(_resource), do: :erlang.nif_error(:nif_not_loaded)
+  def ref_counts, do: :erlang.nif_error(:nif_not_loaded)
+  def ref_watch(_pid, _message), do: :erlang.nif_error(:nif_not_loaded)
+  def ref_watch_fire(_watch), do: :erlang.nif_error(:nif_not_loaded)
 end

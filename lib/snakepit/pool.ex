@@ -78,6 +78,25 @@ defmodule Snakepit.Pool do
   """
   @callback finished(handle(), reference(), job()) :: :ok
 
+  @doc """
+  Where the Python objects behind this profile's `%Snakepit.Ref{}`s live: `:node` (in this
+  node's interpreter: a ref works on any worker, and `submit/4` is used for every call) or
+  `:worker` (each in one worker: `Snakepit.Caller` looks for refs in a call's arguments and
+  submits a call that passes one with `submit_to/5`).
+  """
+  @callback object_home() :: :node | :worker
+
+  @doc """
+  Like `submit/4`, for a call that must run on one worker: the one that holds the objects of
+  the refs in `args`. `worker` is `{{pool, index, os_pid}, keep}`: the worker as a `:worker`
+  profile's refs name it, and the refs' guards (resources), which the profile holds until the
+  call ends (so no object is released while a call that passes it runs). If that worker is gone (it died or was recycled) the call answers
+  `{:error, %Snakepit.Error{category: :worker}}`, "the object was lost with its worker"; it
+  never runs on another worker. A `:node` profile runs the call anywhere.
+  """
+  @callback submit_to(handle(), worker :: term(), String.t(), term(), pos_integer() | nil) ::
+              {:ok, reference(), job()} | {:error, Error.t()}
+
   @doc "The pool's counters, as `Snakepit.stats/1` returns them; `info` as registered."
   @callback stats(handle(), info :: map()) :: map()
 

@@ -102,7 +102,7 @@ def test_the_builtin_dependencies_command_is_dispatchable_but_not_listed(tree):
     write(root / f"{names['helper']}.py", "VALUE = 1\n")
     write(root / f"{names['adapter']}.py", adapter_source(names["helper"], 1))
     adapter = _runtime.create_adapter(f"{names['adapter']}.Adapter", "p", 0, {})
-    table = _runtime.dispatch_table(adapter)
+    table = _runtime.command_table(adapter)
     assert "__snakepit_dependencies__" in table
     assert "__snakepit_dependencies__" not in _runtime.commands(adapter)
     assert all(t["name"] != "__snakepit_dependencies__" for t in _runtime.tools(adapter))

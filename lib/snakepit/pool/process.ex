@@ -83,6 +83,7 @@ defmodule Snakepit.Pool.Process do
   @stream 4
   @demand 5
   @cancel 6
+  @drop_ref 7
   # Frame kinds, worker -> Elixir.
   @reply_ok 0
   @reply_error 1
@@ -124,7 +125,13 @@ defmodule Snakepit.Pool.Process do
     :adapter,
     :free_threaded,
     :gil_enabled,
-    :executable
+    :executable,
+    # %Snakepit.Ref{} (priv/python/snakepit_bridge/_refs.py)
+    Snakepit.Ref,
+    :resource,
+    :type,
+    :repr,
+    :id
   ]
 
   @shutdown_grace 5_000
@@ -142,23 +149,44 @@ defmodule Snakepit.Pool.Process do
     do: GenServer.start_link(__MODULE__, config)
 
   @impl Snakepit.Pool
-  def submit(server, command, args, window) do
+  def submit(server, command, args, window),
+    do: request(server, call_body(command, args, window), kind(window))
+
+  defp call_body(command, args, window) do
     head =
       if window,
         do: [<<window::32, byte_size(command)::32>>, command],
         else: [<<byte_size(command)::32>>, command]
 
-    request(server, [head | :erlang.term_to_binary(args)], if(window, do: :stream, else: :call))
+    [head | :erlang.term_to_binary(args)]
   end
+
+  defp kind(nil), do: :call
+  defp kind(_window), do: :stream
+
+  # Objects of refs live in one worker's table (priv/python/snakepit_bridge/_refs.py).
+  @impl Snakepit.Pool
+  def object_home, do: :worker
+
+  @impl Snakepit.Pool
+  def submit_to(server, worker, command, args, window),
+    do: request(server, call_body(command, args, window), kind(window), worker)
 
   # Sends a request (`body`: its frame after the kind byte and the job id) to the pool; its
   # replies come to a monitor alias, so one that arrives after a timeout is dropped by the
   # runtime and never reaches the caller's mailbox, and a pool that dies (or a name that is
   # not registered) gives :DOWN.
-  defp request(server, body, kind) do
+  # A `worker` ({pool, index, os_pid}) pins the job to that worker (submit_to/5).
+  defp request(server, body, kind, worker \\ nil) do
     server = GenServer.whereis(server) || server
     tag = :erlang.monitor(:process, server, [{:alias, :demonitor}])
-    if is_pid(server), do: send(server, {:"$snakepit_call", tag, self(), body, kind})
+
+    if is_pid(server) do
+      if worker,
+        do: send(server, {:"$snakepit_call_to", tag, self(), body, kind, worker}),
+        else: send(server, {:"$snakepit_call", tag, self(), body, kind})
+    end
+
     {:ok, tag, {server, kind}}
   end
 
@@ -264,6 +292,8 @@ defmodule Snakepit.Pool.Process do
         free: [],
         queue: :queue.new(),
         queued: 0,
+        # worker index => :queue of tags of jobs pinned to it (Snakepit.Pool.Process.Pinned)
+        pinned: %{},
         # tag => job (queued and running): %{tag, caller, mon, body, kind, index, id, cancelled}
         jobs: %{},
         callers: %{},
@@ -324,6 +354,8 @@ defmodule Snakepit.Pool.Process do
 
   # Opens a worker process in slot `index` and sends it the init frame.
   defp spawn_worker(state, index, worker) do
+    # Jobs pinned to the process this one replaces: their objects are gone with it.
+    state = Snakepit.Pool.Process.Pinned.fail(state, index)
     config = state.config
 
     {port, os_pid} = OS.open(state.python, state.env)
@@ -479,6 +511,19 @@ defmodule Snakepit.Pool.Process do
     end
   end
 
+  def handle_info({:"$snakepit_call_to", tag, caller, body, kind, worker}, state) do
+    {:noreply, Snakepit.Pool.Process.Pinned.submit(state, tag, caller, body, kind, worker)}
+  end
+
+  def handle_info({:"$snakepit_drop_ref", index, os_pid, id}, state) do
+    case state.workers[index] do
+      %{os_pid: ^os_pid, port: port} when port != nil -> OS.send(port, <<@drop_ref, id::64>>)
+      _ -> :ok
+    end
+
+    {:noreply, state}
+  end
+
   def handle_info({port, {:data, <<kind, bin::binary>>}}, state) when is_port(port) do
     case state.ports do
       %{^port => index} -> {:noreply, worker_frame(state, index, kind, bin)}
@@ -614,7 +659,8 @@ defmodule Snakepit.Pool.Process do
 
   ## Jobs
 
-  defp watch(job), do: %{job | mon: Process.monitor(job.caller)}
+  @doc false
+  def watch(job), do: %{job | mon: Process.monitor(job.caller)}
 
   # A free thread of a ready worker that is not due for recycling.
   defp take_thread(%{free: []}), do: nil
@@ -626,7 +672,8 @@ defmodule Snakepit.Pool.Process do
     end
   end
 
-  defp start_job(state, index, job) do
+  @doc false
+  def start_job(state, index, job) do
     w = state.workers[index]
     {id, state} = next_id(state, w)
     OS.send(w.port, [<<frame_kind(job.kind), id::32>> | job.body])
@@ -762,9 +809,15 @@ defmodule Snakepit.Pool.Process do
   defp thread_free(%{stopping: true} = state, _index), do: state
 
   defp thread_free(state, index) do
-    if state.workers[index].due != false,
-      do: maybe_recycle(state, index),
-      else: dispatch_queued(%{state | free: [index | state.free]})
+    case Snakepit.Pool.Process.Pinned.next(state, index) do
+      {job, state} ->
+        start_job(state, index, job)
+
+      nil ->
+        if state.workers[index].due != false,
+          do: maybe_recycle(state, index),
+          else: dispatch_queued(%{state | free: [index | state.free]})
+    end
   end
 
   defp saturated(state) do
@@ -776,7 +829,8 @@ defmodule Snakepit.Pool.Process do
     )
   end
 
-  defp reply(tag, message), do: :erlang.send(tag, {tag, message})
+  @doc false
+  def reply(tag, message), do: :erlang.send(tag, {tag, message})
 
   # What a job's caller gets when its job ends with `message`: nothing for a cancelled call
   # (its caller has gone), the last message :closed for a cancelled stream.

@@ -35,6 +35,13 @@ defmodule Snakepit.Pool.Thread do
     end
   end
 
+  # One interpreter for the node: a ref's object is reachable from every thread of every pool.
+  @impl Snakepit.Pool
+  def object_home, do: :node
+
+  @impl Snakepit.Pool
+  def submit_to(pool, _worker, command, args, window), do: submit(pool, command, args, window)
+
   @impl Snakepit.Pool
   def cancel(_pool, _tag, job), do: Native.cancel(job)
 

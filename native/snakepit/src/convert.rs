@@ -222,6 +222,9 @@ fn map_to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> Result<Bound
     let env = term.get_env();
     // %MapSet{map: %{elem => _}} becomes a set of its elements.
     if let Ok(s) = term.map_get(atoms::__struct__().encode(env)) {
+        if s.decode::<Atom>().ok() == Some(atoms::ref_module()) {
+            return crate::refs::struct_to_py(py, term);
+        }
         if s.decode::<Atom>().ok() == Some(atoms::mapset_module()) {
             let inner = term
                 .map_get(atoms::map().encode(env))
@@ -336,6 +339,9 @@ fn to_term<'a>(env: Env<'a>, obj: &Bound<'_, PyAny>, depth: usize) -> Result<Ter
     if obj.cast::<PyMemoryView>().is_ok() {
         let bytes = obj.call_method0("tobytes").map_err(|e| py_err(py, e))?;
         return to_term(env, &bytes, depth + 1);
+    }
+    if let Some(r) = crate::refs::marker_to_term(env, obj) {
+        return r;
     }
     // Objects that describe themselves, then anything with tolist() (NumPy arrays and scalars).
     for method in ["__snakepit__", "tolist"] {

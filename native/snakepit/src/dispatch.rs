@@ -53,7 +53,7 @@ pub fn create_worker(py: Python<'_>, spec: &AdapterSpec<'_>, index: usize) -> Re
             "create_adapter",
             (spec.adapter, spec.pool_name, index, options),
         )?;
-        let commands = call_runtime(py, "dispatch_table", (&adapter,))?;
+        let commands = call_runtime(py, "command_table", (&adapter,))?;
         worker::from_adapter(py, adapter, commands)
     })()
     .map_err(|e| Error::from_py(py, e))

@@ -20,6 +20,7 @@ pub mod nif;
 pub mod pool;
 #[cfg(feature = "nif")]
 pub mod reload;
+pub mod refs;
 pub mod runtime;
 #[cfg(feature = "nif")]
 pub mod slot;
@@ -40,6 +41,7 @@ mod atoms {
         cancelled, done, chunk, closed,
         snakepit_log, snakepit_recycled, snakepit_recycle_failed, max_requests, ttl,
         saturated, python_logger_process = "Elixir.Snakepit.PythonLogger",
+        resource, type_ = "type", repr, id, ref_module = "Elixir.Snakepit.Ref",
     }
 }
 

@@ -40,6 +40,7 @@ pub fn thread_main(pool: Arc<PoolInner>, index: usize, started: crossbeam_channe
         );
         dispatch::call_runtime(py, "set_thread_name", (&slot.name, &pool.config.name)).ok();
         interrupt::register_thread(&slot);
+        crate::refs::set_thread_pool(&pool.config.name);
         drop(started);
         let worker_slot = &pool.workers[slot.worker];
         pool.idle.ready_begin();

@@ -167,10 +167,10 @@ pub fn from_adapter(
     for (k, v) in dict.iter() {
         map.insert(k.extract::<String>()?, v.unbind());
     }
-    // Built-in commands (`snakepit_bridge._runtime.BUILTIN_PREFIX`) are not listed.
+    // Built-in commands (`__snakepit_*__`, snakepit_bridge._builtins) are not listed.
     let mut names: Vec<String> = map
         .keys()
-        .filter(|k| !k.starts_with("__snakepit_"))
+        .filter(|n| !n.starts_with("__snakepit_"))
         .cloned()
         .collect();
     names.sort();

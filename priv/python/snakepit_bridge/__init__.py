@@ -8,6 +8,8 @@ The names of the threaded workers guide are importable as written there::
 and are also exported here, with:
 
 - :class:`BaseAdapter`: base class for single-threaded adapters;
+- :func:`ref`: return ``ref(obj)`` from a method to hand Elixir a ``%Snakepit.Ref{}`` to the
+  object instead of a converted copy;
 - :class:`Cancelled`: raised into a pool thread when the Elixir caller timed out or died;
 - :class:`Pid` and :func:`send`: an Erlang pid received as an argument, and a way to send it
   a message from Python. They come from the ``_snakepit_native`` module that the NIF
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._refs import ref
 from .base_adapter import BaseAdapter
 from .base_adapter_threaded import ThreadSafeAdapter, thread_safe_method, tool
 from .errors import Cancelled, SnakepitError, ThreadSafetyViolation
@@ -35,6 +38,7 @@ __all__ = [
     "ThreadSafetyChecker",
     "ThreadSafetyViolation",
     "__version__",
+    "ref",
     "send",
     "thread_safe_method",
     "tool",

@@ -31,7 +31,7 @@ __all__ = [
 # adapter's code: they are left out, so that a traceback starts where the user's code does.
 _OWN_FILES = frozenset(
     os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-    for name in ("worker.py", "_dispatch.py")
+    for name in ("worker.py", "_dispatch.py", "_builtins.py")
 )
 
 

@@ -2,10 +2,10 @@
 
 The Rust side calls, in order: :func:`set_thread_name` on each pool thread as it starts,
 :func:`create_adapter` once per worker (and again when the worker is recycled),
-:func:`dispatch_table` once per adapter instance (the dict it dispatches jobs through: the
-adapter's :func:`commands` and the :func:`builtin_commands`; the args map becomes keyword
-arguments), :func:`tools` for ``Snakepit.tools/1``, and :func:`cleanup` when
-the worker stops or is recycled. Errors are ordinary Python exceptions; the NIF turns them
+:func:`command_table` once per adapter instance (the dict it dispatches jobs through: the
+adapter's :func:`commands` plus the built-in ones; the args map becomes keyword arguments),
+:func:`tools` for ``Snakepit.tools/1``, and :func:`cleanup` when the worker stops or is
+recycled. Errors are ordinary Python exceptions; the NIF turns them
 into ``%Snakepit.Error{}`` values.
 
 Which methods are commands:
@@ -31,6 +31,7 @@ import sys
 import threading
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
+from ._builtins import builtin_commands
 from ._tooling import TOOL_ATTR, describe_callable, is_command, tool
 from .base_adapter import BaseAdapter
 from .base_adapter_threaded import ThreadSafeAdapter, collect_stats
@@ -42,7 +43,7 @@ from .thread_safety_checker import (
     undeclared_adapter_message,
 )
 
-__all__ = ["create_adapter", "commands", "tools", "cleanup", "set_thread_name"]
+__all__ = ["create_adapter", "commands", "command_table", "tools", "cleanup", "set_thread_name"]
 
 logger = logging.getLogger("snakepit_bridge")
 
@@ -252,37 +253,23 @@ def commands(adapter: Any) -> Dict[str, Callable[..., Any]]:
     return result
 
 
-#: Built-in commands every adapter has (hidden from ``tools`` and from the unknown-command list)
-#: start with this: capabilities of Snakepit itself reached through an ordinary call.
-BUILTIN_PREFIX = "__snakepit_"
-
-
-def is_builtin(name: str) -> bool:
-    """Whether ``name`` is a built-in command (:data:`BUILTIN_PREFIX`)."""
-    return name.startswith(BUILTIN_PREFIX)
-
-
-def builtin_commands(adapter: Any) -> Dict[str, Callable[..., Any]]:
-    """The built-in commands for an adapter instance:
-
-    - ``__snakepit_dependencies__(roots)``: the source files the adapter's module depends on
-      (:func:`snakepit_bridge._reload.dependencies`), for ``reload: :auto``.
+def command_table(adapter: Any) -> Dict[str, Callable[..., Any]]:
+    """What the pools dispatch through: :func:`commands` plus the built-in
+    ``__snakepit_<name>__`` commands (refs, eval; :mod:`snakepit_bridge._builtins`), which are
+    left out of the command listings, and ``__snakepit_dependencies__(roots)``: the source files
+    the adapter's module depends on (:func:`snakepit_bridge._reload.dependencies`), for
+    ``reload: :auto``.
     """
     from . import _reload
 
+    table = commands(adapter)
+    table.update(builtin_commands(dict(table)))
     module = type(adapter).__module__
 
     def dependencies(roots: Optional[List[str]] = None) -> List[str]:
         return _reload.dependencies(module, roots or ())
 
-    return {BUILTIN_PREFIX + "dependencies__": dependencies}
-
-
-def dispatch_table(adapter: Any) -> Dict[str, Callable[..., Any]]:
-    """What a worker dispatches calls through: :func:`commands` plus
-    :func:`builtin_commands` (an adapter's own command of the same name wins)."""
-    table = builtin_commands(adapter)
-    table.update(commands(adapter))
+    table["__snakepit_dependencies__"] = dependencies
     return table
 
 

@@ -381,6 +381,14 @@ def _decode_map(buf: memoryview, pos: int, depth: int) -> Tuple[Any, int]:
         if not isinstance(inner, dict):
             raise ConversionError("malformed MapSet")
         return set(inner), pos
+    if result.get("__struct__") == "Elixir.Snakepit.Ref":
+        # The object itself (priv/python/snakepit_bridge/_refs.py).
+        from ._refs import resolve
+
+        try:
+            return resolve(result), pos
+        except LookupError as exc:
+            raise ConversionError(str(exc)) from None
     return result, pos
 
 

@@ -30,6 +30,8 @@ kind   payload after the kind byte                  meaning
 6      ``<<id::32>>``                               cancel job ``id``: a running call gets
                                                     ``snakepit_bridge.Cancelled`` raised in its
                                                     thread; a stream's generator is closed
+7      ``<<object_id::64>>``                        the last Elixir ref to object ``object_id``
+                                                    is gone: drop it from ``_refs.TABLE``
 =====  ===========================================  ==============================================
 
 Worker → Elixir:
@@ -76,14 +78,14 @@ import threading
 import traceback
 from typing import Any, Callable, Dict, Optional
 
-from . import _cancel, _dispatch, _runtime, etf
+from . import _cancel, _dispatch, _refs, _runtime, etf
 from .errors import Cancelled
 from .etf import Atom, ConversionError
 
 __all__ = ["main"]
 
 # Frame kinds, Elixir -> worker.
-CALL, TOOLS, STOP, INIT, STREAM, DEMAND, CANCEL = 0, 1, 2, 3, 4, 5, 6
+CALL, TOOLS, STOP, INIT, STREAM, DEMAND, CANCEL, DROP_REF = 0, 1, 2, 3, 4, 5, 6, 7
 # Frame kinds, worker -> Elixir.
 REPLY_OK, REPLY_ERROR, READY, SEND, LOG, CHUNK, DONE = 0, 1, 2, 3, 4, 5, 6
 
@@ -97,6 +99,7 @@ _K_DETAILS = Atom("details")
 
 _u32 = struct.Struct(">I")
 _u32x2 = struct.Struct(">II")
+_u64 = struct.Struct(">Q")
 
 #: How long a cancellation waits to be raised at a safe instruction before it is raised
 #: with PyThreadState_SetAsyncExc (as the :thread profile's interrupter does).
@@ -259,6 +262,7 @@ class Worker:
             index = int(init.get("index", 0))
             threads = max(1, int(init.get("threads", 1)))
             _runtime.set_thread_name(f"snakepit-{pool_name}-w{index}")
+            _refs.set_home(pool_name, index)
             level = int(init.get("log_level", logging.WARNING))
             self.log_handler.setLevel(level)
             root = logging.getLogger()
@@ -266,8 +270,8 @@ class Worker:
                 root.setLevel(level)
             options = dict(init.get("options") or {})
             self.adapter = _runtime.create_adapter(init["adapter"], pool_name, index, options)
-            self.commands = _runtime.dispatch_table(self.adapter)
-            self.names = sorted(n for n in self.commands if not _runtime.is_builtin(n))
+            self.commands = _runtime.command_table(self.adapter)
+            self.names = sorted(n for n in self.commands if not n.startswith("__snakepit_"))
             self.class_name = type(self.adapter).__qualname__
             self._start_threads(threads, f"snakepit-{pool_name}-w{index}", pool_name)
         except BaseException as exc:  # noqa: BLE001 - reported to Elixir as the start-up error
@@ -564,6 +568,8 @@ class Worker:
                 self.demand(job_id, n)
             elif kind == CANCEL:
                 self.cancel(_u32.unpack_from(frame, 1)[0])
+            elif kind == DROP_REF:
+                _refs.TABLE.drop(_u64.unpack_from(frame, 1)[0])
             elif kind == STOP:
                 break
             else:
