@@ -197,6 +197,7 @@ def test_builtins_are_in_the_table_but_not_listed():
         "__snakepit_call_method__",
         "__snakepit_get_attr__",
         "__snakepit_decode__",
+        "__snakepit_dependencies__",
     }
     names = [tool["name"] for tool in _runtime.tools(adapter)]
     assert not any(_builtins.is_builtin(n) for n in names) and "ping" in names
