@@ -4,6 +4,10 @@
 //! into Python), stats, convert (terms <-> Python), error. docs/architecture.md has the map.
 
 #[cfg(feature = "nif")]
+pub mod aio;
+#[cfg(feature = "nif")]
+pub mod callback;
+#[cfg(feature = "nif")]
 pub mod convert;
 #[cfg(feature = "nif")]
 pub mod dispatch;

@@ -9,6 +9,7 @@ and are also exported here, with:
 
 - :class:`BaseAdapter`: base class for single-threaded adapters;
 - :class:`Cancelled`: raised into a pool thread when the Elixir caller timed out or died;
+- :mod:`snakepit_bridge.elixir` and :class:`ElixirError`: calling Elixir functions from Python;
 - :class:`Pid` and :func:`send`: an Erlang pid received as an argument, and a way to send it
   a message from Python. They come from the ``_snakepit_native`` module that the NIF
   registers; outside the BEAM a stand-in ``Pid`` is provided and ``send`` raises
@@ -21,7 +22,7 @@ from typing import Any
 
 from .base_adapter import BaseAdapter
 from .base_adapter_threaded import ThreadSafeAdapter, thread_safe_method, tool
-from .errors import Cancelled, SnakepitError, ThreadSafetyViolation
+from .errors import Cancelled, ElixirError, SnakepitError, ThreadSafetyViolation
 from .thread_safety_checker import ThreadSafetyChecker
 
 __version__ = "0.6.0"
@@ -29,6 +30,7 @@ __version__ = "0.6.0"
 __all__ = [
     "BaseAdapter",
     "Cancelled",
+    "ElixirError",
     "Pid",
     "SnakepitError",
     "ThreadSafeAdapter",
