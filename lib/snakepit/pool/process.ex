@@ -91,6 +91,11 @@ defmodule Snakepit.Pool.Process do
   @log 4
   @chunk 5
   @done 6
+  # Python calling Elixir (priv/python/snakepit_bridge/_worker_elixir.py): a call, its
+  # abandonment (worker -> Elixir), its reply (Elixir -> worker).
+  @elixir_call 7
+  @elixir_cancel 8
+  @elixir_reply 7
 
   # Every atom a worker may send. binary_to_term(bin, [:safe]) refuses atoms that do not exist
   # yet; these exist as soon as this module is loaded (see worker_atoms/0).
@@ -462,6 +467,17 @@ defmodule Snakepit.Pool.Process do
     end
   end
 
+  def handle_info({:snakepit_elixir_reply, port, id, reply}, state) do
+    OS.send(port, [<<@elixir_reply, id::32>> | :erlang.term_to_binary(reply)])
+    {:noreply, state}
+  end
+
+  def handle_info({port, {:data, <<kind, bin::binary>>}}, state)
+      when is_port(port) and kind in [@elixir_call, @elixir_cancel] do
+    elixir_frame(port, kind, bin)
+    {:noreply, state}
+  end
+
   def handle_info({port, {:data, <<kind, bin::binary>>}}, state) when is_port(port) do
     case state.ports do
       %{^port => index} -> {:noreply, worker_frame(state, index, kind, bin)}
@@ -812,6 +828,23 @@ defmodule Snakepit.Pool.Process do
   end
 
   defp retiring_frame(state, _kind, _bin), do: state
+
+  # A worker's call of an Elixir function goes to Snakepit.Functions; its reply comes back
+  # here ({:snakepit_elixir_reply, ...}) and goes down the worker's port.
+  defp elixir_frame(port, @elixir_call, bin) do
+    with {:ok, {id, name, args, _job}} when is_list(args) <- safe_decode(bin) do
+      pool = self()
+      reply = fn reply -> send(pool, {:snakepit_elixir_reply, port, id, reply}) end
+
+      send(
+        Snakepit.Functions,
+        {:snakepit_elixir_call, {pool, port, id}, name, args, nil, nil, reply}
+      )
+    end
+  end
+
+  defp elixir_frame(port, @elixir_cancel, <<id::32>>),
+    do: send(Snakepit.Functions, {:snakepit_elixir_cancel, {self(), port, id}})
 
   defp safe_decode(bin) do
     {:ok, :erlang.binary_to_term(bin, [:safe])}

@@ -16,9 +16,10 @@ import asyncio
 import concurrent.futures
 import itertools
 import threading
+import types
 from typing import Any, AsyncIterator, Callable, Dict, Iterator, Tuple
 
-__all__ = ["close", "iterate", "loop_for", "schedule"]
+__all__ = ["close", "is_coroutine", "iterate", "loop_for", "run", "schedule", "stream_source"]
 
 # id(adapter) -> (adapter, loop, thread)
 _loops: Dict[int, Tuple[Any, asyncio.AbstractEventLoop, threading.Thread]] = {}
@@ -64,6 +65,25 @@ def schedule(
     fut = asyncio.run_coroutine_threadsafe(coro, loop_for(adapter))
     fut.add_done_callback(done)
     return fut
+
+
+def is_coroutine(obj: Any) -> bool:
+    """Whether a command's result is a coroutine to await (``async def``)."""
+    return type(obj) is types.CoroutineType
+
+
+def run(adapter: Any, coro: Any) -> Any:
+    """Awaits ``coro`` on ``adapter``'s loop from this thread (the process profile): returns
+    its result or raises its exception; a ``Cancelled`` raised into this thread while it
+    waits cancels the task."""
+    return _wait(asyncio.run_coroutine_threadsafe(coro, loop_for(adapter)))
+
+
+def stream_source(adapter: Any, obj: Any) -> Any:
+    """What a stream iterates: :func:`iterate` for an async generator, else ``obj``."""
+    if type(obj) is types.AsyncGeneratorType:
+        return iterate(adapter, obj)
+    return obj
 
 
 def _wait(fut: concurrent.futures.Future, limit: float = float("inf")) -> Any:

@@ -75,7 +75,7 @@ import threading
 import traceback
 from typing import Any, Callable, Dict, Optional
 
-from . import _cancel, _dispatch, _runtime, etf
+from . import _async, _cancel, _dispatch, _runtime, _worker_elixir, elixir, etf
 from .errors import Cancelled
 from .etf import Atom, ConversionError
 
@@ -185,6 +185,9 @@ class Worker:
         self.names: list = []
         self.class_name = ""
         self.log_handler = _ElixirLogHandler(self)
+        # snakepit_bridge.elixir over this worker's port (_worker_elixir.py: frames 7 and 8).
+        self.elixir = _worker_elixir.ElixirCalls(self)
+        elixir.set_transport(self.elixir.call)
 
     # -- frames ----------------------------------------------------------------------------
 
@@ -425,6 +428,8 @@ class Worker:
                 result = func(*args)
             else:
                 result = func()
+            if _async.is_coroutine(result):
+                result = _async.run(self.adapter, result)  # awaited on the worker's loop
         except Cancelled:
             raise
         except BaseException as exc:  # noqa: BLE001 - SystemExit too: a value, not an exit
@@ -446,7 +451,7 @@ class Worker:
         if not ok:
             return
         try:
-            iterator = iter(result)
+            iterator = iter(_async.stream_source(self.adapter, result))
         except TypeError:
             self.reply_error(
                 job.id,
@@ -565,6 +570,8 @@ class Worker:
                 self.demand(job_id, n)
             elif kind == CANCEL:
                 self.cancel(_u32.unpack_from(frame, 1)[0])
+            elif kind == _worker_elixir.ELIXIR_REPLY:
+                self.elixir.reply(frame)
             elif kind == STOP:
                 break
             else:

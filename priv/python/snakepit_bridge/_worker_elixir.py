@@ -1,0 +1,75 @@
+"""``snakepit_bridge.elixir`` inside a ``:process`` worker (``worker.py``): calls to Elixir
+functions travel as frames over the worker's port.
+
+Worker → Elixir: kind 7, ``{call_id, name, args, job_id | nil}`` (a call; ``job_id`` is the job
+whose thread makes it), kind 8, ``<<call_id::32>>`` (the call was abandoned: timeout or
+cancellation; Elixir stops the function's process). Elixir → worker: kind 7,
+``<<call_id::32>>`` then ``term_to_binary({:ok, value} | {:error, {kind, message, stack}})``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import struct
+import threading
+import time
+from typing import Any, Dict, Optional, Tuple
+
+from . import etf
+
+ELIXIR_CALL, ELIXIR_CANCEL = 7, 8
+ELIXIR_REPLY = 7
+_u32 = struct.Struct(">I")
+# How often a waiting thread checks its job's cancellation and its timeout.
+_POLL = 0.02
+
+
+class ElixirCalls:
+    """The calls to Elixir of one worker, waiting for their replies."""
+
+    def __init__(self, worker: Any) -> None:
+        self._worker = worker
+        self._waits: Dict[int, "queue.SimpleQueue[Any]"] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+
+    def call(self, name: str, args: Tuple[Any, ...], timeout: Optional[float]) -> Tuple[str, Any]:
+        """The transport of :mod:`snakepit_bridge.elixir`: ``(status, payload)``."""
+        call_id = next(self._ids) & 0xFFFFFFFF
+        replies: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        with self._lock:
+            self._waits[call_id] = replies
+        job = self._worker._running.get(threading.get_ident())
+        job_id = job.id if job is not None else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            self._worker.write_term(ELIXIR_CALL, (call_id, name, list(args), job_id))
+            while True:
+                try:
+                    return ("reply", replies.get(timeout=_POLL))
+                except queue.Empty:
+                    pass
+                if job is not None and job.cancelled:
+                    self._abandon(call_id)
+                    return ("cancelled", None)
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._abandon(call_id)
+                    return ("timeout", None)
+        except BaseException:
+            self._abandon(call_id)  # Cancelled raised into this thread
+            raise
+        finally:
+            with self._lock:
+                self._waits.pop(call_id, None)
+
+    def _abandon(self, call_id: int) -> None:
+        self._worker._write(bytearray(_u32.pack(5) + bytes((ELIXIR_CANCEL,)) + _u32.pack(call_id)))
+
+    def reply(self, frame: bytes) -> None:
+        """An Elixir → worker reply frame (read by the worker's reader thread)."""
+        (call_id,) = _u32.unpack_from(frame, 1)
+        with self._lock:
+            replies = self._waits.get(call_id)
+        if replies is not None:
+            replies.put(etf.decode(memoryview(frame)[5:]))
