@@ -474,7 +474,7 @@ defmodule Snakepit.Pool.Process do
 
   def handle_info({port, {:data, <<kind, bin::binary>>}}, state)
       when is_port(port) and kind in [@elixir_call, @elixir_cancel] do
-    elixir_frame(port, kind, bin)
+    elixir_frame(state, port, kind, bin)
     {:noreply, state}
   end
 
@@ -831,20 +831,29 @@ defmodule Snakepit.Pool.Process do
 
   # A worker's call of an Elixir function goes to Snakepit.Functions; its reply comes back
   # here ({:snakepit_elixir_reply, ...}) and goes down the worker's port.
-  defp elixir_frame(port, @elixir_call, bin) do
-    with {:ok, {id, name, args, _job}} when is_list(args) <- safe_decode(bin) do
+  defp elixir_frame(state, port, @elixir_call, bin) do
+    with {:ok, {id, name, args, job_id}} when is_list(args) <- safe_decode(bin) do
       pool = self()
       reply = fn reply -> send(pool, {:snakepit_elixir_reply, port, id, reply}) end
-
-      send(
-        Snakepit.Functions,
-        {:snakepit_elixir_call, {pool, port, id}, name, args, nil, nil, reply}
-      )
+      caller = job_caller(state, port, job_id)
+      call = {:snakepit_elixir_call, {pool, port, id}, name, args, caller, nil, reply}
+      send(Snakepit.Functions, call)
     end
   end
 
-  defp elixir_frame(port, @elixir_cancel, <<id::32>>),
+  defp elixir_frame(_state, port, @elixir_cancel, <<id::32>>),
     do: send(Snakepit.Functions, {:snakepit_elixir_cancel, {self(), port, id}})
+
+  # The caller of the job `job_id` of the worker on `port` (for the function's `$callers`).
+  defp job_caller(state, port, job_id) do
+    with %{^port => index} <- state.ports,
+         %{jobs: %{^job_id => tag}} <- state.workers[index],
+         %{^tag => %{caller: caller}} <- state.jobs do
+      caller
+    else
+      _ -> nil
+    end
+  end
 
   defp safe_decode(bin) do
     {:ok, :erlang.binary_to_term(bin, [:safe])}

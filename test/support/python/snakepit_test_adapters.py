@@ -12,8 +12,8 @@ from snakepit_bridge import ThreadSafeAdapter, send, thread_safe_method, tool
 TRACKED = {}
 BARRIERS = {}
 BARRIERS_LOCK = threading.Lock()
-# async_sleep's counters (in flight now, most at once, finished).
-ASYNC_STATE = {"in_flight": 0, "max_in_flight": 0, "done": 0}
+# async_sleep's counters by key: in flight now, most at once, finished.
+ASYNC_STATE = {}
 ASYNC_LOCK = threading.Lock()
 
 
@@ -362,29 +362,25 @@ class TestAdapter(ThreadSafeAdapter):
         return [here] + list(elixir.call(name, depth, timeout=60.0))
 
     @tool(description="await asyncio.sleep(seconds), counting the coroutines in flight.")
-    async def async_sleep(self, seconds: float = 0.01, value=None):
+    async def async_sleep(self, seconds: float = 0.01, value=None, key="default"):
         import asyncio
 
         with ASYNC_LOCK:
-            ASYNC_STATE["in_flight"] += 1
-            ASYNC_STATE["max_in_flight"] = max(
-                ASYNC_STATE["max_in_flight"], ASYNC_STATE["in_flight"]
-            )
+            state = ASYNC_STATE.setdefault(key, {"in_flight": 0, "max_in_flight": 0, "done": 0})
+            state["in_flight"] += 1
+            state["max_in_flight"] = max(state["max_in_flight"], state["in_flight"])
         try:
             await asyncio.sleep(seconds)
         finally:
             with ASYNC_LOCK:
-                ASYNC_STATE["in_flight"] -= 1
-                ASYNC_STATE["done"] += 1
+                state["in_flight"] -= 1
+                state["done"] += 1
         return value
 
-    @tool(description="The async_sleep counters; reset=True zeroes them.")
-    def async_stats(self, reset: bool = False):
+    @tool(description="The async_sleep counters of key.")
+    def async_stats(self, key="default"):
         with ASYNC_LOCK:
-            out = dict(ASYNC_STATE)
-            if reset:
-                ASYNC_STATE.update(in_flight=0, max_in_flight=0, done=0)
-        return out
+            return dict(ASYNC_STATE.get(key, {"in_flight": 0, "max_in_flight": 0, "done": 0}))
 
     @tool(description="An async def command that raises ValueError(message).")
     async def async_fail(self, message: str = "async boom"):

@@ -1,0 +1,245 @@
+defmodule Snakepit.ConformanceElixirCase do
+  @moduledoc false
+  # Python calling Elixir (snakepit_bridge.elixir) and async def commands, against every
+  # worker profile (test/snakepit/conformance_elixir_test.exs). Uses the helpers of
+  # Snakepit.ConformanceCase. Registered function names are unique per test: the registry
+  # is node-wide.
+  use ExUnit.CaseTemplate
+
+  using opts do
+    profile = Keyword.fetch!(opts, :profile)
+
+    quote do
+      import Snakepit.ConformanceCase
+      alias Snakepit.Error
+
+      @profile unquote(profile)
+
+      setup_all do
+        {:ok, pool} = start(@profile, capacity(@profile, 4) ++ [max_queue: 20_000])
+        on_exit(fn -> stop(@profile, pool) end)
+        %{pool: pool, profile: @profile}
+      end
+
+      defp exec(ctx, command, args, opts \\ []),
+        do: call(ctx.profile, ctx.pool, command, args, opts)
+
+      defp fname(base), do: "#{base}_#{System.unique_integer([:positive])}"
+
+      defp register!(fun) do
+        name = fname("f")
+        :ok = Snakepit.register_function(name, fun)
+        name
+      end
+
+      describe "elixir.call" do
+        test "runs the function and converts its result", ctx do
+          name = register!(fn a, b -> %{sum: a + b, list: [a, b], tuple: {a, :x}} end)
+
+          assert {:ok, %{"sum" => 5, "list" => [2, 3], "tuple" => {2, "x"}}} =
+                   exec(ctx, "call_elixir", %{name: name, args: [2, 3]})
+        end
+
+        test "{module, function} functions, and elixir.functions() lists them", ctx do
+          name = fname("mf")
+          :ok = Snakepit.register_function(name, {Enum, :sum})
+          assert {:ok, 6} = exec(ctx, "call_elixir", %{name: name, args: [[1, 2, 3]]})
+          assert name in Snakepit.functions()
+          assert {:ok, names} = exec(ctx, "elixir_functions", %{})
+          assert name in names
+        end
+
+        test "runs in a fresh supervised process whose $callers is the caller", ctx do
+          test = self()
+
+          name =
+            register!(fn ->
+              send(test, {:ran, self(), Process.get(:"$callers"), Process.get(:"$ancestors")})
+              :ok
+            end)
+
+          caller = Task.async(fn -> exec(ctx, "call_elixir", %{name: name}) end)
+
+          assert {:ok, "ok"} = Task.await(caller, 30_000)
+          assert_receive {:ran, pid, callers, ancestors}, 30_000
+          assert pid != self()
+          assert caller.pid in callers
+
+          assert Snakepit.FunctionSupervisor in ancestors or
+                   Process.whereis(Snakepit.FunctionSupervisor) in ancestors
+        end
+
+        test "an exception, exit or throw raises ElixirError with message and stacktrace",
+             ctx do
+          raising = register!(fn -> raise ArgumentError, "bad thing" end)
+          exiting = register!(fn -> exit(:gone_away) end)
+          throwing = register!(fn -> throw(:ball) end)
+
+          assert {:ok, %{"kind" => "error", "message" => msg, "stacktrace" => st}} =
+                   exec(ctx, "elixir_error", %{name: raising})
+
+          assert msg =~ "ArgumentError"
+          assert msg =~ "bad thing"
+          assert st =~ "anonymous fn"
+          assert st =~ "conformance_elixir"
+
+          assert {:ok, %{"kind" => "exit", "message" => exit_msg}} =
+                   exec(ctx, "elixir_error", %{name: exiting})
+
+          assert exit_msg =~ "gone_away"
+
+          assert {:ok, %{"kind" => "throw", "message" => throw_msg}} =
+                   exec(ctx, "elixir_error", %{name: throwing})
+
+          assert throw_msg =~ "ball"
+
+          # Uncaught, it is a Python error of the command.
+          assert {:error, %Error{category: :python_error} = e} =
+                   exec(ctx, "call_elixir", %{name: raising})
+
+          assert e.python_type =~ "ElixirError"
+          assert e.message =~ "bad thing"
+        end
+
+        test "an unknown name raises ElixirError listing the registered names", ctx do
+          known = register!(fn -> 1 end)
+
+          assert {:ok, %{"kind" => "unknown", "message" => msg}} =
+                   exec(ctx, "elixir_error", %{name: "no_such_function"})
+
+          assert msg =~ "no_such_function"
+          assert msg =~ known
+        end
+
+        test "a timeout raises TimeoutError and stops the function's process", ctx do
+          test = self()
+
+          name =
+            register!(fn ->
+              send(test, {:slow, self()})
+              Process.sleep(:infinity)
+            end)
+
+          assert {:error, %Error{python_type: "TimeoutError"}} =
+                   exec(ctx, "call_elixir", %{name: name, timeout: 0.2})
+
+          assert_receive {:slow, pid}, 30_000
+          ref = Process.monitor(pid)
+          assert_receive {:DOWN, ^ref, _, _, _}, 30_000
+        end
+
+        test "a killed caller cancels the wait: Cancelled in Python, function stopped", ctx do
+          test = self()
+          tag = fname("killed")
+
+          name =
+            register!(fn ->
+              send(test, {:waiting_fn, self()})
+              Process.sleep(:infinity)
+            end)
+
+          caller =
+            spawn(fn ->
+              exec(ctx, "tracked_elixir_call", %{tag: tag, pid: test, name: name})
+            end)
+
+          assert_receive {^tag, _, _}, 30_000
+          assert_receive {:waiting_fn, fun_pid}, 30_000
+          fun_ref = Process.monitor(fun_pid)
+          Process.exit(caller, :kill)
+
+          assert wait_for(fn ->
+                   exec(ctx, "tracked_outcome", %{tag: tag}) == {:ok, "Cancelled"}
+                 end)
+
+          assert_receive {:DOWN, ^fun_ref, _, _, _}, 30_000
+        end
+
+        test "many concurrent callers each get their own answer", ctx do
+          name = register!(fn x -> x * 2 end)
+
+          results =
+            1..200
+            |> Task.async_stream(
+              fn i -> exec(ctx, "call_elixir", %{name: name, args: [i]}) end,
+              max_concurrency: 200,
+              timeout: 60_000
+            )
+            |> Enum.map(fn {:ok, {:ok, v}} -> v end)
+
+          assert results == Enum.map(1..200, &(&1 * 2))
+        end
+      end
+
+      describe "async def commands" do
+        test "are awaited; their exceptions are errors", ctx do
+          assert {:ok, 42} = exec(ctx, "async_sleep", %{seconds: 0.0, value: 42})
+
+          assert {:error, %Error{category: :python_error, python_type: "ValueError"} = e} =
+                   exec(ctx, "async_fail", %{message: "nope"})
+
+          assert e.message =~ "nope"
+        end
+
+        test "a timeout cancels the task: CancelledError, finally runs", ctx do
+          tag = fname("async_timeout")
+
+          assert {:error, %Error{category: :timeout}} =
+                   exec(ctx, "async_tracked_sleep", %{tag: tag, pid: self()}, timeout: 300)
+
+          assert_receive {^tag, _, _}, 30_000
+
+          assert wait_for(fn ->
+                   exec(ctx, "tracked_outcome", %{tag: tag}) == {:ok, "CancelledError"}
+                 end)
+
+          assert {:ok, true} = exec(ctx, "tracked_outcome", %{tag: tag <> ":finally"})
+        end
+
+        test "a killed caller cancels the task", ctx do
+          tag = fname("async_killed")
+          test = self()
+
+          caller = spawn(fn -> exec(ctx, "async_tracked_sleep", %{tag: tag, pid: test}) end)
+
+          assert_receive {^tag, _, _}, 30_000
+          Process.exit(caller, :kill)
+
+          assert wait_for(fn ->
+                   exec(ctx, "tracked_outcome", %{tag: tag}) == {:ok, "CancelledError"}
+                 end)
+
+          assert {:ok, true} = exec(ctx, "tracked_outcome", %{tag: tag <> ":finally"})
+        end
+
+        test "async generators stream; halting early closes them", ctx do
+          tag = fname("agen")
+
+          assert Enum.to_list(stream(ctx.profile, ctx.pool, "async_count", %{tag: tag, limit: 6})) ==
+                   Enum.to_list(0..5)
+
+          assert {:ok, "finished"} = exec(ctx, "tracked_outcome", %{tag: tag})
+
+          halted = fname("agen_halt")
+
+          assert [0, 1, 2] =
+                   stream(ctx.profile, ctx.pool, "async_count", %{tag: halted, limit: 1000})
+                   |> Enum.take(3)
+
+          assert wait_for(fn ->
+                   exec(ctx, "tracked_outcome", %{tag: halted <> ":finally"}) == {:ok, true}
+                 end)
+
+          assert {:ok, n} = exec(ctx, "tracked_outcome", %{tag: halted <> ":n"})
+          assert n < 1000
+        end
+
+        test "await elixir.acall(...) calls Elixir", ctx do
+          name = register!(fn a -> {:got, a} end)
+
+          assert {:ok, {"got", 9}} = exec(ctx, "async_call_elixir", %{name: name, args: [9]})
+        end
+      end
+    end
+  end
+end
