@@ -148,10 +148,7 @@ defmodule Snakepit.ConformanceElixirCase do
           fun_ref = Process.monitor(fun_pid)
           Process.exit(caller, :kill)
 
-          assert wait_for(fn ->
-                   exec(ctx, "tracked_outcome", %{tag: tag}) == {:ok, "Cancelled"}
-                 end)
-
+          assert_receive {^tag, "outcome", "Cancelled"}, 30_000
           assert_receive {:DOWN, ^fun_ref, _, _, _}, 30_000
         end
 
@@ -188,12 +185,7 @@ defmodule Snakepit.ConformanceElixirCase do
                    exec(ctx, "async_tracked_sleep", %{tag: tag, pid: self()}, timeout: 300)
 
           assert_receive {^tag, _, _}, 30_000
-
-          assert wait_for(fn ->
-                   exec(ctx, "tracked_outcome", %{tag: tag}) == {:ok, "CancelledError"}
-                 end)
-
-          assert {:ok, true} = exec(ctx, "tracked_outcome", %{tag: tag <> ":finally"})
+          assert_receive {^tag, "finally", "CancelledError"}, 30_000
         end
 
         test "a killed caller cancels the task", ctx do
@@ -204,33 +196,30 @@ defmodule Snakepit.ConformanceElixirCase do
 
           assert_receive {^tag, _, _}, 30_000
           Process.exit(caller, :kill)
-
-          assert wait_for(fn ->
-                   exec(ctx, "tracked_outcome", %{tag: tag}) == {:ok, "CancelledError"}
-                 end)
-
-          assert {:ok, true} = exec(ctx, "tracked_outcome", %{tag: tag <> ":finally"})
+          assert_receive {^tag, "finally", "CancelledError"}, 30_000
         end
 
         test "async generators stream; halting early closes them", ctx do
           tag = fname("agen")
 
-          assert Enum.to_list(stream(ctx.profile, ctx.pool, "async_count", %{tag: tag, limit: 6})) ==
-                   Enum.to_list(0..5)
+          args = %{tag: tag, limit: 6, pid: self()}
 
-          assert {:ok, "finished"} = exec(ctx, "tracked_outcome", %{tag: tag})
+          assert Enum.to_list(stream(ctx.profile, ctx.pool, "async_count", args)) == [
+                   0,
+                   1,
+                   2,
+                   3,
+                   4,
+                   5
+                 ]
+
+          assert_receive {^tag, "finally", "finished", 6}, 30_000
 
           halted = fname("agen_halt")
-
-          assert [0, 1, 2] =
-                   stream(ctx.profile, ctx.pool, "async_count", %{tag: halted, limit: 1000})
-                   |> Enum.take(3)
-
-          assert wait_for(fn ->
-                   exec(ctx, "tracked_outcome", %{tag: halted <> ":finally"}) == {:ok, true}
-                 end)
-
-          assert {:ok, n} = exec(ctx, "tracked_outcome", %{tag: halted <> ":n"})
+          args = %{tag: halted, limit: 1000, pid: self()}
+          assert [0, 1, 2] = stream(ctx.profile, ctx.pool, "async_count", args) |> Enum.take(3)
+          # Closed at a yield: GeneratorExit, as a generator would be.
+          assert_receive {^halted, "finally", "GeneratorExit", n}, 30_000
           assert n < 1000
         end
 

@@ -333,8 +333,9 @@ class TestAdapter(ThreadSafeAdapter):
         return elixir.functions()
 
     @tool(
-        description="Record under tag how an elixir.call ends (tracked_outcome), after telling "
-        "pid (tag, os pid, thread name) that it is about to wait."
+        description="Record under tag how an elixir.call ends (tracked_outcome; also sent to "
+        "pid as (tag, 'outcome', name)), after telling pid (tag, os pid, thread name) that "
+        "it is about to wait."
     )
     def tracked_elixir_call(self, tag, pid, name, args=None, timeout: float = 60.0):
         from snakepit_bridge import elixir
@@ -348,6 +349,8 @@ class TestAdapter(ThreadSafeAdapter):
         except BaseException as exc:
             TRACKED[tag] = type(exc).__name__
             raise
+        finally:
+            send(pid, (tag, "outcome", TRACKED[tag]))
 
     @tool(
         description="Python -> Elixir -> Python ping-pong: at depth > 0 call the Elixir "
@@ -392,7 +395,8 @@ class TestAdapter(ThreadSafeAdapter):
     @tool(
         description="Send (tag, os pid, thread name) to pid, then await asyncio.sleep(seconds); "
         "tracked_outcome(tag) says how it ended ('CancelledError' when cancelled) and "
-        "tracked_outcome(tag + ':finally') whether its finally ran."
+        "tracked_outcome(tag + ':finally') whether its finally ran; the finally sends "
+        "(tag, 'finally', outcome) to pid."
     )
     async def async_tracked_sleep(self, tag, pid, seconds: float = 60.0):
         import asyncio
@@ -407,13 +411,15 @@ class TestAdapter(ThreadSafeAdapter):
             raise
         finally:
             TRACKED[tag + ":finally"] = True
+            send(pid, (tag, "finally", TRACKED[tag]))
         return threading.current_thread().name
 
     @tool(
         description="An async generator of 0..limit-1 (await asyncio.sleep(delay) before "
-        "each); tracked_outcome(tag) says how it ended, tag + ':n' how many it yielded."
+        "each); tracked_outcome(tag) says how it ended, tag + ':n' how many it yielded; "
+        "its finally sends (tag, 'finally', outcome, n) to pid when given."
     )
-    async def async_count(self, tag, limit: int = 10, delay: float = 0.0):
+    async def async_count(self, tag, limit: int = 10, delay: float = 0.0, pid=None):
         import asyncio
 
         TRACKED[tag] = "running"
@@ -429,6 +435,8 @@ class TestAdapter(ThreadSafeAdapter):
             raise
         finally:
             TRACKED[tag + ":finally"] = True
+            if pid is not None:
+                send(pid, (tag, "finally", TRACKED[tag], TRACKED[tag + ":n"]))
 
     @tool(description="await elixir.acall(name, *args) from an async def command.")
     async def async_call_elixir(self, name, args=None, timeout: float = 10.0):
