@@ -1,7 +1,7 @@
 defmodule Snakepit.FunctionsTest do
   # Snakepit.register_function/2, the `functions:` config, and what only the :thread profile
-  # does so far: re-entrant call chains on the waiting pool thread, and async commands that
-  # hold no pool thread while they await.
+  # does: async commands that hold no pool thread while they await. Everything else of
+  # Python calling Elixir and async Python is in test/support/conformance_elixir_case.ex.
   use ExUnit.Case, async: true
 
   import Snakepit.ConformanceCase, only: [start!: 2]
@@ -41,70 +41,6 @@ defmodule Snakepit.FunctionsTest do
       Application.put_env(:snakepit, :functions, ok: {Enum, :sum})
       assert {:ok, [{"ok", {Enum, :sum}}]} = Snakepit.Config.functions()
       assert :ok = Snakepit.Config.validate_global()
-    end
-  end
-
-  describe "re-entrancy (:thread)" do
-    test "ping-pong Python -> Elixir -> Python depth 5 on a 1x1 pool" do
-      pool = start!(:thread, pool_size: 1, threads_per_worker: 1)
-      name = fname("pong")
-
-      :ok =
-        Snakepit.register_function(name, fn depth ->
-          {:ok, threads} = Snakepit.execute(pool, "ping_pong", %{name: name, depth: depth - 1})
-          threads
-        end)
-
-      assert {:ok, threads} = Snakepit.execute(pool, "ping_pong", %{name: name, depth: 5})
-      # Six Python frames of the chain, all on the only thread.
-      assert length(threads) == 6
-      assert Enum.uniq(threads) |> length() == 1
-      # The pool is still healthy afterwards.
-      assert {:ok, "pong"} = Snakepit.execute(pool, "ping", %{})
-    end
-
-    test "concurrent chains on a busy pool do not deadlock" do
-      pool = start!(:thread, pool_size: 1, threads_per_worker: 2)
-      name = fname("pong")
-
-      :ok =
-        Snakepit.register_function(name, fn depth ->
-          {:ok, threads} = Snakepit.execute(pool, "ping_pong", %{name: name, depth: depth - 1})
-          threads
-        end)
-
-      results =
-        1..20
-        |> Task.async_stream(
-          fn _ ->
-            Snakepit.execute(pool, "ping_pong", %{name: name, depth: 3}, timeout: 120_000)
-          end,
-          max_concurrency: 20,
-          timeout: 130_000
-        )
-        |> Enum.map(fn {:ok, {:ok, threads}} -> length(threads) end)
-
-      assert results == List.duplicate(4, 20)
-    end
-
-    test "a chain deeper than 16 is an ElixirError saying so" do
-      pool = start!(:thread, pool_size: 1, threads_per_worker: 1)
-      name = fname("deep")
-
-      :ok =
-        Snakepit.register_function(name, fn depth ->
-          case Snakepit.execute(pool, "ping_pong", %{name: name, depth: depth - 1}) do
-            {:ok, threads} -> threads
-            {:error, e} -> raise e
-          end
-        end)
-
-      assert {:error, %Error{python_type: type, message: msg}} =
-               Snakepit.execute(pool, "ping_pong", %{name: name, depth: 40})
-
-      assert type =~ "ElixirError"
-      assert msg =~ "call chain too deep: 16 nested elixir.call waits"
-      assert {:ok, "pong"} = Snakepit.execute(pool, "ping", %{})
     end
   end
 

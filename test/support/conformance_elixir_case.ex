@@ -168,6 +168,70 @@ defmodule Snakepit.ConformanceElixirCase do
         end
       end
 
+      describe "re-entrancy" do
+        test "ping-pong Python -> Elixir -> Python depth 5 on a 1x1 pool" do
+          pool = start!(@profile, capacity(@profile, 1))
+          name = fname("pong")
+
+          :ok =
+            Snakepit.register_function(name, fn depth ->
+              {:ok, threads} = call(@profile, pool, "ping_pong", %{name: name, depth: depth - 1})
+              threads
+            end)
+
+          assert {:ok, threads} = call(@profile, pool, "ping_pong", %{name: name, depth: 5})
+          # Six Python frames of the chain, all on the only thread.
+          assert length(threads) == 6
+          assert Enum.uniq(threads) |> length() == 1
+          # The pool is still healthy afterwards.
+          assert {:ok, "pong"} = call(@profile, pool, "ping", %{})
+        end
+
+        test "concurrent chains on a busy pool do not deadlock" do
+          pool = start!(@profile, capacity(@profile, 2))
+          name = fname("pong")
+
+          :ok =
+            Snakepit.register_function(name, fn depth ->
+              {:ok, threads} = call(@profile, pool, "ping_pong", %{name: name, depth: depth - 1})
+              threads
+            end)
+
+          results =
+            1..20
+            |> Task.async_stream(
+              fn _ ->
+                call(@profile, pool, "ping_pong", %{name: name, depth: 3}, timeout: 120_000)
+              end,
+              max_concurrency: 20,
+              timeout: 130_000
+            )
+            |> Enum.map(fn {:ok, {:ok, threads}} -> length(threads) end)
+
+          assert results == List.duplicate(4, 20)
+        end
+
+        test "a chain deeper than 16 is an ElixirError saying so" do
+          pool = start!(@profile, capacity(@profile, 1))
+          name = fname("deep")
+
+          :ok =
+            Snakepit.register_function(name, fn depth ->
+              case call(@profile, pool, "ping_pong", %{name: name, depth: depth - 1}) do
+                {:ok, threads} -> threads
+                {:error, e} -> raise e
+              end
+            end)
+
+          assert {:error, %Error{python_type: type, message: msg}} =
+                   call(@profile, pool, "ping_pong", %{name: name, depth: 40})
+
+          assert type =~ "ElixirError"
+          assert msg =~ "call chain too deep: 16 nested elixir.call waits"
+          assert {:ok, "pong"} = call(@profile, pool, "ping", %{})
+        end
+      end
+
       describe "async def commands" do
         test "are awaited; their exceptions are errors", ctx do
           assert {:ok, 42} = exec(ctx, "async_sleep", %{seconds: 0.0, value: 42})

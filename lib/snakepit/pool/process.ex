@@ -96,6 +96,7 @@ defmodule Snakepit.Pool.Process do
   @elixir_call 7
   @elixir_cancel 8
   @elixir_reply 7
+  @nested 9
 
   # Every atom a worker may send. binary_to_term(bin, [:safe]) refuses atoms that do not exist
   # yet; these exist as soon as this module is loaded (see worker_atoms/0).
@@ -156,12 +157,28 @@ defmodule Snakepit.Pool.Process do
     request(server, [head | :erlang.term_to_binary(args)], if(window, do: :stream, else: :call))
   end
 
+  # A call from an Elixir function that a worker of this pool called (Snakepit.Functions): it
+  # goes to the worker thread that waits for that function (re-entrancy; see
+  # priv/python/snakepit_bridge/_worker_elixir.py).
+  defp request(server, body, kind) do
+    server = GenServer.whereis(server) || server
+
+    case Process.get(:"$snakepit_chain") do
+      {:snakepit_process_chain, ^server, port, call_id} ->
+        tag = :erlang.monitor(:process, server, [{:alias, :demonitor}])
+        send(server, {:"$snakepit_nested", tag, self(), body, kind, port, call_id})
+        {:ok, tag, {server, kind}}
+
+      _ ->
+        plain_request(server, body, kind)
+    end
+  end
+
   # Sends a request (`body`: its frame after the kind byte and the job id) to the pool; its
   # replies come to a monitor alias, so one that arrives after a timeout is dropped by the
   # runtime and never reaches the caller's mailbox, and a pool that dies (or a name that is
   # not registered) gives :DOWN.
-  defp request(server, body, kind) do
-    server = GenServer.whereis(server) || server
+  defp plain_request(server, body, kind) do
     tag = :erlang.monitor(:process, server, [{:alias, :demonitor}])
     if is_pid(server), do: send(server, {:"$snakepit_call", tag, self(), body, kind})
     {:ok, tag, {server, kind}}
@@ -436,7 +453,8 @@ defmodule Snakepit.Pool.Process do
       kind: kind,
       index: nil,
       id: nil,
-      cancelled: false
+      cancelled: false,
+      nested: false
     }
 
     case take_thread(state) do
@@ -464,6 +482,29 @@ defmodule Snakepit.Pool.Process do
              jobs: Map.put(state.jobs, tag, job),
              callers: Map.put(state.callers, job.mon, tag)
          }}
+    end
+  end
+
+  def handle_info({:"$snakepit_nested", tag, caller, body, kind, port, call_id}, state) do
+    case state.ports do
+      %{^port => index} when kind != :tools ->
+        job = %{
+          tag: tag,
+          caller: caller,
+          mon: nil,
+          body: [<<@nested, call_id::32, frame_kind(kind)>> | body],
+          kind: kind,
+          index: nil,
+          id: nil,
+          cancelled: false,
+          nested: true
+        }
+
+        # Not counted against the worker's free threads: the waiting thread runs it.
+        {:noreply, start_job(%{state | submitted: state.submitted + 1}, index, watch(job))}
+
+      _ ->
+        handle_info({:"$snakepit_call", tag, caller, body, kind}, state)
     end
   end
 
@@ -598,7 +639,18 @@ defmodule Snakepit.Pool.Process do
   defp start_job(state, index, job) do
     w = state.workers[index]
     {id, state} = next_id(state, w)
-    OS.send(w.port, [<<frame_kind(job.kind), id::32>> | job.body])
+
+    frame =
+      case job do
+        # <<nested, call_id::32, kind>> then the job's frame after its kind byte
+        %{nested: true, body: [<<@nested, call_id::32, kind>> | body]} ->
+          [<<@nested, call_id::32, kind, id::32>> | body]
+
+        _ ->
+          [<<frame_kind(job.kind), id::32>> | job.body]
+      end
+
+    OS.send(w.port, frame)
     job = %{job | index: index, id: id}
     w = %{w | jobs: Map.put(w.jobs, id, job.tag)}
 
@@ -767,7 +819,7 @@ defmodule Snakepit.Pool.Process do
 
           {job, state} ->
             answer(job, {:etf, bin})
-            thread_free(state, index)
+            if job.nested, do: state, else: thread_free(state, index)
         end
 
       %{status: :starting} ->
@@ -796,7 +848,7 @@ defmodule Snakepit.Pool.Process do
 
       {job, state} ->
         answer(job, if(closed == 1, do: :closed, else: :done))
-        thread_free(state, index)
+        if job.nested, do: state, else: thread_free(state, index)
     end
   end
 
@@ -836,7 +888,8 @@ defmodule Snakepit.Pool.Process do
       pool = self()
       reply = fn reply -> send(pool, {:snakepit_elixir_reply, port, id, reply}) end
       caller = job_caller(state, port, job_id)
-      call = {:snakepit_elixir_call, {pool, port, id}, name, args, caller, nil, reply}
+      chain = {:snakepit_process_chain, pool, port, id}
+      call = {:snakepit_elixir_call, {pool, port, id}, name, args, caller, chain, reply}
       send(Snakepit.Functions, call)
     end
   end

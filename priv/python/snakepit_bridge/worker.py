@@ -310,23 +310,28 @@ class Worker:
             job = self._queue.get()
             if job is None:
                 return
-            try:
-                self._run(job)
-            except Cancelled:
-                # A cancellation that landed between the adapter's code and the job's reply.
-                _clear_pending()
-            except BaseException:  # noqa: BLE001 - the worker's own machinery failed
-                # Nothing can be trusted any more (a frame may be half written): die, so that
-                # Elixir fails the jobs in flight with :worker and starts a fresh process.
-                traceback.print_exc()
-                os._exit(70)
-            with self._jobs_lock:
-                unanswered = self._jobs.get(job.id) is job
-            if unanswered:
-                if job.kind == STREAM:
-                    self.done(job.id, True)
-                else:
-                    self.reply_error(job.id, cancelled_error())
+            self._run_guarded(job)
+
+    def _run_guarded(self, job: Job) -> None:
+        """Runs a job and makes sure it ends with its terminal frame (also a job nested in an
+        ``elixir.call`` wait: ``_worker_elixir.py``)."""
+        try:
+            self._run(job)
+        except Cancelled:
+            # A cancellation that landed between the adapter's code and the job's reply.
+            _clear_pending()
+        except BaseException:  # noqa: BLE001 - the worker's own machinery failed
+            # Nothing can be trusted any more (a frame may be half written): die, so that
+            # Elixir fails the jobs in flight with :worker and starts a fresh process.
+            traceback.print_exc()
+            os._exit(70)
+        with self._jobs_lock:
+            unanswered = self._jobs.get(job.id) is job
+        if unanswered:
+            if job.kind == STREAM:
+                self.done(job.id, True)
+            else:
+                self.reply_error(job.id, cancelled_error())
 
     def _run(self, job: Job) -> None:
         if job.kind == CALL:
@@ -572,6 +577,14 @@ class Worker:
                 self.cancel(_u32.unpack_from(frame, 1)[0])
             elif kind == _worker_elixir.ELIXIR_REPLY:
                 self.elixir.reply(frame)
+            elif kind == _worker_elixir.NESTED:
+                # <<9, call_id::32>> then a call or stream frame: a job of that call's chain.
+                view = memoryview(frame)[5:]
+                job = Job(_u32.unpack_from(view, 1)[0], view[0], view)
+                with self._jobs_lock:
+                    self._jobs[job.id] = job
+                if not self.elixir.nested(_u32.unpack_from(frame, 1)[0], job):
+                    self._queue.put(job)
             elif kind == STOP:
                 break
             else:
