@@ -96,7 +96,8 @@ defmodule Snakepit.Functions do
       _ -> :ok
     end
 
-    {:ok, %{calls: %{}}}
+    # calls: id => {pid, monitor, reply}; monitors: monitor => id
+    {:ok, %{calls: %{}, monitors: %{}}}
   end
 
   @impl true
@@ -122,15 +123,21 @@ defmodule Snakepit.Functions do
       {nil, _} ->
         {:noreply, state}
 
-      {{pid, _reply}, calls} ->
+      {{pid, mon, _reply}, calls} ->
+        Process.demonitor(mon, [:flush])
         Process.exit(pid, :kill)
-        {:noreply, %{state | calls: calls}}
+        {:noreply, %{state | calls: calls, monitors: Map.delete(state.monitors, mon)}}
     end
   end
 
-  def handle_info({:DOWN, _mon, :process, pid, reason}, state) do
-    case Enum.find(state.calls, fn {_id, {p, _}} -> p == pid end) do
-      {id, {_pid, reply}} ->
+  def handle_info({:DOWN, mon, :process, _pid, reason}, state) do
+    case Map.pop(state.monitors, mon) do
+      {nil, _} ->
+        {:noreply, state}
+
+      {id, monitors} ->
+        {{_pid, _mon, reply}, calls} = Map.pop(state.calls, id)
+
         # Only a process killed from outside ends without replying (run/5 catches the rest).
         if reason != :normal do
           reply.(
@@ -138,10 +145,7 @@ defmodule Snakepit.Functions do
           )
         end
 
-        {:noreply, %{state | calls: Map.delete(state.calls, id)}}
-
-      nil ->
-        {:noreply, state}
+        {:noreply, %{state | calls: calls, monitors: monitors}}
     end
   end
 
@@ -152,8 +156,14 @@ defmodule Snakepit.Functions do
 
     case Task.Supervisor.start_child(Snakepit.FunctionSupervisor, task) do
       {:ok, pid} ->
-        Process.monitor(pid)
-        {:noreply, %{state | calls: Map.put(state.calls, id, {pid, reply})}}
+        mon = Process.monitor(pid)
+
+        {:noreply,
+         %{
+           state
+           | calls: Map.put(state.calls, id, {pid, mon, reply}),
+             monitors: Map.put(state.monitors, mon, id)
+         }}
 
       {:error, reason} ->
         reply.({:error, {"exit", "cannot start a process: #{inspect(reason)}", ""}})

@@ -101,6 +101,17 @@ defmodule Snakepit.ConformanceElixirCase do
           assert e.message =~ "bad thing"
         end
 
+        test "a result Python cannot represent raises ElixirError (conversion)", ctx do
+          name = register!(fn -> make_ref() end)
+
+          assert {:ok, %{"kind" => "conversion", "message" => msg}} =
+                   exec(ctx, "elixir_error", %{name: name})
+
+          assert msg =~ name
+          # The pool still serves.
+          assert {:ok, "pong"} = exec(ctx, "ping", %{})
+        end
+
         test "an unknown name raises ElixirError listing the registered names", ctx do
           known = register!(fn -> 1 end)
 

@@ -197,18 +197,22 @@ pub fn elixir_call<'py>(
     finish(id, &rx);
 
     match outcome {
-        Outcome::Reply(env, saved) => {
-            let value = env
-                .run(|e| convert::term_to_py(py, saved.load(e)))
-                .map_err(convert::to_py_err)?;
-            status("reply", value)
-        }
+        Outcome::Reply(env, saved) => match env.run(|e| convert::term_to_py(py, saved.load(e))) {
+            Ok(value) => status("reply", value),
+            Err(e) => status(
+                "unconvertible",
+                format!("the result of Elixir function {name:?} cannot be converted: {e}")
+                    .into_pyobject(py)?
+                    .into_any(),
+            ),
+        },
         Outcome::Timeout => {
             cancel_remote(to, id);
             status("timeout", py.None().into_bound(py))
         }
         Outcome::Cancelled => {
             cancel_remote(to, id);
+            delivered();
             status("cancelled", py.None().into_bound(py))
         }
     }
@@ -242,6 +246,20 @@ fn cancelled() -> bool {
             c.jobs.last().is_some_and(|j| j.0.is_cancelled()) || c.slot.run.lock().stopped
         })
     })
+}
+
+/// The wait ends with `Cancelled` raised by `elixir.call` itself: a cancellation the
+/// interrupter armed before the wait must not be raised a second time (interrupt.rs).
+fn delivered() {
+    CONTEXT.with(|c| {
+        if let Some(c) = c.borrow().as_ref() {
+            let mut run = c.slot.run.lock();
+            if run.pending {
+                run.pending = false;
+                run.delivered = true;
+            }
+        }
+    });
 }
 
 fn set_waiting(on: bool) {

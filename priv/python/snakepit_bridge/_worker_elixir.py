@@ -69,6 +69,9 @@ class ElixirCalls:
                     kind, item = replies.get(timeout=_POLL)
                     if kind == "reply":
                         return ("reply", item)
+                    if kind == "unconvertible":
+                        message = f"the result of Elixir function {name!r} cannot be converted: {item}"
+                        return ("unconvertible", message)
                     self._run_nested(item, job)
                     continue
                 except queue.Empty:
@@ -128,5 +131,9 @@ class ElixirCalls:
         (call_id,) = _u32.unpack_from(frame, 1)
         with self._lock:
             replies = self._waits.get(call_id)
-        if replies is not None:
+        if replies is None:
+            return
+        try:
             replies.put(("reply", etf.decode(memoryview(frame)[5:])))
+        except etf.ConversionError as exc:
+            replies.put(("unconvertible", str(exc)))

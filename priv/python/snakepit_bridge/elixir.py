@@ -15,7 +15,8 @@ does not block the event loop.
 Errors: the function raised, exited or threw, or no function has that name →
 :class:`snakepit_bridge.ElixirError`; no answer within ``timeout`` seconds → ``TimeoutError``;
 the Python call that made it was cancelled (its Elixir caller timed out or died) →
-:class:`snakepit_bridge.Cancelled`.
+:class:`snakepit_bridge.Cancelled`; a result Python cannot represent (a reference, a fun) →
+``ElixirError`` with ``kind == "conversion"``.
 
 The function may call ``Snakepit.execute`` on the pool that called it, even when every other
 thread of the pool is busy: the waiting thread serves the calls of its own call chain, up to
@@ -94,6 +95,8 @@ def _result(name: str, status: str, payload: Any, timeout: Optional[float]) -> A
             f" (calling {name!r})",
             "depth",
         )
+    if status == "unconvertible":
+        raise ElixirError(str(payload), "conversion")
     raise ElixirError(str(payload), status)
 
 
