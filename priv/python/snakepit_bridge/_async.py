@@ -105,6 +105,11 @@ def _wait(fut: concurrent.futures.Future, limit: float = float("inf")) -> Any:
         raise
 
 
+async def _next(agen: Any) -> Any:
+    # A coroutine (run_coroutine_threadsafe wants one; __anext__ returns an awaitable).
+    return await agen.__anext__()
+
+
 async def _close(agen: Any) -> None:
     # A cancelled step may still be unwinding on the loop: retry until the generator is free.
     for _ in range(200):
@@ -121,7 +126,7 @@ def iterate(adapter: Any, agen: AsyncIterator[Any]) -> Iterator[Any]:
     loop = loop_for(adapter)
     try:
         while True:
-            step = asyncio.run_coroutine_threadsafe(agen.__anext__(), loop)
+            step = asyncio.run_coroutine_threadsafe(_next(agen), loop)
             try:
                 item = _wait(step)
             except StopAsyncIteration:
