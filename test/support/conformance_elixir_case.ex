@@ -298,6 +298,21 @@ defmodule Snakepit.ConformanceElixirCase do
           assert n < 1000
         end
 
+        test "recycling waits for the async calls in flight on the old instance", ctx do
+          pool = start!(ctx.profile, capacity(ctx.profile, 2) ++ [worker_max_requests: 3])
+
+          results =
+            1..30
+            |> Task.async_stream(
+              fn i -> call(ctx.profile, pool, "async_sleep", %{seconds: 0.05, value: i}) end,
+              max_concurrency: 30,
+              timeout: 120_000
+            )
+            |> Enum.map(fn {:ok, reply} -> reply end)
+
+          assert results == Enum.map(1..30, &{:ok, &1})
+        end
+
         test "await elixir.acall(...) calls Elixir", ctx do
           name = register!(fn a -> {:got, a} end)
 

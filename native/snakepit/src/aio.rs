@@ -41,14 +41,17 @@ pub fn is_coroutine(obj: &Bound<'_, PyAny>) -> bool {
     unsafe { ffi::PyCoro_CheckExact(obj.as_ptr()) != 0 }
 }
 
-/// Schedules `coro` on `worker`'s event loop; the job is answered when it completes.
-pub fn hand_off(py: Python<'_>, worker: &Worker, job: Job, coro: Bound<'_, PyAny>) {
+/// Schedules `coro` on `worker`'s event loop; the job is answered when it completes. Until
+/// then the job holds the instance, as a running call does (a recycle waits for it).
+pub fn hand_off(py: Python<'_>, worker: Arc<Worker>, job: Job, coro: Bound<'_, PyAny>) {
     let ctl = job.ctl.clone();
     let id = ctl.id;
     let pool = callback::current_pool().map(|p| Arc::downgrade(&p));
     let held: Arc<Mutex<Option<Job>>> = Arc::new(Mutex::new(Some(job)));
     let held_cb = Arc::clone(&held);
     let pool_cb = pool.clone();
+    let adapter = worker.adapter.clone_ref(py);
+    let instance = Mutex::new(Some(worker));
     let scheduled = PyCFunction::new_closure(
         py,
         None,
@@ -59,13 +62,14 @@ pub fn hand_off(py: Python<'_>, worker: &Worker, job: Job, coro: Bound<'_, PyAny
             if let Some(job) = held_cb.lock().take() {
                 complete(args.py(), pool_cb.as_ref(), job, &fut);
             }
+            drop(instance.lock().take());
             Ok(())
         },
     )
     .and_then(|done| {
         py.import("snakepit_bridge._async")?
             .getattr("schedule")?
-            .call1((worker.adapter.bind(py), &coro, done))
+            .call1((adapter.bind(py), &coro, done))
     });
     match scheduled {
         Ok(fut) => {

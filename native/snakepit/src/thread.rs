@@ -140,7 +140,7 @@ fn recycle(py: Python<'_>, pool: &PoolInner, slot: &WorkerSlot, reason: Reason) 
 pub(crate) fn run_job(
     py: Python<'_>,
     pool: &PoolInner,
-    worker: &Worker,
+    worker: &Arc<Worker>,
     slot: &ThreadSlot,
     index: usize,
     job: Job,
@@ -198,7 +198,7 @@ pub(crate) fn run_job(
     }
     if let Some(coro) = coroutine {
         drop(_chain);
-        aio::hand_off(py, worker, job, coro);
+        aio::hand_off(py, Arc::clone(worker), job, coro);
         return;
     }
     let result = if run.stopped {
