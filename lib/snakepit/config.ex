@@ -198,15 +198,6 @@ defmodule Snakepit.Config do
       pools may not share a name. Read by `pools/0`.
       """
     ],
-    functions: [
-      type: :functions,
-      default: [],
-      doc: """
-      Elixir functions Python may call with `snakepit_bridge.elixir.call(name, ...)`, as
-      `[fetch_user: {MyApp.Users, :fetch}, now: &DateTime.utc_now/0]`; registered when the
-      application starts (see `Snakepit.register_function/2`). Read by `functions/0`.
-      """
-    ],
     default_pool: [
       type: {:or, nil, :pool_name},
       default: nil,
@@ -267,6 +258,15 @@ defmodule Snakepit.Config do
       doc: """
       a pip requirements file, relative to the app's directory (`"requirements.txt"`),
       installed like `:python_deps` (which may be used with it).
+      """
+    ],
+    functions: [
+      type: :functions,
+      default: [],
+      doc: """
+      Elixir functions Python may call with `snakepit_bridge.elixir.call(name, ...)`, as
+      `[fetch_user: {MyApp.Users, :fetch}, now: &DateTime.utc_now/0]`; registered when the
+      application starts (see `Snakepit.register_function/2`). Read by `functions/0`.
       """
     ]
   ]

@@ -776,7 +776,7 @@ defmodule Snakepit.ConfigEnvTest do
       assert error.message ==
                "config :snakepit: unknown key :pyhton_path; did you mean :python_path? " <>
                  "(valid keys: :pools, :default_pool, :python_path, :python, :venv, " <>
-                 ":python_deps, :python_requirements)"
+                 ":python_deps, :python_requirements, :functions)"
 
       assert error.details == %{
                key: :pyhton_path,
