@@ -790,7 +790,8 @@ defmodule Snakepit.ConfigEnvTest do
                  :python,
                  :venv,
                  :python_deps,
-                 :python_requirements
+                 :python_requirements,
+                 :functions
                ]
              }
     end

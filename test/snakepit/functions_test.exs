@@ -22,26 +22,6 @@ defmodule Snakepit.FunctionsTest do
 
       assert msg =~ "name"
     end
-
-    test "config :snakepit, functions: is validated, naming the bad entry" do
-      old = Application.get_env(:snakepit, :functions)
-
-      on_exit(fn ->
-        if old,
-          do: Application.put_env(:snakepit, :functions, old),
-          else: Application.delete_env(:snakepit, :functions)
-      end)
-
-      Application.put_env(:snakepit, :functions, ok: {Enum, :sum}, bad: "nope")
-      assert {:error, %Error{message: msg, details: details}} = Snakepit.Config.functions()
-      assert msg =~ ":functions"
-      assert msg =~ ":bad"
-      assert details.function == :bad
-
-      Application.put_env(:snakepit, :functions, ok: {Enum, :sum})
-      assert {:ok, [{"ok", {Enum, :sum}}]} = Snakepit.Config.functions()
-      assert :ok = Snakepit.Config.validate_global()
-    end
   end
 
   describe "async commands (:thread)" do
@@ -70,5 +50,32 @@ defmodule Snakepit.FunctionsTest do
       # Two pool threads: were every await holding one, at most 2 would be in flight.
       assert stats["max_in_flight"] > 1_000
     end
+  end
+end
+
+defmodule Snakepit.FunctionsConfigTest do
+  # Changes the application environment: not async (config_test.exs reads all of it).
+  use ExUnit.Case, async: false
+
+  alias Snakepit.Error
+
+  test "config :snakepit, functions: is validated, naming the bad entry" do
+    old = Application.get_env(:snakepit, :functions)
+
+    on_exit(fn ->
+      if old,
+        do: Application.put_env(:snakepit, :functions, old),
+        else: Application.delete_env(:snakepit, :functions)
+    end)
+
+    Application.put_env(:snakepit, :functions, ok: {Enum, :sum}, bad: "nope")
+    assert {:error, %Error{message: msg, details: details}} = Snakepit.Config.functions()
+    assert msg =~ ":functions"
+    assert msg =~ ":bad"
+    assert details.function == :bad
+
+    Application.put_env(:snakepit, :functions, ok: {Enum, :sum})
+    assert {:ok, [{"ok", {Enum, :sum}}]} = Snakepit.Config.functions()
+    assert :ok = Snakepit.Config.validate_global()
   end
 end
