@@ -298,6 +298,27 @@ defmodule Snakepit.ConformanceElixirCase do
           assert n < 1000
         end
 
+        @tag timeout: 300_000
+        test "awaiting calls hold no thread: 2,000 sleepers on a pool of capacity 2", ctx do
+          pool = start!(ctx.profile, capacity(ctx.profile, 2) ++ [max_queue: 5_000])
+          key = fname("sleepers")
+          n = 2_000
+          args = &%{seconds: 0.5, value: &1, key: key, report: true}
+
+          replies =
+            1..n
+            |> Task.async_stream(
+              fn i -> call(ctx.profile, pool, "async_sleep", args.(i), timeout: 240_000) end,
+              max_concurrency: n,
+              timeout: 250_000
+            )
+            |> Enum.map(fn {:ok, {:ok, [v, peak]}} -> {v, peak} end)
+
+          assert replies |> Enum.map(&elem(&1, 0)) |> Enum.sort() == Enum.to_list(1..n)
+          # Were awaits holding the 2 threads, at most 2 would ever be in flight.
+          assert replies |> Enum.map(&elem(&1, 1)) |> Enum.max() > 100
+        end
+
         test "recycling waits for the async calls in flight on the old instance", ctx do
           pool = start!(ctx.profile, capacity(ctx.profile, 2) ++ [worker_max_requests: 3])
 

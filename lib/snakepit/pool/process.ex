@@ -97,6 +97,8 @@ defmodule Snakepit.Pool.Process do
   @elixir_cancel 8
   @elixir_reply 7
   @nested 9
+  # An async def call awaits on the worker's loop: its thread is free (worker.py, frame 10).
+  @detached 10
 
   # Every atom a worker may send. binary_to_term(bin, [:safe]) refuses atoms that do not exist
   # yet; these exist as soon as this module is loaded (see worker_atoms/0).
@@ -454,6 +456,9 @@ defmodule Snakepit.Pool.Process do
       index: nil,
       id: nil,
       cancelled: false,
+      # Whether the job's end frees a thread of its worker: false (it does), true (a job of
+      # an elixir.call chain, run by the waiting thread) or :detached (an async def call that
+      # left its thread when it began to await).
       nested: false
     }
 
@@ -819,7 +824,7 @@ defmodule Snakepit.Pool.Process do
 
           {job, state} ->
             answer(job, {:etf, bin})
-            if job.nested, do: state, else: thread_free(state, index)
+            if job.nested != false, do: state, else: thread_free(state, index)
         end
 
       %{status: :starting} ->
@@ -848,7 +853,18 @@ defmodule Snakepit.Pool.Process do
 
       {job, state} ->
         answer(job, if(closed == 1, do: :closed, else: :done))
-        if job.nested, do: state, else: thread_free(state, index)
+        if job.nested != false, do: state, else: thread_free(state, index)
+    end
+  end
+
+  defp worker_frame(state, index, @detached, <<id::32>>) do
+    with %{jobs: %{^id => tag}} <- state.workers[index],
+         %{^tag => %{nested: false} = job} <- state.jobs do
+      # Its reply frees nothing: the thread is free now.
+      state = %{state | jobs: Map.put(state.jobs, tag, %{job | nested: :detached})}
+      thread_free(state, index)
+    else
+      _ -> state
     end
   end
 

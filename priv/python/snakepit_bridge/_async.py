@@ -19,7 +19,16 @@ import threading
 import types
 from typing import Any, AsyncIterator, Callable, Dict, Iterator, Tuple
 
-__all__ = ["close", "is_coroutine", "iterate", "loop_for", "run", "schedule", "stream_source"]
+__all__ = [
+    "close",
+    "detach",
+    "is_coroutine",
+    "iterate",
+    "loop_for",
+    "run",
+    "schedule",
+    "stream_source",
+]
 
 # id(adapter) -> (adapter, loop, thread)
 _loops: Dict[int, Tuple[Any, asyncio.AbstractEventLoop, threading.Thread]] = {}
@@ -77,6 +86,44 @@ def run(adapter: Any, coro: Any) -> Any:
     its result or raises its exception; a ``Cancelled`` raised into this thread while it
     waits cancels the task."""
     return _wait(asyncio.run_coroutine_threadsafe(coro, loop_for(adapter)))
+
+
+#: The ``:process`` worker's frame: ``<<10, id::32>>``, call ``id`` left its thread.
+DETACHED = 10
+
+
+def detach(worker: Any, job: Any, coro: Any) -> None:
+    """The ``:process`` worker's ``async def`` call: tell Elixir the job's thread is free
+    (frame 10), run ``coro`` on the worker's loop, and reply from its done callback. The
+    worker's ``cancel`` cancels ``job.future`` (the coroutine sees ``CancelledError``); a
+    cancelled call still ends with its terminal frame, as every job does (``worker.py``)."""
+    import struct
+
+    worker._write(bytearray(struct.pack(">IBI", 5, DETACHED, job.id)))
+
+    def done(fut: concurrent.futures.Future) -> None:
+        if fut.cancelled():
+            worker.reply_error(job.id, _worker_module(worker).cancelled_error())
+            return
+        exc = fut.exception()
+        if exc is not None:
+            worker.reply_error(job.id, _worker_module(worker).python_error(exc))
+        else:
+            worker.reply_ok(job.id, fut.result())
+
+    with job.lock:
+        job.future = asyncio.run_coroutine_threadsafe(coro, loop_for(worker.adapter))
+        cancelled = job.cancelled
+    if cancelled:
+        job.future.cancel()
+    job.future.add_done_callback(done)
+
+
+def _worker_module(worker: Any) -> Any:
+    # worker.py runs as __main__ (python -m): its helpers are found through its class.
+    import sys
+
+    return sys.modules[type(worker).__module__]
 
 
 def stream_source(adapter: Any, obj: Any) -> Any:

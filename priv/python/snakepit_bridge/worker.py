@@ -30,6 +30,10 @@ kind   payload after the kind byte                  meaning
 6      ``<<id::32>>``                               cancel job ``id``: a running call gets
                                                     ``snakepit_bridge.Cancelled`` raised in its
                                                     thread; a stream's generator is closed
+7      ``<<call_id::32>>`` + ``term_to_binary``       the reply of an ``elixir.call``
+                                                    (``_worker_elixir.py``)
+9      ``<<call_id::32>>`` + a call/stream frame    a job of that ``elixir.call``'s chain, run by
+                                                    the thread that waits for it
 =====  ===========================================  ==============================================
 
 Worker → Elixir:
@@ -47,6 +51,11 @@ kind   payload after the kind byte                  meaning
                                                     up)
 5      ``<<id::32>>`` ``value``                     one item of stream ``id``
 6      ``<<id::32, closed::8>>`` (not a term)       stream ``id`` ended: 0 exhausted, 1 cancelled
+7      ``{call_id, name, args, job_id | nil}``      ``elixir.call`` (``_worker_elixir.py``)
+8      ``<<call_id::32>>``                          that call was abandoned (timeout, cancel)
+10     ``<<id::32>>``                               call ``id`` (``async def``) awaits on the
+                                                    worker's loop: its thread is free, its reply
+                                                    comes later (``_async.detach``)
 =====  ===========================================  ==============================================
 
 Every job ends with exactly one reply, error or done frame, a cancelled one too (Elixir frees
@@ -146,7 +155,7 @@ class Job:
     """One call, stream or tools request, from its frame to its one terminal frame."""
 
     __slots__ = ("id", "kind", "frame", "lock", "credit", "credits", "cancelled", "thread",
-                 "interruptible", "pending", "async_exc")
+                 "interruptible", "pending", "async_exc", "future")
 
     def __init__(self, job_id: int, kind: int, frame: memoryview) -> None:
         self.id = job_id
@@ -163,6 +172,8 @@ class Job:
         self.pending = False
         #: PyThreadState_SetAsyncExc was called for it: clear what is left when the job ends.
         self.async_exc = False
+        #: An ``async def`` call awaited on the worker's loop (``_async.detach``): its future.
+        self.future: Any = None
 
 
 class Worker:
@@ -326,7 +337,7 @@ class Worker:
             traceback.print_exc()
             os._exit(70)
         with self._jobs_lock:
-            unanswered = self._jobs.get(job.id) is job
+            unanswered = self._jobs.get(job.id) is job and job.future is None
         if unanswered:
             if job.kind == STREAM:
                 self.done(job.id, True)
@@ -336,7 +347,9 @@ class Worker:
     def _run(self, job: Job) -> None:
         if job.kind == CALL:
             ok, result = self._interruptibly(job, lambda: self.invoke(job, job.frame, 5))
-            if ok:
+            if ok and _async.is_coroutine(result):
+                _async.detach(self, job, result)  # awaited on the loop; the thread is free
+            elif ok:
                 self.reply_ok(job.id, result)
         elif job.kind == STREAM:
             self.stream(job)
@@ -433,8 +446,6 @@ class Worker:
                 result = func(*args)
             else:
                 result = func()
-            if _async.is_coroutine(result):
-                result = _async.run(self.adapter, result)  # awaited on the worker's loop
         except Cancelled:
             raise
         except BaseException as exc:  # noqa: BLE001 - SystemExit too: a value, not an exit
@@ -505,6 +516,9 @@ class Worker:
         with job.lock:
             job.cancelled = True
             job.credit.notify_all()
+            if job.future is not None:
+                job.future.cancel()  # an async call: its task is cancelled on the loop
+                return
             if not (job.interruptible and job.thread) or job.pending:
                 return
             job.pending = True

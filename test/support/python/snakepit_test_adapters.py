@@ -364,8 +364,11 @@ class TestAdapter(ThreadSafeAdapter):
             return [here]
         return [here] + list(elixir.call(name, depth, timeout=60.0))
 
-    @tool(description="await asyncio.sleep(seconds), counting the coroutines in flight.")
-    async def async_sleep(self, seconds: float = 0.01, value=None, key="default"):
+    @tool(
+        description="await asyncio.sleep(seconds), counting the coroutines in flight (per "
+        "key); report=True returns [value, most in flight at once so far in this process]."
+    )
+    async def async_sleep(self, seconds: float = 0.01, value=None, key="default", report=False):
         import asyncio
 
         with ASYNC_LOCK:
@@ -376,9 +379,11 @@ class TestAdapter(ThreadSafeAdapter):
             await asyncio.sleep(seconds)
         finally:
             with ASYNC_LOCK:
+                peak = state["max_in_flight"]
                 state["in_flight"] -= 1
                 state["done"] += 1
-        return value
+        # report: also the most calls of key in flight at once in this process so far.
+        return [value, peak] if report else value
 
     @tool(description="The async_sleep counters of key.")
     def async_stats(self, key="default"):
