@@ -18,6 +18,10 @@
 #   5. start-up — time to a ready pool (first right `ping`) with the showcase adapter;
 #   6. objects and eval — `call_method` on a `%Snakepit.Ref{}` and `eval("1+1")` round trips
 #      beside `ping`, and the cost of creating and releasing a ref, in each profile.
+#   7. Python calling Elixir and async commands — an `elixir.call` round trip from inside a
+#      command (to an echo function, and re-entrant: the function calls the pool back), beside
+#      a `ping` from Elixir; calls/s of an `async def` command beside a sync one; 10,000
+#      concurrent `await asyncio.sleep(1)` on a pool of 2 threads.
 #
 # Every reply is checked; any wrong one makes the run exit with status 1 (after the report).
 
@@ -58,7 +62,12 @@ defmodule Bench.Suite do
     mem_runs: 3,
     mem_settle_ms: 300,
     # 5. start-up
-    startup_repeats: 3
+    startup_repeats: 3,
+    # 6. Python calling Elixir, async
+    callback_calls: 2_000,
+    async_callers: [1, 64, 1_000],
+    sleepers: 10_000,
+    sleeper_ms: 1_000
   }
 
   @smoke %{
@@ -81,7 +90,11 @@ defmodule Bench.Suite do
     mem_capacity: 4,
     mem_runs: 1,
     mem_settle_ms: 20,
-    startup_repeats: 1
+    startup_repeats: 1,
+    callback_calls: 50,
+    async_callers: [1, 64],
+    sleepers: 500,
+    sleeper_ms: 100
   }
 
   ## Entry point
@@ -126,7 +139,8 @@ defmodule Bench.Suite do
       {"3. Data", &data/2},
       {"4. Memory", &memory/2},
       {"5. Start-up", &startup/2},
-      {"6. Objects and eval", &objects/2}
+      {"6. Objects and eval", &objects/2},
+      {"7. Python calling Elixir, async commands", &callbacks/2}
     ]
 
     sections =
@@ -992,6 +1006,147 @@ defmodule Bench.Suite do
     end
   end
 
+  ## 6. Python calling Elixir, async commands
+
+  defp callbacks(p, _ctx) do
+    bg = quiet(p)
+    n = p.callback_calls
+    :ok = Snakepit.register_function(:bench_echo, fn x -> x end)
+
+    shapes = [
+      {:thread, "thread 1×2", [pool_size: 1, threads_per_worker: 2]},
+      {:process, "process 1×2", [pool_size: 1, threads_per_worker: 2]}
+    ]
+
+    round_trips =
+      for {profile, label, opts} <- shapes do
+        pool =
+          Pools.start!(profile, [name: :"bench_cb_#{profile}", adapter: @bench_adapter] ++ opts)
+
+        reenter = :"bench_reenter_#{profile}"
+
+        :ok =
+          Snakepit.register_function(reenter, fn x ->
+            {:ok, r} = Pools.call(pool, "ping", %{message: x})
+            r
+          end)
+
+        try do
+          progress("  #{label}: #{n} elixir.call round trips (echo, then re-entrant)")
+
+          loop = fn name ->
+            Pools.call(pool, "elixir_loop", %{name: name, n: n, arg: "x"}, @long)
+          end
+
+          {echo_us, bad1} =
+            case loop.("bench_echo") do
+              {:ok, %{"median_ns" => ns, "last" => "x"}} -> {ns / 1000, 0}
+              _ -> {nil, 1}
+            end
+
+          {re_us, bad2} =
+            case loop.(Atom.to_string(reenter)) do
+              {:ok, %{"median_ns" => ns, "last" => "x"}} -> {ns / 1000, 0}
+              _ -> {nil, 1}
+            end
+
+          ping = fn -> Pools.call(pool, "ping", %{}) == {:ok, "pong"} end
+          rtt = Measure.round_trip(ping, n, div(n, 10))
+
+          %{
+            label: label,
+            echo: echo_us,
+            re: re_us,
+            ping: rtt.median_us,
+            bad: bad1 + bad2 + rtt.bad
+          }
+        after
+          Pools.stop(pool)
+        end
+      end
+
+    pool =
+      Pools.start!(:thread,
+        name: :bench_async,
+        adapter: @bench_adapter,
+        pool_size: 1,
+        threads_per_worker: 2,
+        max_queue: max(p.sleepers * 2, 10_000)
+      )
+
+    try do
+      rates =
+        for c <- p.async_callers do
+          progress("  thread 1×2: #{c} caller(s), async `asleep(0)` and sync `ping`")
+          async = fn -> Pools.call(pool, "asleep", %{ms: 0}) == {:ok, 0} end
+          sync = fn -> Pools.call(pool, "ping", %{}) == {:ok, "pong"} end
+          a = Measure.throughput(async, c, p.duration_ms)
+          s = Measure.throughput(sync, c, p.duration_ms)
+          %{callers: c, async: a.calls_per_s, sync: s.calls_per_s, bad: a.bad + s.bad}
+        end
+
+      progress("  thread 1×2: #{p.sleepers} concurrent `await asyncio.sleep(#{p.sleeper_ms} ms)`")
+      me = self()
+
+      {wall, replies} =
+        Measure.timed(fn ->
+          for _ <- 1..p.sleepers do
+            spawn_link(fn ->
+              send(me, {:slept, Pools.call(pool, "asleep", %{ms: p.sleeper_ms}, @long)})
+            end)
+          end
+
+          for _ <- 1..p.sleepers do
+            receive do
+              {:slept, r} -> r
+            end
+          end
+        end)
+
+      sleeper_bad = Enum.count(replies, &(&1 != {:ok, p.sleeper_ms}))
+      bad = Enum.sum(Enum.map(round_trips, & &1.bad)) + Enum.sum(Enum.map(rates, & &1.bad))
+
+      %{
+        bad: bad + sleeper_bad,
+        lines:
+          [
+            "`elixir.call` from inside a command (bench adapter `elixir_loop`: #{n} calls back to " <>
+              "back, each timed in Python, median): to an echo function, and to a function that " <>
+              "calls the same pool back (`Snakepit.execute(pool, \"ping\")`, served by the " <>
+              "waiting thread). Beside it, the `ping` round trip from Elixir on the same pool.",
+            "",
+            "| pool | Python → Elixir echo (µs) | Python → Elixir → Python (µs) | `ping` from Elixir (µs) |",
+            "| --- | ---: | ---: | ---: |"
+          ] ++
+            for r <- round_trips do
+              "| #{r.label} | #{Support.us(r.echo)} | #{Support.us(r.re)} | #{Support.us(r.ping)} |"
+            end ++
+            [
+              "",
+              "Calls/s of an `async def` command (`asleep(0)`: one `await asyncio.sleep(0)`) beside " <>
+                "the sync `ping`, :thread 1×2, N callers back to back for #{p.duration_ms} ms.",
+              "",
+              "| callers | async `asleep(0)` calls/s | sync `ping` calls/s |",
+              "| ---: | ---: | ---: |"
+            ] ++
+            for r <- rates do
+              "| #{r.callers} | #{Support.rate(r.async)} | #{Support.rate(r.sync)} |"
+            end ++
+            [
+              "",
+              "#{p.sleepers} concurrent calls of `await asyncio.sleep(#{p.sleeper_ms / 1000} s)` on " <>
+                ":thread 1×2: all done in #{Support.fixed(wall, 2)} s (held pool threads would need " <>
+                "#{Support.fixed(p.sleepers * p.sleeper_ms / 1000 / 2, 0)} s).",
+              "",
+              "Other processes' CPU use before the section: #{Support.pct(bg.share)}."
+            ],
+        headline: %{}
+      }
+    after
+      Pools.stop(pool)
+    end
+  end
+
   ## Report
 
   defp headlines(by, f) do
@@ -1120,7 +1275,7 @@ defmodule Bench.Suite do
     bad = results |> Enum.map(& &1.bad) |> Enum.sum()
 
     headlines =
-      if map_size(by) == 6,
+      if Enum.all?(~w(1 2 3 4 5 6), &Map.has_key?(by, &1)),
         do: headlines(by, f),
         else: ["- (partial run: sections #{Enum.join(Enum.sort(Map.keys(by)), ", ")})"]
 

@@ -151,6 +151,24 @@ defmodule Snakepit do
   @spec whereis(pool()) :: pid() | nil
   def whereis(pool), do: Registry.whereis(pool)
 
+  @doc """
+  Registers an Elixir function Python may call: `snakepit_bridge.elixir.call("name", *args)`.
+
+  `fun` is any fun (called with the Python call's arguments, so its arity is the number of
+  arguments) or a `{module, function}` tuple. Node-wide; replaces a function of the same
+  name. See `Snakepit.Functions` and the README, "Python calling Elixir".
+
+      Snakepit.register_function(:fetch_user, &MyApp.Users.fetch/1)
+      Snakepit.register_function(:add, {Kernel, :+})
+  """
+  @spec register_function(atom() | String.t(), Snakepit.Functions.fun_spec()) ::
+          :ok | {:error, Error.t()}
+  defdelegate register_function(name, fun), to: Snakepit.Functions, as: :register
+
+  @doc "The names of the Elixir functions Python may call, sorted."
+  @spec functions() :: [String.t()]
+  defdelegate functions(), to: Snakepit.Functions, as: :names
+
   @doc "The Python interpreter in use (started if it was not): version, build, executable."
   @spec python_info() :: {:ok, map()} | {:error, Error.t()}
   def python_info, do: Snakepit.Runtime.info()

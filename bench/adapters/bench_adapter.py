@@ -15,6 +15,9 @@ Put on ``sys.path`` by the suite (``config :snakepit, python_path``); the class 
   ``"map"``), cached per ``(kind, count)`` so that only its conversion and transfer are timed
   (``prepare(kind, count)`` fills the cache without returning the value);
 * ``blas_info()`` — the BLAS NumPy uses and its current thread count;
+* ``elixir_loop(name, n, arg)`` — calls the Elixir function ``name`` ``n`` times from inside the
+  command; returns the median ns per call (timed in Python) and the last result;
+* ``asleep(ms)`` — an ``async def`` command: ``await asyncio.sleep(ms / 1000)``; returns ``ms``;
 * ``settle()`` — ``gc.collect()`` and glibc's ``malloc_trim(0)``, so that a reading of RSS that
   follows shows live memory rather than garbage or free heap not yet returned to the OS.
 
@@ -248,6 +251,28 @@ class BenchAdapter(ThreadSafeAdapter):
         return True
 
     @thread_safe_method
+    # Section 6 (Python calling Elixir, async commands).
+
+    @tool(description="Call an Elixir function n times from inside the command; median ns")
+    def elixir_loop(self, name: str, n: int, arg: Any = 1) -> Dict[str, Any]:
+        from snakepit_bridge import elixir
+
+        samples = []
+        result = None
+        for _ in range(n):
+            t0 = time.perf_counter_ns()
+            result = elixir.call(name, arg, timeout=30.0)
+            samples.append(time.perf_counter_ns() - t0)
+        samples.sort()
+        return {"median_ns": samples[len(samples) // 2], "last": result}
+
+    @tool(description="An async def command: await asyncio.sleep(ms / 1000); returns ms")
+    async def asleep(self, ms: float = 0.0) -> float:
+        import asyncio
+
+        await asyncio.sleep(ms / 1000)
+        return ms
+
     @tool(description="The BLAS library NumPy uses and its thread count")
     def blas_info(self) -> Dict[str, Any]:
         info = blas_threads()

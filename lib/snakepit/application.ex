@@ -5,6 +5,8 @@ defmodule Snakepit.Application do
   # Snakepit.Supervisor, rest_for_one (docs/architecture.md, "Supervision"):
   #
   #   PythonLogger        Python logging -> Logger
+  #   FunctionSupervisor  Task.Supervisor: the processes running Elixir functions Python calls
+  #   Functions           receives those calls (Snakepit.Functions)
   #   Registry            the one writer of pool names (a restart wipes them, so all below restart)
   #   Cluster             the :pg scope pools join
   #   PoolSupervisor      DynamicSupervisor: every pool, configured or started at run time
@@ -27,6 +29,8 @@ defmodule Snakepit.Application do
          {:ok, pools} <- Snakepit.Config.pools() do
       children = [
         Snakepit.PythonLogger,
+        {Task.Supervisor, name: Snakepit.FunctionSupervisor},
+        Snakepit.Functions,
         Snakepit.Registry,
         Snakepit.Cluster,
         {DynamicSupervisor,

@@ -36,7 +36,10 @@ defmodule Snakepit.Config do
        quote(do: [String.t() | {atom(), String.t()}]),
        quote(do: String.t() | {atom(), String.t()} | [String.t() | {atom(), String.t()}])},
     pools: {"a list of pool configs", quote(do: [t()]), quote(do: [pool_config()])},
-    reload_mode: {":manual or :auto", quote(do: :manual | :auto)}
+    reload_mode: {":manual or :auto", quote(do: :manual | :auto)},
+    functions:
+      {"a keyword list of name: function (a fun or a {module, function} tuple)",
+       quote(do: [{atom(), function() | {module(), atom()}}])}
   }
 
   # flag, the key it sets, and its argument: a placeholder (the value is read as the key's
@@ -271,6 +274,15 @@ defmodule Snakepit.Config do
       type: :pos_integer,
       default: 1_000,
       doc: "how often `reload: :auto` looks at the files, in milliseconds."
+    ],
+    functions: [
+      type: :functions,
+      default: [],
+      doc: """
+      Elixir functions Python may call with `snakepit_bridge.elixir.call(name, ...)`, as
+      `[fetch_user: {MyApp.Users, :fetch}, now: &DateTime.utc_now/0]`; registered when the
+      application starts (see `Snakepit.register_function/2`). Read by `functions/0`.
+      """
     ]
   ]
 
@@ -452,6 +464,14 @@ defmodule Snakepit.Config do
   """
   @spec pools() :: {:ok, [t()]} | {:error, Error.t()}
   def pools, do: global(:pools)
+
+  @doc """
+  Validates `config :snakepit, functions: [...]`: `{:ok, [{name_string, function}]}` or the
+  error naming the bad entry.
+  """
+  @spec functions() ::
+          {:ok, [{String.t(), function() | {module(), atom()}}]} | {:error, Error.t()}
+  def functions, do: global(:functions)
 
   @doc """
   The default pool's name: `config :snakepit, default_pool: name`, else the name of the first
@@ -761,6 +781,19 @@ defmodule Snakepit.Config do
         error ->
           {:halt, error}
       end
+    end)
+  end
+
+  defp cast(:functions, list) when is_list(list) do
+    Enum.reduce_while(list, {:ok, []}, fn
+      {name, fun}, {:ok, acc} ->
+        case Snakepit.Functions.normalize(name, fun) do
+          {:ok, entry} -> {:cont, {:ok, acc ++ [entry]}}
+          {:error, message} -> {:halt, {:error, message, %{function: name}}}
+        end
+
+      other, _ ->
+        {:halt, {:error, "expected {name, function} entries, got #{show(other)}", %{}}}
     end)
   end
 

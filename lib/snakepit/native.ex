@@ -41,4 +41,11 @@ defmodule Snakepit.Native do
   def ref_counts, do: :erlang.nif_error(:nif_not_loaded)
   def ref_watch(_pid, _message), do: :erlang.nif_error(:nif_not_loaded)
   def ref_watch_fire(_watch), do: :erlang.nif_error(:nif_not_loaded)
+
+  # Python calling Elixir (native/snakepit/src/callback.rs).
+  def set_function_dispatcher(_pid), do: :erlang.nif_error(:nif_not_loaded)
+  def function_reply(_id, _reply), do: :erlang.nif_error(:nif_not_loaded)
+
+  def submit_nested(_pool, _chain, _ref, _command, _args, _window),
+    do: :erlang.nif_error(:nif_not_loaded)
 end

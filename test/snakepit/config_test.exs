@@ -776,7 +776,7 @@ defmodule Snakepit.ConfigEnvTest do
       assert error.message ==
                "config :snakepit: unknown key :pyhton_path; did you mean :python_path? " <>
                  "(valid keys: :pools, :default_pool, :python_path, :python, :venv, " <>
-                 ":python_deps, :python_requirements, :reload, :reload_interval)"
+                 ":python_deps, :python_requirements, :reload, :reload_interval, :functions)"
 
       assert error.details == %{
                key: :pyhton_path,
@@ -792,7 +792,8 @@ defmodule Snakepit.ConfigEnvTest do
                  :python_deps,
                  :python_requirements,
                  :reload,
-                 :reload_interval
+                 :reload_interval,
+                 :functions
                ]
              }
     end

@@ -83,7 +83,7 @@ defmodule Snakepit.Pool.Process do
   @stream 4
   @demand 5
   @cancel 6
-  @drop_ref 7
+  @drop_ref 8
   # Frame kinds, worker -> Elixir.
   @reply_ok 0
   @reply_error 1
@@ -92,6 +92,14 @@ defmodule Snakepit.Pool.Process do
   @log 4
   @chunk 5
   @done 6
+  # Python calling Elixir (priv/python/snakepit_bridge/_worker_elixir.py): a call, its
+  # abandonment (worker -> Elixir), its reply (Elixir -> worker).
+  @elixir_call 7
+  @elixir_cancel 8
+  @elixir_reply 7
+  @nested 9
+  # An async def call awaits on the worker's loop: its thread is free (worker.py, frame 10).
+  @detached 10
 
   # Every atom a worker may send. binary_to_term(bin, [:safe]) refuses atoms that do not exist
   # yet; these exist as soon as this module is loaded (see worker_atoms/0).
@@ -172,13 +180,30 @@ defmodule Snakepit.Pool.Process do
   def submit_to(server, worker, command, args, window),
     do: request(server, call_body(command, args, window), kind(window), worker)
 
+  # A call from an Elixir function that a worker of this pool called (Snakepit.Functions): it
+  # goes to the worker thread that waits for that function (re-entrancy; see
+  # priv/python/snakepit_bridge/_worker_elixir.py). A call pinned to a worker (it passes a
+  # ref) goes to that worker as usual.
+  defp request(server, body, kind, worker \\ nil) do
+    server = GenServer.whereis(server) || server
+
+    case Process.get(:"$snakepit_chain") do
+      {:snakepit_process_chain, ^server, port, call_id} when worker == nil ->
+        tag = :erlang.monitor(:process, server, [{:alias, :demonitor}])
+        send(server, {:"$snakepit_nested", tag, self(), body, kind, port, call_id})
+        {:ok, tag, {server, kind}}
+
+      _ ->
+        plain_request(server, body, kind, worker)
+    end
+  end
+
   # Sends a request (`body`: its frame after the kind byte and the job id) to the pool; its
   # replies come to a monitor alias, so one that arrives after a timeout is dropped by the
   # runtime and never reaches the caller's mailbox, and a pool that dies (or a name that is
   # not registered) gives :DOWN.
   # A `worker` ({pool, index, os_pid}) pins the job to that worker (submit_to/5).
-  defp request(server, body, kind, worker \\ nil) do
-    server = GenServer.whereis(server) || server
+  defp plain_request(server, body, kind, worker) do
     tag = :erlang.monitor(:process, server, [{:alias, :demonitor}])
 
     if is_pid(server) do
@@ -480,7 +505,11 @@ defmodule Snakepit.Pool.Process do
       kind: kind,
       index: nil,
       id: nil,
-      cancelled: false
+      cancelled: false,
+      # Whether the job's end frees a thread of its worker: false (it does), true (a job of
+      # an elixir.call chain, run by the waiting thread) or :detached (an async def call that
+      # left its thread when it began to await).
+      nested: false
     }
 
     case take_thread(state) do
@@ -521,6 +550,40 @@ defmodule Snakepit.Pool.Process do
       _ -> :ok
     end
 
+    {:noreply, state}
+  end
+
+  def handle_info({:"$snakepit_nested", tag, caller, body, kind, port, call_id}, state) do
+    case state.ports do
+      %{^port => index} when kind != :tools ->
+        job = %{
+          tag: tag,
+          caller: caller,
+          mon: nil,
+          body: [<<@nested, call_id::32, frame_kind(kind)>> | body],
+          kind: kind,
+          index: nil,
+          id: nil,
+          cancelled: false,
+          nested: true
+        }
+
+        # Not counted against the worker's free threads: the waiting thread runs it.
+        {:noreply, start_job(%{state | submitted: state.submitted + 1}, index, watch(job))}
+
+      _ ->
+        handle_info({:"$snakepit_call", tag, caller, body, kind}, state)
+    end
+  end
+
+  def handle_info({:snakepit_elixir_reply, port, id, reply}, state) do
+    OS.send(port, [<<@elixir_reply, id::32>> | :erlang.term_to_binary(reply)])
+    {:noreply, state}
+  end
+
+  def handle_info({port, {:data, <<kind, bin::binary>>}}, state)
+      when is_port(port) and kind in [@elixir_call, @elixir_cancel] do
+    elixir_frame(state, port, kind, bin)
     {:noreply, state}
   end
 
@@ -676,7 +739,18 @@ defmodule Snakepit.Pool.Process do
   def start_job(state, index, job) do
     w = state.workers[index]
     {id, state} = next_id(state, w)
-    OS.send(w.port, [<<frame_kind(job.kind), id::32>> | job.body])
+
+    frame =
+      case job do
+        # <<nested, call_id::32, kind>> then the job's frame after its kind byte
+        %{nested: true, body: [<<@nested, call_id::32, kind>> | body]} ->
+          [<<@nested, call_id::32, kind, id::32>> | body]
+
+        _ ->
+          [<<frame_kind(job.kind), id::32>> | job.body]
+      end
+
+    OS.send(w.port, frame)
     job = %{job | index: index, id: id}
     w = %{w | jobs: Map.put(w.jobs, id, job.tag)}
 
@@ -852,7 +926,7 @@ defmodule Snakepit.Pool.Process do
 
           {job, state} ->
             answer(job, {:etf, bin})
-            thread_free(state, index)
+            if job.nested != false, do: state, else: thread_free(state, index)
         end
 
       %{status: :starting} ->
@@ -881,7 +955,18 @@ defmodule Snakepit.Pool.Process do
 
       {job, state} ->
         answer(job, if(closed == 1, do: :closed, else: :done))
-        thread_free(state, index)
+        if job.nested != false, do: state, else: thread_free(state, index)
+    end
+  end
+
+  defp worker_frame(state, index, @detached, <<id::32>>) do
+    with %{jobs: %{^id => tag}} <- state.workers[index],
+         %{^tag => %{nested: false} = job} <- state.jobs do
+      # Its reply frees nothing: the thread is free now.
+      state = %{state | jobs: Map.put(state.jobs, tag, %{job | nested: :detached})}
+      thread_free(state, index)
+    else
+      _ -> state
     end
   end
 
@@ -938,6 +1023,33 @@ defmodule Snakepit.Pool.Process do
   end
 
   defp retiring_frame(state, _kind, _bin), do: state
+
+  # A worker's call of an Elixir function goes to Snakepit.Functions; its reply comes back
+  # here ({:snakepit_elixir_reply, ...}) and goes down the worker's port.
+  defp elixir_frame(state, port, @elixir_call, bin) do
+    with {:ok, {id, name, args, job_id}} when is_list(args) <- safe_decode(bin) do
+      pool = self()
+      reply = fn reply -> send(pool, {:snakepit_elixir_reply, port, id, reply}) end
+      caller = job_caller(state, port, job_id)
+      chain = {:snakepit_process_chain, pool, port, id}
+      call = {:snakepit_elixir_call, {pool, port, id}, name, args, caller, chain, reply}
+      send(Snakepit.Functions, call)
+    end
+  end
+
+  defp elixir_frame(_state, port, @elixir_cancel, <<id::32>>),
+    do: send(Snakepit.Functions, {:snakepit_elixir_cancel, {self(), port, id}})
+
+  # The caller of the job `job_id` of the worker on `port` (for the function's `$callers`).
+  defp job_caller(state, port, job_id) do
+    with %{^port => index} <- state.ports,
+         %{jobs: %{^job_id => tag}} <- state.workers[index],
+         %{^tag => %{caller: caller}} <- state.jobs do
+      caller
+    else
+      _ -> nil
+    end
+  end
 
   defp safe_decode(bin) do
     {:ok, :erlang.binary_to_term(bin, [:safe])}

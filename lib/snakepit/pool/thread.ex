@@ -25,9 +25,18 @@ defmodule Snakepit.Pool.Thread do
     tag = make_ref()
 
     submitted =
-      if window,
-        do: Native.submit_stream(pool, tag, command, args, window),
-        else: Native.submit(pool, tag, command, args)
+      case Process.get(:"$snakepit_chain") do
+        # A call from an Elixir function that Python called (Snakepit.Functions): the pool
+        # thread waiting for that function may run it (re-entrancy).
+        chain when is_integer(chain) ->
+          Native.submit_nested(pool, chain, tag, command, args, window || 0)
+
+        _ when window != nil ->
+          Native.submit_stream(pool, tag, command, args, window)
+
+        _ ->
+          Native.submit(pool, tag, command, args)
+      end
 
     case submitted do
       {:ok, job} -> {:ok, tag, job}

@@ -66,33 +66,29 @@ pub fn cleanup(py: Python<'_>, worker: &Worker) {
     }
 }
 
-/// Runs `command` and converts its result into `env`.
-pub fn call_command<'a>(
+/// Converts the result of `command` into `env`; a failed conversion of an iterator says to use
+/// `execute_stream` (the message is only looked up on failure).
+pub fn result_term<'a>(
     py: Python<'_>,
-    worker: &Worker,
     env: Env<'a>,
     command: Term<'a>,
-    args: Term<'a>,
+    obj: &Bound<'_, PyAny>,
 ) -> Result<Term<'a>> {
-    let obj = invoke(py, worker, command, args)?;
-    convert::py_to_term(env, &obj).map_err(|e| match e {
-        // Only on a failed conversion: an iterator gets "use execute_stream".
-        Error::Conversion(_) => result_message(py, "not_a_value", command, &obj)
+    convert::py_to_term(env, obj).map_err(|e| match e {
+        Error::Conversion(_) => result_message(py, "not_a_value", command, obj)
             .map(Error::conversion)
             .unwrap_or(e),
         e => e,
     })
 }
 
-/// Runs `command` for a stream: its result must be an iterator (a generator, or what
+/// The iterator a stream of `command` reads: the result must be one (a generator, or what
 /// `iter(...)` returns), never iterated implicitly (a dict would stream its keys).
-pub fn stream_command<'py>(
+pub fn stream_iterator<'py>(
     py: Python<'py>,
-    worker: &Worker,
     command: Term<'_>,
-    args: Term<'_>,
+    obj: Bound<'py, PyAny>,
 ) -> Result<Bound<'py, PyAny>> {
-    let obj = invoke(py, worker, command, args)?;
     if obj.cast::<PyIterator>().is_ok() {
         return Ok(obj);
     }

@@ -4,6 +4,10 @@
 //! into Python), stats, convert (terms <-> Python), error. docs/architecture.md has the map.
 
 #[cfg(feature = "nif")]
+pub mod aio;
+#[cfg(feature = "nif")]
+pub mod callback;
+#[cfg(feature = "nif")]
 pub mod convert;
 #[cfg(feature = "nif")]
 pub mod dispatch;
@@ -18,9 +22,9 @@ pub mod mailer;
 pub mod nif;
 #[cfg(feature = "nif")]
 pub mod pool;
+pub mod refs;
 #[cfg(feature = "nif")]
 pub mod reload;
-pub mod refs;
 pub mod runtime;
 #[cfg(feature = "nif")]
 pub mod slot;

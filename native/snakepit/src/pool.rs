@@ -134,6 +134,9 @@ impl rustler::Resource for PoolRef {
 impl JobHost for PoolInner {
     /// Raises `snakepit_bridge.Cancelled` in pool thread `thread` if it still runs job `job`.
     fn interrupt(&self, thread: usize, job: u64) {
+        if crate::aio::cancel(job) {
+            return; // an async job: its coroutine is cancelled on its event loop
+        }
         if let Some(slot) = self.slots.get(thread) {
             interrupt::request(slot, job);
         }

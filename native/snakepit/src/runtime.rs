@@ -143,6 +143,14 @@ fn bootstrap(py: Python<'_>, config: &RuntimeConfig) -> PyResult<()> {
         native.add_class::<PyPid>()?;
         native.add_function(pyo3::wrap_pyfunction!(send, &native)?)?;
         native.add_function(pyo3::wrap_pyfunction!(log, &native)?)?;
+        native.add_function(pyo3::wrap_pyfunction!(
+            crate::callback::elixir_call,
+            &native
+        )?)?;
+        native.add_function(pyo3::wrap_pyfunction!(
+            crate::callback::elixir_depth,
+            &native
+        )?)?;
         sys.getattr("modules")?
             .set_item("_snakepit_native", native)?;
         py.import("snakepit_bridge._logging")?

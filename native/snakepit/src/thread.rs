@@ -17,7 +17,9 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use rustler::{Encoder, OwnedEnv};
 
+use crate::aio;
 use crate::atoms;
+use crate::callback;
 use crate::convert;
 use crate::dispatch;
 use crate::error::{Error, Result};
@@ -41,6 +43,7 @@ pub fn thread_main(pool: Arc<PoolInner>, index: usize, started: crossbeam_channe
         dispatch::call_runtime(py, "set_thread_name", (&slot.name, &pool.config.name)).ok();
         interrupt::register_thread(&slot);
         crate::refs::set_thread_pool(&pool.config.name);
+        callback::register_thread(&pool, &slot, index);
         drop(started);
         let worker_slot = &pool.workers[slot.worker];
         pool.idle.ready_begin();
@@ -134,10 +137,11 @@ fn recycle(py: Python<'_>, pool: &PoolInner, slot: &WorkerSlot, reason: Reason) 
     });
 }
 
-fn run_job(
+/// Runs one job on this thread (also a nested job of an `elixir.call` chain: callback.rs).
+pub(crate) fn run_job(
     py: Python<'_>,
     pool: &PoolInner,
-    worker: &Worker,
+    worker: &Arc<Worker>,
     slot: &ThreadSlot,
     index: usize,
     job: Job,
@@ -157,17 +161,25 @@ fn run_job(
     };
     pool.counters.active.fetch_add(1, Ordering::Relaxed);
     let t0 = Instant::now();
+    let _chain = callback::enter(&job);
 
     if job.stream {
         run_stream(py, pool, worker, slot, job, t0);
         return;
     }
 
+    let mut coroutine = None;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         job.env.run(|env| {
             let command = job.command.load(env);
             let args = job.args.load(env);
-            dispatch::call_command(py, worker, env, command, args).map(|t| job.env.save(t))
+            let obj = dispatch::invoke(py, worker, command, args)?;
+            if aio::is_coroutine(&obj) {
+                // Awaited on the worker's event loop (aio.rs), which replies.
+                coroutine = Some(obj);
+                return Ok(job.env.save(atoms::nil().encode(env)));
+            }
+            dispatch::result_term(py, env, command, &obj).map(|t| job.env.save(t))
         })
     }))
     .unwrap_or_else(|panic| {
@@ -184,6 +196,11 @@ fn run_job(
     let run = job_done(pool, slot, t0);
     if run.armed || run.async_exc {
         interrupt::after_job(py, slot, &run);
+    }
+    if let Some(coro) = coroutine {
+        drop(_chain);
+        aio::hand_off(py, Arc::clone(worker), job, coro);
+        return;
     }
     let result = if run.stopped {
         result.map_err(|_| pool.stopped_error())
@@ -239,7 +256,10 @@ fn run_stream(
         job.env.run(|env| {
             let command = job.command.load(env);
             let args = job.args.load(env);
-            dispatch::stream_command(py, worker, command, args)
+            dispatch::invoke(py, worker, command, args).and_then(|obj| {
+                let obj = aio::stream_source(py, worker, obj).map_err(|e| Error::from_py(py, e))?;
+                dispatch::stream_iterator(py, command, obj)
+            })
         })
     }))
     .unwrap_or_else(|_| Err(Error::Worker("internal error in pool thread".into())));

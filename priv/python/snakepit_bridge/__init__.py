@@ -11,6 +11,7 @@ and are also exported here, with:
 - :func:`ref`: return ``ref(obj)`` from a method to hand Elixir a ``%Snakepit.Ref{}`` to the
   object instead of a converted copy;
 - :class:`Cancelled`: raised into a pool thread when the Elixir caller timed out or died;
+- :mod:`snakepit_bridge.elixir` and :class:`ElixirError`: calling Elixir functions from Python;
 - :class:`Pid` and :func:`send`: an Erlang pid received as an argument, and a way to send it
   a message from Python. They come from the ``_snakepit_native`` module that the NIF
   registers; outside the BEAM a stand-in ``Pid`` is provided and ``send`` raises
@@ -24,7 +25,7 @@ from typing import Any
 from ._refs import ref
 from .base_adapter import BaseAdapter
 from .base_adapter_threaded import ThreadSafeAdapter, thread_safe_method, tool
-from .errors import Cancelled, SnakepitError, ThreadSafetyViolation
+from .errors import Cancelled, ElixirError, SnakepitError, ThreadSafetyViolation
 from .thread_safety_checker import ThreadSafetyChecker
 
 __version__ = "0.6.0"
@@ -32,6 +33,7 @@ __version__ = "0.6.0"
 __all__ = [
     "BaseAdapter",
     "Cancelled",
+    "ElixirError",
     "Pid",
     "SnakepitError",
     "ThreadSafeAdapter",

@@ -285,9 +285,14 @@ def tools(adapter: Any) -> List[Dict[str, Any]]:
 
 def cleanup(adapter: Any) -> None:
     """Call the adapter's ``cleanup()`` hook when it has one. Exceptions propagate."""
-    hook = getattr(adapter, "cleanup", None)
-    if callable(hook):
-        hook()
+    try:
+        hook = getattr(adapter, "cleanup", None)
+        if callable(hook):
+            hook()
+    finally:
+        from . import _async  # the worker's event loop, if it started one
+
+        _async.close(adapter)
 
 
 def set_thread_name(name: str, pool: Optional[str] = None) -> None:

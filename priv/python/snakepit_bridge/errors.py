@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-__all__ = ["Cancelled", "SnakepitError", "ThreadSafetyViolation"]
+__all__ = ["Cancelled", "ElixirError", "SnakepitError", "ThreadSafetyViolation"]
 
 
 class Cancelled(BaseException):
@@ -31,3 +31,24 @@ class ThreadSafetyViolation(SnakepitError):
     The message is the text the checker would otherwise log as a warning, for example
     ``THREAD SAFETY: Method 'predict' accessed by 5 different threads concurrently.``
     """
+
+
+class ElixirError(SnakepitError):
+    """An Elixir function called with ``snakepit_bridge.elixir.call`` failed.
+
+    Raised when the function raised, exited or threw (``kind`` is ``"error"``, ``"exit"`` or
+    ``"throw"``; the message is Elixir's, and ``elixir_stacktrace`` its formatted stacktrace),
+    when no function has the name (``kind`` ``"unknown"``; the message lists the registered
+    names), or when a call chain is too deep (``kind`` ``"depth"``).
+    """
+
+    def __init__(self, message: str, kind: str = "error", elixir_stacktrace: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.elixir_stacktrace = elixir_stacktrace
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.elixir_stacktrace:
+            return f"{text}\n{self.elixir_stacktrace}"
+        return text

@@ -30,8 +30,12 @@ kind   payload after the kind byte                  meaning
 6      ``<<id::32>>``                               cancel job ``id``: a running call gets
                                                     ``snakepit_bridge.Cancelled`` raised in its
                                                     thread; a stream's generator is closed
-7      ``<<object_id::64>>``                        the last Elixir ref to object ``object_id``
+7      ``<<call_id::32>>`` + ``term_to_binary``       the reply of an ``elixir.call``
+                                                    (``_worker_elixir.py``)
+8      ``<<object_id::64>>``                        the last Elixir ref to object ``object_id``
                                                     is gone: drop it from ``_refs.TABLE``
+9      ``<<call_id::32>>`` + a call/stream frame    a job of that ``elixir.call``'s chain, run by
+                                                    the thread that waits for it
 =====  ===========================================  ==============================================
 
 Worker → Elixir:
@@ -49,6 +53,11 @@ kind   payload after the kind byte                  meaning
                                                     up)
 5      ``<<id::32>>`` ``value``                     one item of stream ``id``
 6      ``<<id::32, closed::8>>`` (not a term)       stream ``id`` ended: 0 exhausted, 1 cancelled
+7      ``{call_id, name, args, job_id | nil}``      ``elixir.call`` (``_worker_elixir.py``)
+8      ``<<call_id::32>>``                          that call was abandoned (timeout, cancel)
+10     ``<<id::32>>``                               call ``id`` (``async def``) awaits on the
+                                                    worker's loop: its thread is free, its reply
+                                                    comes later (``_async.detach``)
 =====  ===========================================  ==============================================
 
 Every job ends with exactly one reply, error or done frame, a cancelled one too (Elixir frees
@@ -78,14 +87,14 @@ import threading
 import traceback
 from typing import Any, Callable, Dict, Optional
 
-from . import _cancel, _dispatch, _refs, _runtime, etf
+from . import _async, _cancel, _dispatch, _refs, _runtime, _worker_elixir, elixir, etf
 from .errors import Cancelled
 from .etf import Atom, ConversionError
 
 __all__ = ["main"]
 
 # Frame kinds, Elixir -> worker.
-CALL, TOOLS, STOP, INIT, STREAM, DEMAND, CANCEL, DROP_REF = 0, 1, 2, 3, 4, 5, 6, 7
+CALL, TOOLS, STOP, INIT, STREAM, DEMAND, CANCEL, DROP_REF = 0, 1, 2, 3, 4, 5, 6, 8
 # Frame kinds, worker -> Elixir.
 REPLY_OK, REPLY_ERROR, READY, SEND, LOG, CHUNK, DONE = 0, 1, 2, 3, 4, 5, 6
 
@@ -150,7 +159,7 @@ class Job:
     """One call, stream or tools request, from its frame to its one terminal frame."""
 
     __slots__ = ("id", "kind", "frame", "lock", "credit", "credits", "cancelled", "thread",
-                 "interruptible", "pending", "async_exc", "command")
+                 "interruptible", "pending", "async_exc", "command", "future")
 
     def __init__(self, job_id: int, kind: int, frame: memoryview) -> None:
         self.id = job_id
@@ -169,6 +178,8 @@ class Job:
         self.async_exc = False
         #: The command's name, once the frame has been read.
         self.command = ""
+        #: An ``async def`` call awaited on the worker's loop (``_async.detach``): its future.
+        self.future: Any = None
 
 
 class Worker:
@@ -191,6 +202,9 @@ class Worker:
         self.names: list = []
         self.class_name = ""
         self.log_handler = _ElixirLogHandler(self)
+        # snakepit_bridge.elixir over this worker's port (_worker_elixir.py: frames 7 and 8).
+        self.elixir = _worker_elixir.ElixirCalls(self)
+        elixir.set_transport(self.elixir.call)
 
     # -- frames ----------------------------------------------------------------------------
 
@@ -315,28 +329,35 @@ class Worker:
             job = self._queue.get()
             if job is None:
                 return
-            try:
-                self._run(job)
-            except Cancelled:
-                # A cancellation that landed between the adapter's code and the job's reply.
-                _clear_pending()
-            except BaseException:  # noqa: BLE001 - the worker's own machinery failed
-                # Nothing can be trusted any more (a frame may be half written): die, so that
-                # Elixir fails the jobs in flight with :worker and starts a fresh process.
-                traceback.print_exc()
-                os._exit(70)
-            with self._jobs_lock:
-                unanswered = self._jobs.get(job.id) is job
-            if unanswered:
-                if job.kind == STREAM:
-                    self.done(job.id, True)
-                else:
-                    self.reply_error(job.id, cancelled_error())
+            self._run_guarded(job)
+
+    def _run_guarded(self, job: Job) -> None:
+        """Runs a job and makes sure it ends with its terminal frame (also a job nested in an
+        ``elixir.call`` wait: ``_worker_elixir.py``)."""
+        try:
+            self._run(job)
+        except Cancelled:
+            # A cancellation that landed between the adapter's code and the job's reply.
+            _clear_pending()
+        except BaseException:  # noqa: BLE001 - the worker's own machinery failed
+            # Nothing can be trusted any more (a frame may be half written): die, so that
+            # Elixir fails the jobs in flight with :worker and starts a fresh process.
+            traceback.print_exc()
+            os._exit(70)
+        with self._jobs_lock:
+            unanswered = self._jobs.get(job.id) is job and job.future is None
+        if unanswered:
+            if job.kind == STREAM:
+                self.done(job.id, True)
+            else:
+                self.reply_error(job.id, cancelled_error())
 
     def _run(self, job: Job) -> None:
         if job.kind == CALL:
             ok, result = self._interruptibly(job, lambda: self.invoke(job, job.frame, 5))
-            if ok:
+            if ok and _async.is_coroutine(result):
+                _async.detach(self, job, result)  # awaited on the loop; the thread is free
+            elif ok:
                 self.reply_ok(job.id, result, job.command)
         elif job.kind == STREAM:
             self.stream(job)
@@ -454,12 +475,13 @@ class Worker:
         ok, result = self._interruptibly(job, lambda: self.invoke(job, job.frame, 9))
         if not ok:
             return
-        if not isinstance(result, collections.abc.Iterator):
+        source = _async.stream_source(self.adapter, result)
+        if not isinstance(source, collections.abc.Iterator):
             self.reply_error(
                 job.id, error_map("conversion", _dispatch.not_an_iterator(job.command, result))
             )
             return
-        iterator = result
+        iterator = source
         while True:
             with job.lock:
                 while job.credits <= 0 and not job.cancelled:
@@ -498,6 +520,9 @@ class Worker:
         with job.lock:
             job.cancelled = True
             job.credit.notify_all()
+            if job.future is not None:
+                job.future.cancel()  # an async call: its task is cancelled on the loop
+                return
             if not (job.interruptible and job.thread) or job.pending:
                 return
             job.pending = True
@@ -570,6 +595,16 @@ class Worker:
                 self.cancel(_u32.unpack_from(frame, 1)[0])
             elif kind == DROP_REF:
                 _refs.TABLE.drop(_u64.unpack_from(frame, 1)[0])
+            elif kind == _worker_elixir.ELIXIR_REPLY:
+                self.elixir.reply(frame)
+            elif kind == _worker_elixir.NESTED:
+                # <<9, call_id::32>> then a call or stream frame: a job of that call's chain.
+                view = memoryview(frame)[5:]
+                job = Job(_u32.unpack_from(view, 1)[0], view[0], view)
+                with self._jobs_lock:
+                    self._jobs[job.id] = job
+                if not self.elixir.nested(_u32.unpack_from(frame, 1)[0], job):
+                    self._queue.put(job)
             elif kind == STOP:
                 break
             else:

@@ -12,6 +12,9 @@ from snakepit_bridge import ThreadSafeAdapter, send, thread_safe_method, tool
 TRACKED = {}
 BARRIERS = {}
 BARRIERS_LOCK = threading.Lock()
+# async_sleep's counters by key: in flight now, most at once, finished.
+ASYNC_STATE = {}
+ASYNC_LOCK = threading.Lock()
 
 
 class TestAdapter(ThreadSafeAdapter):
@@ -308,6 +311,147 @@ class TestAdapter(ThreadSafeAdapter):
             barrier = BARRIERS.setdefault(key, threading.Barrier(parties))
         barrier.wait(timeout)
         return threading.current_thread().name
+
+    # Python calling Elixir (snakepit_bridge.elixir), and async def commands.
+
+    @tool(description="Call the Elixir function name with args; return its result.")
+    def call_elixir(self, name, args=None, timeout: float = 10.0):
+        from snakepit_bridge import elixir
+
+        return elixir.call(name, *(args or []), timeout=timeout)
+
+    @tool(description="Call Elixir; return the ElixirError's kind, message and stacktrace.")
+    def elixir_error(self, name, args=None, timeout: float = 10.0):
+        from snakepit_bridge import ElixirError, elixir
+
+        try:
+            elixir.call(name, *(args or []), timeout=timeout)
+        except ElixirError as e:
+            return {"kind": e.kind, "message": e.args[0], "stacktrace": e.elixir_stacktrace}
+        return None
+
+    @tool(description="elixir.functions()")
+    def elixir_functions(self):
+        from snakepit_bridge import elixir
+
+        return elixir.functions()
+
+    @tool(
+        description="Record under tag how an elixir.call ends (tracked_outcome; also sent to "
+        "pid as (tag, 'outcome', name)), after telling pid (tag, os pid, thread name) that "
+        "it is about to wait."
+    )
+    def tracked_elixir_call(self, tag, pid, name, args=None, timeout: float = 60.0):
+        from snakepit_bridge import elixir
+
+        TRACKED[tag] = "running"
+        send(pid, (tag, os.getpid(), threading.current_thread().name))
+        try:
+            result = elixir.call(name, *(args or []), timeout=timeout)
+            TRACKED[tag] = "finished"
+            return result
+        except BaseException as exc:
+            TRACKED[tag] = type(exc).__name__
+            raise
+        finally:
+            send(pid, (tag, "outcome", TRACKED[tag]))
+
+    @tool(
+        description="Python -> Elixir -> Python ping-pong: at depth > 0 call the Elixir "
+        "function name (which calls ping_pong again with depth - 1); return the thread names."
+    )
+    def ping_pong(self, name, depth: int):
+        from snakepit_bridge import elixir
+
+        here = threading.current_thread().name
+        if depth <= 0:
+            return [here]
+        return [here] + list(elixir.call(name, depth, timeout=60.0))
+
+    @tool(
+        description="await asyncio.sleep(seconds), counting the coroutines in flight (per "
+        "key); report=True returns [value, most in flight at once so far in this process]."
+    )
+    async def async_sleep(self, seconds: float = 0.01, value=None, key="default", report=False):
+        import asyncio
+
+        with ASYNC_LOCK:
+            state = ASYNC_STATE.setdefault(key, {"in_flight": 0, "max_in_flight": 0, "done": 0})
+            state["in_flight"] += 1
+            state["max_in_flight"] = max(state["max_in_flight"], state["in_flight"])
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            with ASYNC_LOCK:
+                peak = state["max_in_flight"]
+                state["in_flight"] -= 1
+                state["done"] += 1
+        # report: also the most calls of key in flight at once in this process so far.
+        return [value, peak] if report else value
+
+    @tool(description="The async_sleep counters of key.")
+    def async_stats(self, key="default"):
+        with ASYNC_LOCK:
+            return dict(ASYNC_STATE.get(key, {"in_flight": 0, "max_in_flight": 0, "done": 0}))
+
+    @tool(description="An async def command that raises ValueError(message).")
+    async def async_fail(self, message: str = "async boom"):
+        import asyncio
+
+        await asyncio.sleep(0)
+        raise ValueError(message)
+
+    @tool(
+        description="Send (tag, os pid, thread name) to pid, then await asyncio.sleep(seconds); "
+        "tracked_outcome(tag) says how it ended ('CancelledError' when cancelled) and "
+        "tracked_outcome(tag + ':finally') whether its finally ran; the finally sends "
+        "(tag, 'finally', outcome) to pid."
+    )
+    async def async_tracked_sleep(self, tag, pid, seconds: float = 60.0):
+        import asyncio
+
+        TRACKED[tag] = "running"
+        try:
+            send(pid, (tag, os.getpid(), threading.current_thread().name))
+            await asyncio.sleep(seconds)
+            TRACKED[tag] = "finished"
+        except BaseException as exc:
+            TRACKED[tag] = type(exc).__name__
+            raise
+        finally:
+            TRACKED[tag + ":finally"] = True
+            send(pid, (tag, "finally", TRACKED[tag]))
+        return threading.current_thread().name
+
+    @tool(
+        description="An async generator of 0..limit-1 (await asyncio.sleep(delay) before "
+        "each); tracked_outcome(tag) says how it ended, tag + ':n' how many it yielded; "
+        "its finally sends (tag, 'finally', outcome, n) to pid when given."
+    )
+    async def async_count(self, tag, limit: int = 10, delay: float = 0.0, pid=None):
+        import asyncio
+
+        TRACKED[tag] = "running"
+        TRACKED[tag + ":n"] = 0
+        try:
+            for i in range(limit):
+                await asyncio.sleep(delay)
+                TRACKED[tag + ":n"] = i + 1
+                yield i
+            TRACKED[tag] = "finished"
+        except BaseException as exc:
+            TRACKED[tag] = type(exc).__name__
+            raise
+        finally:
+            TRACKED[tag + ":finally"] = True
+            if pid is not None:
+                send(pid, (tag, "finally", TRACKED[tag], TRACKED[tag + ":n"]))
+
+    @tool(description="await elixir.acall(name, *args) from an async def command.")
+    async def async_call_elixir(self, name, args=None, timeout: float = 10.0):
+        from snakepit_bridge import elixir
+
+        return await elixir.acall(name, *(args or []), timeout=timeout)
 
 
 class BrokenInit(ThreadSafeAdapter):

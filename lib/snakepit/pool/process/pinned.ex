@@ -24,6 +24,7 @@ defmodule Snakepit.Pool.Process.Pinned do
       index: nil,
       id: nil,
       cancelled: false,
+      nested: false,
       # The guards of the refs the call passes: held while the job lives.
       keep: keep
     }
