@@ -90,7 +90,8 @@ def run_eval(code: str, bindings: Optional[Mapping[str, Any]] = None, options: A
     if bindings:
         for key, value in bindings.items():
             namespace[str(key)] = value
-    filename = f"<snakepit-eval-{next(_counter)}>"
+    with _kept_lock:  # unique names, also on free-threaded builds
+        filename = f"<snakepit-eval-{next(_counter)}>"
     linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
     failed = True
     try:

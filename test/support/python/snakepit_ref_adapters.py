@@ -100,6 +100,21 @@ class RefAdapter(ThreadSafeAdapter):
             time.sleep(0.01)
         return os.getpid()
 
+    @tool(description="Send 'holding' to pid, then read one byte of the FIFO at path in C, attached.")
+    def hold_attached(self, pid=None, path=None):
+        """Blocks in a libc read() called through ctypes.PyDLL, which keeps the thread attached
+        to Python (it holds the GIL on a GIL build) until Elixir writes to the FIFO."""
+        import ctypes
+
+        fd = os.open(path, os.O_RDWR)
+        try:
+            send(pid, "holding")
+            buf = ctypes.create_string_buffer(1)
+            ctypes.PyDLL(None).read(fd, buf, 1)
+        finally:
+            os.close(fd)
+        return True
+
     @tool(description="id() of this adapter instance (changes when the worker is recycled).")
     def instance_id(self):
         return id(self)
