@@ -19,11 +19,13 @@ defmodule Snakepit.Caller do
     timeout = Keyword.get(opts, :timeout, @default_timeout)
 
     with {:ok, command} <- command_name(command),
-         {:ok, target} <- local_or_remote(pool, command, args, opts) do
+         {:ok, target} <- local_or_remote(pool, command, args, opts),
+         {:ok, {command, args}} <-
+           Snakepit.CallOptions.submission(command, normalize_args(args), opts) do
       if Telemetry.enabled?() do
-        instrumented(pool, target, command, normalize_args(args), timeout)
+        instrumented(pool, target, command, args, timeout)
       else
-        call(target, command, normalize_args(args), timeout)
+        call(target, command, args, timeout)
       end
     else
       {:remote, result} -> result

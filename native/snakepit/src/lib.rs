@@ -4,6 +4,8 @@
 //! into Python), stats, convert (terms <-> Python), error. docs/architecture.md has the map.
 
 #[cfg(feature = "nif")]
+pub mod buffer;
+#[cfg(feature = "nif")]
 pub mod convert;
 #[cfg(feature = "nif")]
 pub mod dispatch;
@@ -14,6 +16,8 @@ pub mod interrupt;
 pub mod job;
 #[cfg(feature = "nif")]
 pub mod mailer;
+#[cfg(feature = "nif")]
+pub mod ndarray;
 #[cfg(feature = "nif")]
 pub mod nif;
 #[cfg(feature = "nif")]
@@ -32,7 +36,7 @@ pub mod worker;
 mod atoms {
     rustler::atoms! {
         ok, nil, true_ = "true", false_ = "false",
-        bytes, nan, infinity, neg_infinity,
+        bytes, buffer, nan, infinity, neg_infinity,
         __struct__, map, mapset_module = "Elixir.MapSet",
         python_error, conversion, validation, pool, worker,
         cancelled, done, chunk, closed,

@@ -139,7 +139,12 @@ pub fn from_adapter(
     for (k, v) in dict.iter() {
         map.insert(k.extract::<String>()?, v.unbind());
     }
-    let mut names: Vec<String> = map.keys().cloned().collect();
+    // Built-in commands (`__snakepit_<name>__`) are hidden from the unknown-command list.
+    let mut names: Vec<String> = map
+        .keys()
+        .filter(|k| !k.starts_with("__snakepit_"))
+        .cloned()
+        .collect();
     names.sort();
     let class_name = adapter.get_type().qualname()?.to_string();
     let instance_id = py

@@ -23,6 +23,7 @@ marked methods: the pool calls them directly, not through ``execute_tool``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import logging
@@ -30,6 +31,7 @@ import sys
 import threading
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
+from . import _dispatch, _ndarray
 from ._tooling import TOOL_ATTR, describe_callable, is_command, tool
 from .base_adapter import BaseAdapter
 from .base_adapter_threaded import ThreadSafeAdapter, collect_stats
@@ -126,6 +128,9 @@ def create_adapter(
         Exception: whatever the class's ``__init__`` or ``initialize()`` raised, unchanged.
     """
     opts = dict(options or {})
+    ndarray_mode = str(opts.get("ndarray") or "list")
+    if ndarray_mode not in _ndarray.MODES:
+        raise ValueError(f"unknown ndarray mode {ndarray_mode!r}; expected one of: list, struct")
     threaded = bool(opts.get("threaded", False))
     max_workers = int(opts.get("max_workers", 1) or 1)
     pool = opts.get("pool_name", pool_name)
@@ -165,6 +170,8 @@ def create_adapter(
     if checker is not None:
         checker.check_adapter(adapter, threaded=threaded)
         checker.check_imports()
+    if ndarray_mode != "list":
+        _ADAPTER_NDARRAY[id(adapter)] = ndarray_mode
     logger.debug(
         "created adapter %s for pool %s worker %s (threaded=%s, max_workers=%s)",
         class_path,
@@ -244,7 +251,57 @@ def commands(adapter: Any) -> Dict[str, Callable[..., Any]]:
             result[name] = bound
     for name, fn in _base_tools(adapter).items():
         result.setdefault(name, fn)
+    mode = _ADAPTER_NDARRAY.get(id(adapter), "list")
+    if mode != "list":
+        result = {name: _with_ndarray(fn, mode) for name, fn in result.items()}
+    result.update(_builtins(result, type(adapter).__qualname__))
     return result
+
+
+# The pool's `ndarray:` option of each adapter instance that has one ("list" is not stored),
+# by id() (adapters need not be hashable or weak-referenceable); dropped by cleanup().
+_ADAPTER_NDARRAY: Dict[int, str] = {}
+
+
+def _with_ndarray(fn: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        return _ndarray.wrap(fn(*args, **kwargs), mode)
+
+    return command
+
+
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` is a built-in command every adapter has (``__snakepit_<name>__``)."""
+    return name.startswith("__snakepit_")
+
+
+def _builtins(
+    table: Dict[str, Callable[..., Any]], class_name: str
+) -> Dict[str, Callable[..., Any]]:
+    """The built-in commands (hidden from tools() and the unknown-command list)."""
+
+    def __snakepit_call__(command: str, args: Any = None, options: Any = None) -> Any:
+        """Runs ``command`` with ``args`` and applies the per-call result ``options``
+        (``{"ndarray": "list" | "struct"}``)."""
+        fn = None if is_builtin(command) else table.get(command)
+        if fn is None:
+            names = [n for n in table if not is_builtin(n)]
+            raise LookupError(_dispatch.unknown_command(command, class_name, names))
+        opts = dict(options or {})
+        unknown = sorted(set(opts) - {"ndarray"})
+        if unknown:
+            raise ValueError(f"unknown call options {unknown}; known: ndarray")
+        if isinstance(args, dict):
+            result = fn(**args)
+        elif isinstance(args, (list, tuple)):
+            result = fn(*args)
+        else:
+            result = fn()
+        mode = opts.get("ndarray")
+        return result if mode is None else _ndarray.wrap(result, str(mode))
+
+    return {"__snakepit_call__": __snakepit_call__}
 
 
 def tools(adapter: Any) -> List[Dict[str, Any]]:
@@ -253,12 +310,17 @@ def tools(adapter: Any) -> List[Dict[str, Any]]:
     Each parameter is ``{"name", "type", "required", "default"}``, with the type as a string
     such as ``"str"`` or ``"list[float]"``.
     """
-    described = [describe_callable(fn, name) for name, fn in commands(adapter).items()]
+    described = [
+        describe_callable(fn, name)
+        for name, fn in commands(adapter).items()
+        if not is_builtin(name)
+    ]
     return sorted(described, key=lambda item: item["name"])
 
 
 def cleanup(adapter: Any) -> None:
     """Call the adapter's ``cleanup()`` hook when it has one. Exceptions propagate."""
+    _ADAPTER_NDARRAY.pop(id(adapter), None)
     hook = getattr(adapter, "cleanup", None)
     if callable(hook):
         hook()

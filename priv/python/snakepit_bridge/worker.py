@@ -263,7 +263,7 @@ class Worker:
             options = dict(init.get("options") or {})
             self.adapter = _runtime.create_adapter(init["adapter"], pool_name, index, options)
             self.commands = _runtime.commands(self.adapter)
-            self.names = sorted(self.commands)
+            self.names = sorted(n for n in self.commands if not _runtime.is_builtin(n))
             self.class_name = type(self.adapter).__qualname__
             self._start_threads(threads, f"snakepit-{pool_name}-w{index}", pool_name)
         except BaseException as exc:  # noqa: BLE001 - reported to Elixir as the start-up error
