@@ -21,6 +21,8 @@ pub mod ndarray;
 #[cfg(feature = "nif")]
 pub mod nif;
 #[cfg(feature = "nif")]
+pub mod offload;
+#[cfg(feature = "nif")]
 pub mod pool;
 pub mod runtime;
 #[cfg(feature = "nif")]
