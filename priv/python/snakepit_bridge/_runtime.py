@@ -252,9 +252,10 @@ def commands(adapter: Any) -> Dict[str, Callable[..., Any]]:
     for name, fn in _base_tools(adapter).items():
         result.setdefault(name, fn)
     mode = _ADAPTER_NDARRAY.get(id(adapter), "list")
+    builtins = _builtins(result, type(adapter).__qualname__, mode)
     if mode != "list":
         result = {name: _with_ndarray(fn, mode) for name, fn in result.items()}
-    result.update(_builtins(result, type(adapter).__qualname__))
+    result.update(builtins)
     return result
 
 
@@ -277,9 +278,10 @@ def is_builtin(name: str) -> bool:
 
 
 def _builtins(
-    table: Dict[str, Callable[..., Any]], class_name: str
+    table: Dict[str, Callable[..., Any]], class_name: str, pool_mode: str
 ) -> Dict[str, Callable[..., Any]]:
-    """The built-in commands (hidden from tools() and the unknown-command list)."""
+    """The built-in commands (hidden from tools() and the unknown-command list) over the
+    adapter's unwrapped commands ``table``; ``pool_mode`` is the pool's ``ndarray:``."""
 
     def __snakepit_call__(command: str, args: Any = None, options: Any = None) -> Any:
         """Runs ``command`` with ``args`` and applies the per-call result ``options``
@@ -298,8 +300,7 @@ def _builtins(
             result = fn(*args)
         else:
             result = fn()
-        mode = opts.get("ndarray")
-        return result if mode is None else _ndarray.wrap(result, str(mode))
+        return _ndarray.wrap(result, str(opts.get("ndarray") or pool_mode))
 
     return {"__snakepit_call__": __snakepit_call__}
 

@@ -54,6 +54,10 @@ class DataAdapter(TestAdapter):
             return memoryview(data)
         return data
 
+    @tool(description="How many items the list has.")
+    def count(self, items):
+        return len(items)
+
     @tool(description="The buffer argument returned as it came (a memoryview).")
     def same(self, buf):
         return buf
