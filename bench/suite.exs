@@ -20,6 +20,7 @@
 # Every reply is checked; any wrong one makes the run exit with status 1 (after the report).
 
 Code.require_file("lib/support.exs", __DIR__)
+Code.require_file("lib/large_data.exs", __DIR__)
 
 defmodule Bench.Suite do
   @moduledoc false
@@ -123,7 +124,8 @@ defmodule Bench.Suite do
       {"2. Parallel scaling", &scaling/2},
       {"3. Data", &data/2},
       {"4. Memory", &memory/2},
-      {"5. Start-up", &startup/2}
+      {"5. Start-up", &startup/2},
+      {"6. Large data", &Bench.LargeData.run/2}
     ]
 
     sections =
@@ -993,6 +995,7 @@ defmodule Bench.Suite do
 
   defp headlines(by, f) do
     %{"1" => h1, "2" => h2, "3" => h3, "4" => h4, "5" => h5} = by
+    h6 = by["6"]
 
     [
       "- `ping` round trip: #{Support.us(h1.t_rtt)} µs on a :thread pool vs #{Support.us(h1.p_rtt)} µs " <>
@@ -1012,7 +1015,17 @@ defmodule Bench.Suite do
         "workers; an extra thread costs about #{Support.fixed(h4.per_thread / 1024, 0)} KB. Ready in " <>
         "#{Support.ms(h5.thread_warm)} ms (:thread 1×8; #{Support.ms(h5.thread_cold)} ms in a fresh BEAM) vs " <>
         "#{Support.ms(h5.process_8)} ms (:process 8×1)."
-    ]
+    ] ++
+      if h6 do
+        [
+          "- 64 MB on a :thread pool, as a share of a memcpy of the same size: `{:buffer, _}` in " <>
+            "#{Support.fixed(h6.buffer_in, 2)}×, bytes out #{Support.fixed(h6.bytes_out, 2)}×, NDArray to NumPy " <>
+            "and back #{Support.fixed(h6.nd_echo, 2)}× (a writable array out: #{Support.fixed(h6.nd_out, 2)}×); " <>
+            "#{h6.stalls} long_schedule event(s) over the large-data section."
+        ]
+      else
+        []
+      end
   end
 
   defp render(p, f, results, elapsed_s, smoke?) do
@@ -1020,7 +1033,7 @@ defmodule Bench.Suite do
     bad = results |> Enum.map(& &1.bad) |> Enum.sum()
 
     headlines =
-      if map_size(by) == 5,
+      if Enum.all?(~w(1 2 3 4 5), &Map.has_key?(by, &1)),
         do: headlines(by, f),
         else: ["- (partial run: sections #{Enum.join(Enum.sort(Map.keys(by)), ", ")})"]
 

@@ -13,46 +13,50 @@ use rustler::{Env, Term, TermType};
 /// Terms a normal-scheduler submit may copy: far under a millisecond of copying.
 pub const BUDGET: usize = 4_096;
 
-/// Whether copying `term` visits more than [`BUDGET`] terms.
+/// Whether copying `term` visits more than [`BUDGET`] terms. Iterative, with its own stack:
+/// the NIF runs on a scheduler's small stack, and a term may nest thousands of levels deep.
 pub fn is_large(term: Term<'_>) -> bool {
     let mut left = BUDGET;
-    !walk(term, &mut left)
-}
-
-/// Visits `term`, spending `left`; false once the budget is spent.
-fn walk(term: Term<'_>, left: &mut usize) -> bool {
-    if *left == 0 {
-        return false;
-    }
-    *left -= 1;
-    match term.get_type() {
-        TermType::List => {
-            let mut tail = term;
-            while let Ok((head, rest)) = tail.list_get_cell() {
-                if !walk(head, left) {
-                    return false;
-                }
-                tail = rest;
-            }
-            true
+    let mut todo = vec![term];
+    while let Some(term) = todo.pop() {
+        if left == 0 {
+            return true;
         }
-        TermType::Tuple => match get_tuple(term) {
-            Ok(elems) => elems.iter().all(|t| walk(*t, left)),
-            Err(_) => true,
-        },
-        TermType::Map => match rustler::MapIterator::new(term) {
-            Some(iter) => {
-                for (k, v) in iter {
-                    if !walk(k, left) || !walk(v, left) {
-                        return false;
+        left -= 1;
+        match term.get_type() {
+            TermType::List => {
+                let mut tail = term;
+                while let Ok((head, rest)) = tail.list_get_cell() {
+                    if todo.len() > left {
+                        return true;
+                    }
+                    todo.push(head);
+                    tail = rest;
+                }
+            }
+            TermType::Tuple => {
+                if let Ok(elems) = get_tuple(term) {
+                    if todo.len() + elems.len() > left {
+                        return true;
+                    }
+                    todo.extend(elems);
+                }
+            }
+            TermType::Map => {
+                if let Some(iter) = rustler::MapIterator::new(term) {
+                    for (k, v) in iter {
+                        if todo.len() + 2 > left {
+                            return true;
+                        }
+                        todo.push(k);
+                        todo.push(v);
                     }
                 }
-                true
             }
-            None => true,
-        },
-        _ => true,
+            _ => {}
+        }
     }
+    false
 }
 
 /// Reschedules the running NIF as `fun` on a dirty-CPU scheduler with `args`; the NIF must
