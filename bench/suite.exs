@@ -21,6 +21,7 @@
 
 Code.require_file("lib/support.exs", __DIR__)
 Code.require_file("lib/large_data.exs", __DIR__)
+Code.require_file("lib/under_load.exs", __DIR__)
 
 defmodule Bench.Suite do
   @moduledoc false
@@ -125,7 +126,8 @@ defmodule Bench.Suite do
       {"3. Data", &data/2},
       {"4. Memory", &memory/2},
       {"5. Start-up", &startup/2},
-      {"6. Large data", &Bench.LargeData.run/2}
+      {"6. Large data", &Bench.LargeData.run/2},
+      {"7. Under load", &Bench.UnderLoad.run/2}
     ]
 
     sections =
@@ -996,6 +998,7 @@ defmodule Bench.Suite do
   defp headlines(by, f) do
     %{"1" => h1, "2" => h2, "3" => h3, "4" => h4, "5" => h5} = by
     h6 = by["6"]
+    h7 = by["7"]
 
     [
       "- `ping` round trip: #{Support.us(h1.t_rtt)} µs on a :thread pool vs #{Support.us(h1.p_rtt)} µs " <>
@@ -1022,6 +1025,16 @@ defmodule Bench.Suite do
             "#{Support.fixed(h6.buffer_in, 2)}×, bytes out #{Support.fixed(h6.bytes_out, 2)}×, NDArray to NumPy " <>
             "and back #{Support.fixed(h6.nd_echo, 2)}× (a writable array out: #{Support.fixed(h6.nd_out, 2)}×); " <>
             "#{h6.stalls} long_schedule event(s) over the large-data section."
+        ]
+      else
+        []
+      end ++
+      if h7 do
+        ratio = fn {t, port} -> "#{Support.us(t)} µs vs #{Support.us(port)} µs port echo" end
+
+        [
+          "- `echo` on a :thread 2×8 pool under load: idle #{ratio.(h7.idle)}; two CPU-bound OS " <>
+            "processes #{ratio.(h7.os)}; two busy Elixir processes #{ratio.(h7.vm)}."
         ]
       else
         []
