@@ -100,7 +100,10 @@ defmodule Bench.UnderLoad do
       fun.()
     after
       for pid <- pids, do: System.cmd("kill", [pid])
-      Enum.each(ports, &Port.close/1)
+
+      for port <- ports do
+        if Port.info(port), do: Port.close(port)
+      end
     end
   end
 

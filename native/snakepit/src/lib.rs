@@ -5,6 +5,7 @@
 
 #[cfg(feature = "nif")]
 pub mod buffer;
+pub mod contention;
 #[cfg(feature = "nif")]
 pub mod convert;
 #[cfg(feature = "nif")]
