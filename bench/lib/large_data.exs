@@ -30,19 +30,24 @@ defmodule Bench.LargeData do
           # The reference runs outside the stall monitor: :binary.copy/1 is one long BIF call.
           ref = median_us(calls, fn -> :binary.copy(bin) end, fn _ -> true end)
 
-          {events, per_pool} =
-            Bench.LargeData.Stalls.collect(fn ->
-              for pool <- pools, pool.profile == :thread or size <= @mb64, into: %{} do
-                {pool.profile, directions(pool, bin, size, calls)}
-              end
-            end)
+          per_pool =
+            for pool <- pools, pool.profile == :thread or size <= @mb64, into: %{} do
+              {events, figures} =
+                Bench.LargeData.Stalls.collect(fn -> directions(pool, bin, size, calls) end)
+
+              {pool.profile, Map.put(figures, :events, events)}
+            end
 
           :erlang.garbage_collect()
-          {events, %{size: size, ref: ref, pools: per_pool}}
+          %{size: size, ref: ref, pools: per_pool}
         end
 
-      events = Enum.flat_map(measured, &elem(&1, 0))
-      rows = Enum.map(measured, &elem(&1, 1))
+      rows = measured
+
+      events =
+        for r <- rows, {profile, d} <- r.pools, e <- d.events, reduce: %{} do
+          acc -> Map.update(acc, profile, [e], &[e | &1])
+        end
 
       rss = if p.mode == "smoke", do: [], else: Enum.map(pools, &peak_rss(&1, @mb64))
       render(rows, rss, events)
@@ -156,7 +161,14 @@ defmodule Bench.LargeData do
   end
 
   defp render(rows, rss, events) do
-    bad = for r <- rows, {_, d} <- r.pools, {_, m} <- d, reduce: 0, do: (acc -> acc + m.bad)
+    bad =
+      for r <- rows,
+          {_, d} <- r.pools,
+          {k, m} <- d,
+          k != :events,
+          reduce: 0,
+          do: (acc -> acc + m.bad)
+
     mbps = fn size, us -> size / us end
     ratio = fn r, m -> if m.us, do: r.ref.us / m.us end
 
@@ -182,7 +194,7 @@ defmodule Bench.LargeData do
           bytes_out: ratio.(big, t.bytes_out),
           nd_echo: ratio.(big, t.nd_echo),
           nd_out: ratio.(big, t.nd_out),
-          stalls: length(events)
+          stalls: length(Map.get(events, :thread, []))
         }
       end
 
@@ -215,9 +227,17 @@ defmodule Bench.LargeData do
           [
             "",
             "Scheduler stalls: `:erlang.system_monitor(collector, long_schedule: 1)` from a separate " <>
-              "collector process over every call above (the caller scheduled out once first): " <>
-              "#{length(events)} event(s) for the calling process" <>
-              if(events == [], do: ".", else: ": #{inspect(Enum.take(events, 3))}")
+              "collector process around each profile's calls above (the caller scheduled out once " <>
+              "first); events for the calling process, by profile: " <>
+              Enum.map_join([:thread, :process], "; ", fn profile ->
+                es = Map.get(events, profile, [])
+                longest = es |> Enum.map(& &1[:timeout]) |> Enum.max(fn -> 0 end)
+
+                "#{profile} #{length(es)}" <>
+                  if(es == [], do: "", else: " (longest #{longest} ms)")
+              end) <>
+              ". On a machine shared with other work the OS also deschedules the BEAM now and " <>
+              "then; such events are not caused by a call."
           ]
     }
   end
