@@ -128,14 +128,22 @@ pub fn memoryview<'py>(py: Python<'py>, bin: Term<'_>) -> Result<Bound<'py, PyAn
 // Python -> Erlang
 // ---------------------------------------------------------------------------------------------
 
-/// A Python object whose bytes a resource binary points at.
+/// What a resource binary's bytes belong to: a Python object, or a copy made here (freed on
+/// the release thread too: unmapping tens of MB takes milliseconds).
+enum Owner {
+    Python(Py<PyAny>),
+    Copy(Vec<u8>),
+}
+
+/// The owner of the bytes a resource binary points at.
 pub struct PyHeld {
-    obj: Option<Py<PyAny>>,
+    obj: Option<Owner>,
     ptr: *const u8,
     len: usize,
 }
 
-// The object is only dropped (by the release thread); the bytes are immutable while it lives.
+// The owner is only dropped (by the release thread); the bytes are immutable while it lives
+// (a Vec's heap buffer does not move when the Vec does).
 unsafe impl Send for PyHeld {}
 unsafe impl Sync for PyHeld {}
 
@@ -151,7 +159,7 @@ impl Drop for PyHeld {
 }
 
 /// Hands `obj` to the release thread: never blocks, never touches the GIL.
-pub fn release(obj: Py<PyAny>) {
+fn release(obj: Owner) {
     let sender = RELEASE.get_or_init(start_release_thread);
     if let Err(crossbeam_channel::SendError(obj)) = sender.send(obj) {
         // No release thread (it could not be started): leak rather than block.
@@ -159,12 +167,12 @@ pub fn release(obj: Py<PyAny>) {
     }
 }
 
-static RELEASE: OnceLock<Sender<Py<PyAny>>> = OnceLock::new();
+static RELEASE: OnceLock<Sender<Owner>> = OnceLock::new();
 
 /// How many objects the release thread has dropped (for tests and stats).
 pub static RELEASED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-fn start_release_thread() -> Sender<Py<PyAny>> {
+fn start_release_thread() -> Sender<Owner> {
     let (tx, rx) = crossbeam_channel::unbounded();
     let spawned = std::thread::Builder::new()
         .name("snakepit-release".into())
@@ -176,17 +184,22 @@ fn start_release_thread() -> Sender<Py<PyAny>> {
     tx
 }
 
-fn release_loop(rx: Receiver<Py<PyAny>>) {
+fn release_loop(rx: Receiver<Owner>) {
     while let Ok(first) = rx.recv() {
-        Python::attach(|_py| {
-            let mut n = 1u64;
+        let mut n = 1u64;
+        if let Owner::Python(_) = first {
+            Python::attach(|_py| {
+                drop(first);
+                // Drop what else queued up while attached, Python objects or not.
+                while let Ok(more) = rx.try_recv() {
+                    drop(more);
+                    n += 1;
+                }
+            });
+        } else {
             drop(first);
-            while let Ok(more) = rx.try_recv() {
-                drop(more);
-                n += 1;
-            }
-            RELEASED.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        });
+        }
+        RELEASED.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -239,6 +252,12 @@ pub fn view_to_term<'a>(
             return Ok(held_binary(env, owner, slice));
         }
     }
+    if len >= ZERO_COPY_MIN {
+        let mut copy = vec![0u8; len];
+        buf.copy_to_slice(py, &mut copy)
+            .map_err(|e| Error::from_py(py, e))?;
+        return Ok(owned_binary(env, Owner::Copy(copy)));
+    }
     let mut bin = NewBinary::new(env, len);
     buf.copy_to_slice(py, bin.as_mut_slice())
         .map_err(|e| Error::from_py(py, e))?;
@@ -253,10 +272,28 @@ fn copy_to_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
 
 /// A resource binary over `slice`, which must stay valid while `owner` lives.
 fn held_binary<'a>(env: Env<'a>, owner: &Bound<'_, PyAny>, slice: &[u8]) -> Term<'a> {
+    resource_binary(
+        env,
+        Owner::Python(owner.clone().unbind()),
+        slice.as_ptr(),
+        slice.len(),
+    )
+}
+
+/// A resource binary over a copy made here.
+fn owned_binary<'a>(env: Env<'a>, copy: Owner) -> Term<'a> {
+    let (ptr, len) = match &copy {
+        Owner::Copy(v) => (v.as_ptr(), v.len()),
+        Owner::Python(_) => unreachable!("owned_binary takes a copy"),
+    };
+    resource_binary(env, copy, ptr, len)
+}
+
+fn resource_binary<'a>(env: Env<'a>, owner: Owner, ptr: *const u8, len: usize) -> Term<'a> {
     let held = ResourceArc::new(PyHeld {
-        obj: Some(owner.clone().unbind()),
-        ptr: slice.as_ptr(),
-        len: slice.len(),
+        obj: Some(owner),
+        ptr,
+        len,
     });
     held.make_binary(env, |h| {
         if h.len == 0 {

@@ -149,7 +149,10 @@ fn to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> Result<Bound<'py
                 }
             }
             // {:buffer, binary}: a memoryview over it (buffer.rs).
-            if elems.len() == 2 && elems[0].decode::<Atom>().ok() == Some(atoms::buffer()) {
+            if elems.len() == 2
+                && elems[0].decode::<Atom>().ok() == Some(atoms::buffer())
+                && elems[1].is_binary()
+            {
                 return crate::buffer::memoryview(py, elems[1]);
             }
             built_container();
