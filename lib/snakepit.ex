@@ -50,8 +50,9 @@ defmodule Snakepit do
     * `:timeout` — milliseconds to wait (default #{@default_timeout}); on expiry the call is
       cancelled and `{:error, %Snakepit.Error{category: :timeout}}` returned.
     * `:pool_name` — the pool, in the three-argument form.
-    * `:ndarray` — `:list` or `:struct`: how NumPy arrays in the result cross (overrides the
-      pool's `ndarray:`; README, "Large data").
+    * `:ndarray` — `:list`, `:struct` or `:nx`: how NumPy arrays in the result cross, as
+      lists, `%Snakepit.NDArray{}` or `%Nx.Tensor{}` (Nx must be loaded); overrides the pool's
+      `ndarray:` (README, "Large data").
   """
   @spec execute(pool(), command(), args(), keyword()) :: result()
   @spec execute(command(), args(), keyword()) :: result()

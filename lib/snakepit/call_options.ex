@@ -2,11 +2,12 @@ defmodule Snakepit.CallOptions do
   @moduledoc false
   # Per-call result options (docs/architecture.md, "Large data"): a call with any of them is
   # submitted as the built-in command "__snakepit_call__" with args [command, args, options]
-  # (string keys and values); a plain call is submitted unchanged.
+  # (string keys and values); a plain call is submitted unchanged. `ndarray: :nx` travels as
+  # "struct" and finish/2 turns the structs into Nx tensors (Nx detected at run time).
 
-  alias Snakepit.Error
+  alias Snakepit.{Error, NDArray}
 
-  @ndarray_modes [:list, :struct]
+  @ndarray_modes [:list, :struct, :nx]
 
   @doc "The command and args to submit for `command`/`args` under the call's `opts`."
   @spec submission(String.t(), term(), keyword()) ::
@@ -15,6 +16,11 @@ defmodule Snakepit.CallOptions do
     case Keyword.fetch(opts, :ndarray) do
       :error ->
         {:ok, {command, args}}
+
+      {:ok, :nx} ->
+        if NDArray.nx_loaded?(),
+          do: {:ok, {"__snakepit_call__", [command, args, %{"ndarray" => "struct"}]}},
+          else: {:error, Error.new(:validation, "ndarray: :nx needs Nx, which is not loaded")}
 
       {:ok, mode} when mode in @ndarray_modes ->
         {:ok, {"__snakepit_call__", [command, args, %{"ndarray" => Atom.to_string(mode)}]}}
@@ -27,4 +33,24 @@ defmodule Snakepit.CallOptions do
          )}
     end
   end
+
+  @doc "The call's result after the options that act in Elixir (`ndarray: :nx`)."
+  @spec finish({:ok, term()} | {:error, Error.t()}, keyword()) ::
+          {:ok, term()} | {:error, Error.t()}
+  def finish({:ok, value}, opts) do
+    if Keyword.get(opts, :ndarray) == :nx, do: {:ok, to_nx(value)}, else: {:ok, value}
+  end
+
+  def finish(error, _opts), do: error
+
+  defp to_nx(%NDArray{} = a), do: NDArray.to_nx(a)
+  defp to_nx(list) when is_list(list), do: Enum.map(list, &to_nx/1)
+
+  defp to_nx(tuple) when is_tuple(tuple),
+    do: tuple |> Tuple.to_list() |> to_nx() |> List.to_tuple()
+
+  defp to_nx(map) when is_map(map) and not is_struct(map),
+    do: Map.new(map, fn {k, v} -> {k, to_nx(v)} end)
+
+  defp to_nx(other), do: other
 end

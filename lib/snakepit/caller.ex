@@ -27,6 +27,7 @@ defmodule Snakepit.Caller do
       else
         call(target, command, args, timeout)
       end
+      |> Snakepit.CallOptions.finish(opts)
     else
       {:remote, result} -> result
       other -> other

@@ -49,6 +49,34 @@ defmodule Snakepit.NDArray do
     for <<chunk::bitstring-size(n) <- data>>, do: decode(chunk, dtype)
   end
 
+  @doc """
+  The array as an `%Nx.Tensor{}` (`Nx.from_binary/2` then `Nx.reshape/2`); Nx must be loaded
+  (it is not a dependency of Snakepit). `ndarray: :nx` on a call returns tensors this way.
+  """
+  @spec to_nx(t()) :: struct()
+  def to_nx(%__MODULE__{data: data, dtype: dtype, shape: shape}) do
+    nx = nx!()
+    data |> nx.from_binary(dtype) |> nx.reshape(shape)
+  end
+
+  @doc """
+  An `%Nx.Tensor{}` as an array (`Nx.to_binary/1`, `Nx.type/1`, `Nx.shape/1`). Tensors given
+  as call arguments cross without this, when they are on `Nx.BinaryBackend`.
+  """
+  @spec from_nx(struct()) :: t()
+  def from_nx(tensor) do
+    nx = nx!()
+    new(nx.to_binary(tensor), nx.type(tensor), nx.shape(tensor))
+  end
+
+  @doc "Whether Nx is loaded (detected at run time, like `:telemetry`)."
+  @spec nx_loaded?() :: boolean()
+  def nx_loaded?, do: Code.ensure_loaded?(Nx) and function_exported?(Nx, :from_binary, 2)
+
+  defp nx! do
+    if nx_loaded?(), do: Nx, else: raise(ArgumentError, "Nx is not loaded")
+  end
+
   @doc "The number of elements of an array of `shape`."
   @spec size(tuple()) :: non_neg_integer()
   def size(shape) when is_tuple(shape), do: shape |> Tuple.to_list() |> Enum.reduce(1, &(&1 * &2))

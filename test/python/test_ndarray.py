@@ -137,3 +137,35 @@ def test_pool_ndarray_option_wraps_every_command_and_a_call_overrides_it():
         _runtime.cleanup(adapter)
     with pytest.raises(ValueError, match="unknown ndarray mode"):
         _runtime.create_adapter("test_ndarray.Adapter", "p", 0, {"ndarray": "nope"})
+
+
+def test_nx_tensor_on_the_binary_backend_decodes_as_numpy():
+    data = np.arange(4, dtype="=f4").tobytes()
+    backend = (
+        bytes([116]) + struct.pack(">I", 2)
+        + etf_atom("__struct__") + etf_atom("Elixir.Nx.BinaryBackend")
+        + etf_atom("state") + etf_binary(data)
+    )
+    shape = bytes([104, 2, 97, 2, 97, 2])
+    pairs = [
+        (etf_atom("__struct__"), etf_atom("Elixir.Nx.Tensor")),
+        (etf_atom("data"), backend),
+        (etf_atom("shape"), shape),
+        (etf_atom("type"), bytes([104, 2]) + etf_atom("f") + bytes([97, 32])),
+    ]
+    frame = bytes([131, 116]) + struct.pack(">I", len(pairs)) + b"".join(k + v for k, v in pairs)
+    arr = decode(frame)
+    assert arr.dtype == np.float32 and arr.shape == (2, 2)
+    assert arr.tolist() == [[0.0, 1.0], [2.0, 3.0]]
+
+
+def test_nx_tensor_elsewhere_is_an_error_naming_the_fix():
+    pairs = [
+        (etf_atom("__struct__"), etf_atom("Elixir.Nx.Tensor")),
+        (etf_atom("data"), etf_atom("device")),
+        (etf_atom("shape"), bytes([104, 1, 97, 1])),
+        (etf_atom("type"), bytes([104, 2]) + etf_atom("f") + bytes([97, 32])),
+    ]
+    frame = bytes([131, 116]) + struct.pack(">I", len(pairs)) + b"".join(k + v for k, v in pairs)
+    with pytest.raises(ConversionError, match="backend_transfer"):
+        decode(frame)

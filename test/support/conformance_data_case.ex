@@ -224,6 +224,44 @@ defmodule Snakepit.ConformanceDataCase do
         end
       end
 
+      describe "Nx tensors (#{unquote(profile)}; test/support/fake_nx.ex stands in for Nx)" do
+        test "an %Nx.Tensor{} argument arrives as a NumPy array", ctx do
+          t = [1.0, 2.0, 3.0, 4.5] |> NDArray.from_list({:f, 32}, {4}) |> Map.fetch!(:data)
+          t = t |> Nx.from_binary({:f, 32}) |> Nx.reshape({2, 2})
+
+          assert {:ok, info} = call(ctx.profile, ctx.pool, "ndarray_info", %{a: t})
+
+          assert info == %{
+                   "type" => "ndarray",
+                   "dtype" => "float32",
+                   "shape" => [2, 2],
+                   "writeable" => false,
+                   "sum" => 10.5
+                 }
+        end
+
+        test "ndarray: :nx returns tensors, inside containers too", ctx do
+          t = NDArray.from_list([1, 2, 3, 4, 5, 6], {:s, 64}, {2, 3}) |> NDArray.to_nx()
+
+          assert {:ok, %Nx.Tensor{type: {:s, 64}, shape: {2, 3}} = d} =
+                   call(ctx.profile, ctx.pool, "double", %{a: t}, ndarray: :nx)
+
+          assert NDArray.to_list(NDArray.from_nx(d)) == [2, 4, 6, 8, 10, 12]
+
+          assert {:ok, %{"a" => %Nx.Tensor{shape: {2, 3}}, "t" => %Nx.Tensor{shape: {3, 2}}}} =
+                   call(ctx.profile, ctx.pool, "arrays", %{rows: 2, cols: 3}, ndarray: :nx)
+        end
+
+        test "a tensor on another backend is an error saying what to do", ctx do
+          t = %Nx.Tensor{data: :on_a_device, type: {:f, 32}, shape: {1}}
+
+          assert {:error, %Error{category: :conversion, message: m}} =
+                   call(ctx.profile, ctx.pool, "ndarray_info", %{a: t})
+
+          assert m =~ "Nx.backend_transfer"
+        end
+      end
+
       describe "scheduler stalls (#{unquote(profile)})" do
         @tag timeout: 300_000
         test "a large argument never holds the caller's scheduler", ctx do

@@ -290,6 +290,9 @@ fn owned_binary<'a>(env: Env<'a>, copy: Owner) -> Term<'a> {
 }
 
 fn resource_binary<'a>(env: Env<'a>, owner: Owner, ptr: *const u8, len: usize) -> Term<'a> {
+    // Start the release thread here, on a pool thread, rather than in the first destructor
+    // (which usually runs on a scheduler).
+    RELEASE.get_or_init(start_release_thread);
     let held = ResourceArc::new(PyHeld {
         obj: Some(owner),
         ptr,

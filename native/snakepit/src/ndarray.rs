@@ -18,38 +18,72 @@ use crate::error::{Error, Result};
 
 mod atoms {
     rustler::atoms! {
-        __struct__, data, dtype, shape,
+        __struct__, data, dtype, shape, type_ = "type", state,
         ndarray_module = "Elixir.Snakepit.NDArray",
+        nx_tensor = "Elixir.Nx.Tensor",
+        nx_binary_backend = "Elixir.Nx.BinaryBackend",
     }
 }
 
-/// `Some(array)` when `term` is a `%Snakepit.NDArray{}` (a map whose `__struct__` is it).
+/// `Some(array)` when `term` is a `%Snakepit.NDArray{}` or an `%Nx.Tensor{}` (a map whose
+/// `__struct__` is one of them).
 pub fn struct_to_py<'py>(py: Python<'py>, term: Term<'_>) -> Option<Result<Bound<'py, PyAny>>> {
     let env = term.get_env();
     let tag = term.map_get(atoms::__struct__().encode(env)).ok()?;
-    if tag.decode::<Atom>().ok()? != atoms::ndarray_module() {
-        return None;
+    let tag = tag.decode::<Atom>().ok()?;
+    if tag == atoms::ndarray_module() {
+        Some(to_numpy(py, term, atoms::dtype(), "%Snakepit.NDArray{}"))
+    } else if tag == atoms::nx_tensor() {
+        Some(to_numpy(py, term, atoms::type_(), "%Nx.Tensor{}"))
+    } else {
+        None
     }
-    Some(to_numpy(py, term))
 }
 
-fn to_numpy<'py>(py: Python<'py>, term: Term<'_>) -> Result<Bound<'py, PyAny>> {
+/// The bytes of an `%Nx.Tensor{}`'s data: only the binary backend's are in the term.
+fn tensor_bytes<'a>(data: Term<'a>) -> Result<Term<'a>> {
+    let env = data.get_env();
+    let backend = data
+        .map_get(atoms::__struct__().encode(env))
+        .ok()
+        .and_then(|b| b.decode::<Atom>().ok());
+    match backend {
+        Some(b) if b == atoms::nx_binary_backend() => data
+            .map_get(atoms::state().encode(env))
+            .map_err(|_| Error::conversion("malformed Nx.BinaryBackend")),
+        _ => Err(Error::conversion(
+            "an %Nx.Tensor{} crosses from Nx.BinaryBackend only: Nx.backend_transfer(tensor, Nx.BinaryBackend) first",
+        )),
+    }
+}
+
+fn to_numpy<'py>(
+    py: Python<'py>,
+    term: Term<'_>,
+    dtype_key: Atom,
+    what: &str,
+) -> Result<Bound<'py, PyAny>> {
     let env = term.get_env();
     let field = |name: Atom| {
         term.map_get(name.encode(env))
-            .map_err(|_| Error::conversion("malformed %Snakepit.NDArray{}"))
+            .map_err(|_| Error::conversion(format!("malformed {what}")))
     };
     let data = field(atoms::data())?;
-    let (kind, bits): (Atom, u32) = field(atoms::dtype())?.decode().map_err(|_| {
-        Error::conversion("%Snakepit.NDArray{} dtype must be a tuple such as {:f, 64}")
+    let data = if dtype_key == atoms::type_() {
+        tensor_bytes(data)?
+    } else {
+        data
+    };
+    let (kind, bits): (Atom, u32) = field(dtype_key)?.decode().map_err(|_| {
+        Error::conversion(format!("{what} dtype must be a tuple such as {{:f, 64}}"))
     })?;
     let shape_term = field(atoms::shape())?;
     let shape: Vec<i64> = get_tuple(shape_term)
-        .map_err(|_| Error::conversion("%Snakepit.NDArray{} shape must be a tuple of sizes"))?
+        .map_err(|_| Error::conversion(format!("{what} shape must be a tuple of sizes")))?
         .iter()
         .map(|t| t.decode::<i64>())
         .collect::<std::result::Result<_, _>>()
-        .map_err(|_| Error::conversion("%Snakepit.NDArray{} shape must be a tuple of sizes"))?;
+        .map_err(|_| Error::conversion(format!("{what} shape must be a tuple of sizes")))?;
     let kind = kind
         .to_term(env)
         .atom_to_string()

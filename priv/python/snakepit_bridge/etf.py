@@ -363,6 +363,7 @@ def _decode_map(buf: memoryview, pos: int, depth: int) -> Tuple[Any, int]:
     result: Dict[Any, Any] = {}
     mapset = False
     ndarray = False
+    tensor = False
     child = depth + 1
     try:
         for _ in range(n):
@@ -380,6 +381,8 @@ def _decode_map(buf: memoryview, pos: int, depth: int) -> Tuple[Any, int]:
                     mapset = True
                 elif value == _NDARRAY and _is_atom(buf, value_pos, _NDARRAY):
                     ndarray = True
+                elif value == _NX_TENSOR and _is_atom(buf, value_pos, _NX_TENSOR):
+                    tensor = True
             result[key] = value
     except TypeError as exc:
         if isinstance(exc, ConversionError):
@@ -392,10 +395,26 @@ def _decode_map(buf: memoryview, pos: int, depth: int) -> Tuple[Any, int]:
         return set(inner), pos
     if ndarray:
         return _ndarray_from(result), pos
+    if tensor:
+        return _tensor_from(result), pos
     return result, pos
 
 
 _NDARRAY = "Elixir.Snakepit.NDArray"
+_NX_TENSOR = "Elixir.Nx.Tensor"
+
+
+def _tensor_from(fields: Dict[Any, Any]) -> Any:
+    """A NumPy array from a decoded ``%Nx.Tensor{}`` on ``Nx.BinaryBackend``."""
+    data = fields.get("data")
+    if not (isinstance(data, dict) and data.get("__struct__") == "Elixir.Nx.BinaryBackend"):
+        raise ConversionError(
+            "an %Nx.Tensor{} crosses from Nx.BinaryBackend only: "
+            "Nx.backend_transfer(tensor, Nx.BinaryBackend) first"
+        )
+    return _ndarray_from(
+        {"data": data.get("state"), "dtype": fields.get("type"), "shape": fields.get("shape")}
+    )
 
 
 def _readonly(view: memoryview) -> memoryview:
