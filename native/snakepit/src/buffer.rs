@@ -63,13 +63,6 @@ impl HeldBinary {
             len,
         })
     }
-
-    fn as_slice(&self) -> &[u8] {
-        if self.len == 0 {
-            return &[];
-        }
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
 }
 
 #[pymethods]
@@ -130,6 +123,8 @@ pub fn memoryview<'py>(py: Python<'py>, bin: Term<'_>) -> Result<Bound<'py, PyAn
 
 /// What a resource binary's bytes belong to: a Python object, or a copy made here (freed on
 /// the release thread too: unmapping tens of MB takes milliseconds).
+// The fields are never read: an owner is only held, then dropped on the release thread.
+#[allow(dead_code)]
 enum Owner {
     Python(Py<PyAny>),
     Copy(Vec<u8>),
