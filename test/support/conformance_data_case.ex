@@ -273,6 +273,11 @@ defmodule Snakepit.ConformanceDataCase do
             assert {:ok, info} = call(ctx.profile, ctx.pool, "ndarray_info", %{a: array})
             assert info["sum"] == 32_000_000.0
             assert {:ok, 2_000_000} = call(ctx.profile, ctx.pool, "count", %{items: floats})
+
+            assert [2_000_000, 0.5] =
+                     Enum.to_list(
+                       Snakepit.execute_stream(ctx.pool, "stream_len", %{items: floats})
+                     )
           end
 
           # A stall caused by the call happens on every attempt; the OS descheduling the BEAM

@@ -89,13 +89,51 @@ unsafe extern "C" fn submit_dirty(
 #[rustler::nif]
 fn submit_stream<'a>(
     env: Env<'a>,
-    pool: ResourceArc<PoolRef>,
+    pool: Term<'a>,
     reference: Term<'a>,
     command: Term<'a>,
     arguments: Term<'a>,
-    window: u64,
-) -> Result<ResourceArc<JobCtl>> {
-    submit_job(env, &pool.0, reference, command, arguments, Some(window))
+    window: Term<'a>,
+) -> Term<'a> {
+    if offload::is_large(arguments) {
+        let args = [pool, reference, command, arguments, window];
+        return offload::reschedule(env, c"submit_stream_dirty", submit_stream_dirty, &args);
+    }
+    submit_stream_terms(env, pool, reference, command, arguments, window)
+}
+
+fn submit_stream_terms<'a>(
+    env: Env<'a>,
+    pool: Term<'a>,
+    reference: Term<'a>,
+    command: Term<'a>,
+    arguments: Term<'a>,
+    window: Term<'a>,
+) -> Term<'a> {
+    let result = match (
+        pool.decode::<ResourceArc<PoolRef>>(),
+        window.decode::<u64>(),
+    ) {
+        (Ok(pool), Ok(window)) => {
+            submit_job(env, &pool.0, reference, command, arguments, Some(window))
+        }
+        _ => Err(crate::error::Error::conversion("not a pool and a window")),
+    };
+    result.encode(env)
+}
+
+/// `submit_stream`, continued on a dirty-CPU scheduler (`enif_schedule_nif`).
+unsafe extern "C" fn submit_stream_dirty(
+    env: *mut rustler::sys::ErlNifEnv,
+    argc: i32,
+    argv: *const rustler::sys::ErlNifTerm,
+) -> rustler::sys::ErlNifTerm {
+    let marker = ();
+    let env = Env::new(&marker, env);
+    let args = std::slice::from_raw_parts(argv, argc as usize);
+    let [pool, reference, command, arguments, window] =
+        [0, 1, 2, 3, 4].map(|i| Term::new(env, args[i]));
+    submit_stream_terms(env, pool, reference, command, arguments, window).as_c_arg()
 }
 
 fn submit_job<'a>(

@@ -54,6 +54,11 @@ class DataAdapter(TestAdapter):
             return memoryview(data)
         return data
 
+    @tool(description="Stream the list's length, then its first item.")
+    def stream_len(self, items):
+        yield len(items)
+        yield items[0]
+
     @tool(description="How many items the list has.")
     def count(self, items):
         return len(items)
