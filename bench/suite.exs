@@ -21,11 +21,18 @@
 #   7. Python calling Elixir and async commands — an `elixir.call` round trip from inside a
 #      command (to an echo function, and re-entrant: the function calls the pool back), beside
 #      a `ping` from Elixir; calls/s of an `async def` command beside a sync one; 10,000
-#      concurrent `await asyncio.sleep(1)` on a pool of 2 threads.
+#      concurrent `await asyncio.sleep(1)` on a pool of 2 threads;
+#   8. large data — `{:buffer, _}` in, bytes out, NDArray both ways from 1 KB to 256 MB in each
+#      profile beside a memcpy (`:binary.copy/1`) of the same size, peak RSS, long schedules
+#      (bench/lib/large_data.exs);
+#   9. under load — `echo` idle, beside two CPU-bound OS processes and in a busy VM, each
+#      profile beside a raw port echo (bench/lib/under_load.exs).
 #
 # Every reply is checked; any wrong one makes the run exit with status 1 (after the report).
 
 Code.require_file("lib/support.exs", __DIR__)
+Code.require_file("lib/large_data.exs", __DIR__)
+Code.require_file("lib/under_load.exs", __DIR__)
 
 defmodule Bench.Suite do
   @moduledoc false
@@ -140,7 +147,9 @@ defmodule Bench.Suite do
       {"4. Memory", &memory/2},
       {"5. Start-up", &startup/2},
       {"6. Objects and eval", &objects/2},
-      {"7. Python calling Elixir, async commands", &callbacks/2}
+      {"7. Python calling Elixir, async commands", &callbacks/2},
+      {"8. Large data", &Bench.LargeData.run/2},
+      {"9. Under load", &Bench.UnderLoad.run/2}
     ]
 
     sections =
@@ -1150,7 +1159,10 @@ defmodule Bench.Suite do
   ## Report
 
   defp headlines(by, f) do
-    %{"1" => h1, "2" => h2, "3" => h3, "4" => h4, "5" => h5, "6" => h6} = by
+    %{"1" => h1, "2" => h2, "3" => h3, "4" => h4, "5" => h5} = by
+    h6 = by["6"]
+    h8 = by["8"]
+    h9 = by["9"]
 
     [
       "- `ping` round trip: #{Support.us(h1.t_rtt)} µs on a :thread pool vs #{Support.us(h1.p_rtt)} µs " <>
@@ -1169,13 +1181,39 @@ defmodule Bench.Suite do
         "#{Support.mib(h4.process_rss)} MB RSS (#{Support.mib(h4.process_pss)} MB Pss) for #{h4.cap} :process " <>
         "workers; an extra thread costs about #{Support.fixed(h4.per_thread / 1024, 0)} KB. Ready in " <>
         "#{Support.ms(h5.thread_warm)} ms (:thread 1×8; #{Support.ms(h5.thread_cold)} ms in a fresh BEAM) vs " <>
-        "#{Support.ms(h5.process_8)} ms (:process 8×1).",
-      "- Objects and eval (:thread 1×8): `call_method` on a ref #{Support.us(h6.thread.method)} µs and " <>
-        "`eval(\"1+1\")` #{Support.us(h6.thread.eval)} µs beside `ping` #{Support.us(h6.thread.ping)} µs; " <>
-        "creating and releasing a ref #{Support.us(h6.thread.create_release)} µs " <>
-        "(:process 2×1: #{Support.us(h6.process.method)}, #{Support.us(h6.process.eval)}, " <>
-        "#{Support.us(h6.process.ping)}, #{Support.us(h6.process.create_release)} µs)."
-    ]
+        "#{Support.ms(h5.process_8)} ms (:process 8×1)."
+    ] ++
+      if h6 do
+        [
+          "- Objects and eval (:thread 1×8): `call_method` on a ref #{Support.us(h6.thread.method)} µs and " <>
+            "`eval(\"1+1\")` #{Support.us(h6.thread.eval)} µs beside `ping` #{Support.us(h6.thread.ping)} µs; " <>
+            "creating and releasing a ref #{Support.us(h6.thread.create_release)} µs " <>
+            "(:process 2×1: #{Support.us(h6.process.method)}, #{Support.us(h6.process.eval)}, " <>
+            "#{Support.us(h6.process.ping)}, #{Support.us(h6.process.create_release)} µs)."
+        ]
+      else
+        []
+      end ++
+      if h8 do
+        [
+          "- 64 MB on a :thread pool, as a share of a memcpy of the same size: `{:buffer, _}` in " <>
+            "#{Support.fixed(h8.buffer_in, 2)}×, bytes out #{Support.fixed(h8.bytes_out, 2)}×, NDArray to NumPy " <>
+            "and back #{Support.fixed(h8.nd_echo, 2)}× (a writable array out: #{Support.fixed(h8.nd_out, 2)}×); " <>
+            "#{h8.stalls} long_schedule event(s) over the large-data section."
+        ]
+      else
+        []
+      end ++
+      if h9 do
+        ratio = fn {t, port} -> "#{Support.us(t)} µs vs #{Support.us(port)} µs port echo" end
+
+        [
+          "- `echo` on a :thread 2×8 pool under load: idle #{ratio.(h9.idle)}; two CPU-bound OS " <>
+            "processes #{ratio.(h9.os)}; two busy Elixir processes #{ratio.(h9.vm)}."
+        ]
+      else
+        []
+      end
   end
 
   ## 6. Objects and eval
@@ -1275,7 +1313,7 @@ defmodule Bench.Suite do
     bad = results |> Enum.map(& &1.bad) |> Enum.sum()
 
     headlines =
-      if Enum.all?(~w(1 2 3 4 5 6), &Map.has_key?(by, &1)),
+      if Enum.all?(~w(1 2 3 4 5), &Map.has_key?(by, &1)),
         do: headlines(by, f),
         else: ["- (partial run: sections #{Enum.join(Enum.sort(Map.keys(by)), ", ")})"]
 

@@ -50,6 +50,9 @@ defmodule Snakepit do
     * `:timeout` — milliseconds to wait (default #{@default_timeout}); on expiry the call is
       cancelled and `{:error, %Snakepit.Error{category: :timeout}}` returned.
     * `:pool_name` — the pool, in the three-argument form.
+    * `:ndarray` — `:list`, `:struct` or `:nx`: how NumPy arrays in the result cross, as
+      lists, `%Snakepit.NDArray{}` or `%Nx.Tensor{}` (Nx must be loaded); overrides the pool's
+      `ndarray:` (README, "Large data").
   """
   @spec execute(pool(), command(), args(), keyword()) :: result()
   @spec execute(command(), args(), keyword()) :: result()
@@ -100,6 +103,16 @@ defmodule Snakepit do
   @spec execute_stream(pool(), command(), args(), keyword()) :: Enumerable.t()
   def execute_stream(pool, command, args, opts \\ []),
     do: Caller.stream(pool, command, args, opts)
+
+  @doc """
+  Marks a binary to arrive in Python as a read-only `memoryview` over it, without a copy
+  (README, "Large data"): `{:buffer, binary}`.
+
+      iex> Snakepit.buffer(<<1, 2, 3>>)
+      {:buffer, <<1, 2, 3>>}
+  """
+  @spec buffer(binary()) :: {:buffer, binary()}
+  def buffer(binary) when is_binary(binary), do: {:buffer, binary}
 
   @doc """
   Counters of a pool: `total_requests`, `active_requests`, `queued`, `completed`, `failed`,

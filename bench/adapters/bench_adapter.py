@@ -281,3 +281,31 @@ class BenchAdapter(ThreadSafeAdapter):
         info["env_omp"] = os.environ.get("OMP_NUM_THREADS")
         info["pid"] = os.getpid()
         return info
+
+    # Large data (bench/lib/large_data.exs).
+
+    @thread_safe_method
+    @tool(description="Length of a buffer or NDArray argument, without reading its bytes")
+    def buffer_len(self, buf: Any) -> int:
+        return memoryview(buf).nbytes
+
+    @thread_safe_method
+    @tool(description="Cached bytes (or a float64 array) of n bytes, built before timing")
+    def big_source(self, kind: str, n: int) -> Any:
+        key = ("big", kind, n)
+        value = self._cache.get(key)
+        if value is None:
+            if kind == "bytes":
+                value = b"\xab" * n
+            else:
+                value = np.arange(n // 8, dtype="float64")
+            with self.acquire_lock():
+                if len(self._cache) >= 3:
+                    self._cache.clear()
+                self._cache[key] = value
+        return value
+
+    @thread_safe_method
+    @tool(description="A NumPy array argument times k (a new array)")
+    def scale(self, value: Any, k: float) -> Any:
+        return value * k

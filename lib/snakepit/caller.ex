@@ -19,17 +19,19 @@ defmodule Snakepit.Caller do
     timeout = Keyword.get(opts, :timeout, @default_timeout)
 
     with {:ok, command} <- command_name(command),
-         {:ok, command, args} <- Snakepit.Ref.call_options(command, args, opts),
+         {:ok, {command, args}} <-
+           Snakepit.CallOptions.submission(command, normalize_args(args), opts),
          {:ok, target} <- local_or_remote(pool, command, args, opts) do
       if Telemetry.enabled?() do
-        instrumented(pool, target, command, normalize_args(args), timeout)
+        instrumented(pool, target, command, args, timeout)
       else
-        call(target, command, normalize_args(args), timeout)
+        call(target, command, args, timeout)
       end
     else
       {:remote, result} -> result
       other -> other
     end
+    |> Snakepit.CallOptions.finish(opts)
   end
 
   # The local pool, or the result of the call made on another node that has the pool.
@@ -39,8 +41,9 @@ defmodule Snakepit.Caller do
         {:ok, target}
 
       {:error, _} = not_here ->
-        # `command` already carries the result options (`return:`): not again over there.
-        remote_opts = Keyword.delete(opts, :return)
+        # `command` already carries the result options (`return:`, `ndarray:`): not again over
+        # there (`ndarray: :nx` is finished here).
+        remote_opts = Keyword.drop(opts, [:return, :ndarray])
 
         case Snakepit.Cluster.execute_remote(pool, command, normalize_args(args), remote_opts) do
           :no_remote -> not_here

@@ -19,6 +19,7 @@ defmodule Snakepit.Config do
     profile: {":thread or :process", quote(do: :thread | :process)},
     pos_integer: {"a positive integer", quote(do: pos_integer())},
     boolean: {"true or false", quote(do: boolean())},
+    ndarray_mode: {":list or :struct", quote(do: :list | :struct)},
     adapter_module:
       {"Snakepit.Adapters.Python (or its alias Snakepit.Adapters.GRPCPython)",
        quote(do: module())},
@@ -168,6 +169,14 @@ defmodule Snakepit.Config do
       type: :boolean,
       default: false,
       doc: "run the adapter under `snakepit_bridge.thread_safety_checker`."
+    ],
+    ndarray: [
+      type: :ndarray_mode,
+      default: :list,
+      doc: """
+      how NumPy arrays in results cross: `:list` as (nested) lists, `:struct` as
+      `%Snakepit.NDArray{}` (README, "Large data"). A call's `ndarray:` option overrides it.
+      """
     ],
     python: [
       type: {:or, nil, :interpreter},
@@ -704,6 +713,7 @@ defmodule Snakepit.Config do
   defp cast(:pos_integer, n) when is_integer(n) and n > 0, do: {:ok, n}
   defp cast(:reload_mode, mode) when mode in [:manual, :auto], do: {:ok, mode}
   defp cast(:boolean, bool) when is_boolean(bool), do: {:ok, bool}
+  defp cast(:ndarray_mode, mode) when mode in [:list, :struct], do: {:ok, mode}
 
   defp cast(:adapter_module, module)
        when module in [Snakepit.Adapters.Python, Snakepit.Adapters.GRPCPython],

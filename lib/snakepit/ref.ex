@@ -49,43 +49,9 @@ defmodule Snakepit.Ref do
         }
 
   @doc false
-  # Snakepit.Caller's hook for the per-call result options (`return:`): a plain call is
-  # submitted as is; one with options goes through the built-in `__snakepit_call__`
-  # (priv/python/snakepit_bridge/_builtins.py).
-  @spec call_options(String.t(), term(), keyword()) ::
-          {:ok, String.t(), term()} | {:error, Error.t()}
-  def call_options(command, args, []), do: {:ok, command, args}
-
-  def call_options(command, args, opts) do
-    case result_options(opts) do
-      {:ok, options} when map_size(options) == 0 ->
-        {:ok, command, args}
-
-      {:ok, options} ->
-        {:ok, "__snakepit_call__", [command, Caller.normalize_args(args), options]}
-
-      {:error, _} = error ->
-        error
-    end
-  end
-
-  @doc false
+  # The per-call result options (`return:`, `ndarray:`) as the built-ins take them.
   @spec result_options(keyword()) :: {:ok, map()} | {:error, Error.t()}
-  def result_options(opts) do
-    case Keyword.get(opts, :return, :term) do
-      :term ->
-        {:ok, %{}}
-
-      :ref ->
-        {:ok, %{"return" => "ref"}}
-
-      other ->
-        {:error,
-         Error.new(:validation, "return: must be :term or :ref, got: #{inspect(other)}",
-           details: %{key: :return, value: other}
-         )}
-    end
-  end
+  defdelegate result_options(opts), to: Snakepit.CallOptions
 
   @doc "See `Snakepit.call_method/4`."
   @spec call_method(t(), String.t() | atom(), Snakepit.args(), keyword()) :: Snakepit.result()

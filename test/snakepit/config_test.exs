@@ -410,6 +410,20 @@ defmodule Snakepit.ConfigTest do
     end
   end
 
+  test "ndarray: :list by default, :struct accepted, anything else named" do
+    assert {:ok, %Config{ndarray: :list}} = Config.validate_pool(name: :p)
+    assert {:ok, %Config{ndarray: :struct}} = Config.validate_pool(name: :p, ndarray: :struct)
+
+    for bad <- [:nx, "struct", nil] do
+      error = error!(name: :p, ndarray: bad)
+
+      assert error.message ==
+               "pool :p: invalid ndarray: expected :list or :struct, got #{inspect(bad)}"
+
+      assert error.details == %{key: :ndarray, value: bad, pool: :p}
+    end
+  end
+
   describe "python" do
     test "is an error on a thread pool" do
       error = error!(name: :p, python: "/usr/bin/python3")

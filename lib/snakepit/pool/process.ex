@@ -419,7 +419,8 @@ defmodule Snakepit.Pool.Process do
         threaded: state.threads > 1,
         max_workers: state.threads,
         thread_safety_check: config.thread_safety_check,
-        pool_name: Atom.to_string(config.name)
+        pool_name: Atom.to_string(config.name),
+        ndarray: Atom.to_string(config.ndarray)
       }
     }
   end

@@ -115,6 +115,7 @@ defmodule Snakepit.Pool.Thread do
       adapter: config.adapter,
       max_queue: config.max_queue,
       thread_safety_check: config.thread_safety_check,
+      ndarray: Atom.to_string(config.ndarray),
       adapter_env: config.adapter_env,
       runtime: runtime,
       worker_max_requests: infinity_as_zero(config.worker_max_requests),

@@ -148,6 +148,13 @@ fn to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> Result<Bound<'py
                     return Ok(PyBytes::new(py, bin.as_slice()).into_any());
                 }
             }
+            // {:buffer, binary}: a memoryview over it (buffer.rs).
+            if elems.len() == 2
+                && elems[0].decode::<Atom>().ok() == Some(atoms::buffer())
+                && elems[1].is_binary()
+            {
+                return crate::buffer::memoryview(py, elems[1]);
+            }
             built_container();
             let items = elems
                 .iter()
@@ -218,6 +225,10 @@ fn bigint_to_py<'py>(py: Python<'py>, big: &BigInt) -> Result<Bound<'py, PyAny>>
 }
 
 fn map_to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> Result<Bound<'py, PyAny>> {
+    // %Snakepit.NDArray{}: a NumPy array over its binary (ndarray.rs).
+    if let Some(array) = crate::ndarray::struct_to_py(py, term) {
+        return array;
+    }
     built_container();
     let env = term.get_env();
     // %MapSet{map: %{elem => _}} becomes a set of its elements.
@@ -297,7 +308,7 @@ fn to_term<'a>(env: Env<'a>, obj: &Bound<'_, PyAny>, depth: usize) -> Result<Ter
         return str_to_term(env, s);
     }
     if let Ok(b) = obj.cast::<PyBytes>() {
-        return Ok(bytes_to_term(env, b.as_bytes()));
+        return Ok(crate::buffer::bytes_to_term(env, b));
     }
     if let Ok(list) = obj.cast::<PyList>() {
         let mut terms = Vec::with_capacity(list.len());
@@ -333,12 +344,15 @@ fn to_term<'a>(env: Env<'a>, obj: &Bound<'_, PyAny>, depth: usize) -> Result<Ter
     if let Ok(pid) = obj.cast::<PyPid>() {
         return Ok(pid.get().pid.encode(env));
     }
-    if let Ok(b) = obj.cast::<PyByteArray>() {
-        return Ok(bytes_to_term(env, &b.to_vec()));
+    // bytearray and memoryview: one copy at most (buffer.rs); NDArray results (ndarray.rs).
+    if obj.cast::<PyByteArray>().is_ok() {
+        return crate::buffer::view_to_term(env, obj, None);
     }
     if obj.cast::<PyMemoryView>().is_ok() {
-        let bytes = obj.call_method0("tobytes").map_err(|e| py_err(py, e))?;
-        return to_term(env, &bytes, depth + 1);
+        return crate::buffer::memoryview_to_term(env, obj);
+    }
+    if let Some(term) = crate::ndarray::result_to_term(env, obj) {
+        return term;
     }
     if let Some(r) = crate::refs::marker_to_term(env, obj) {
         return r;

@@ -38,6 +38,8 @@ pub struct AdapterSpec<'a> {
     pub pool_name: &'a str,
     pub threads_per_worker: usize,
     pub thread_safety_check: bool,
+    /// The pool's `ndarray:` option ("list" or "struct").
+    pub ndarray: &'a str,
 }
 
 /// Creates worker `index`: an instance of the adapter and its commands.
@@ -48,6 +50,7 @@ pub fn create_worker(py: Python<'_>, spec: &AdapterSpec<'_>, index: usize) -> Re
         options.set_item("max_workers", spec.threads_per_worker)?;
         options.set_item("thread_safety_check", spec.thread_safety_check)?;
         options.set_item("pool_name", spec.pool_name)?;
+        options.set_item("ndarray", spec.ndarray)?;
         let adapter = call_runtime(
             py,
             "create_adapter",

@@ -6,7 +6,10 @@
 #[cfg(feature = "nif")]
 pub mod aio;
 #[cfg(feature = "nif")]
+pub mod buffer;
+#[cfg(feature = "nif")]
 pub mod callback;
+pub mod contention;
 #[cfg(feature = "nif")]
 pub mod convert;
 #[cfg(feature = "nif")]
@@ -19,9 +22,14 @@ pub mod job;
 #[cfg(feature = "nif")]
 pub mod mailer;
 #[cfg(feature = "nif")]
+pub mod ndarray;
+#[cfg(feature = "nif")]
 pub mod nif;
 #[cfg(feature = "nif")]
+pub mod offload;
+#[cfg(feature = "nif")]
 pub mod pool;
+#[cfg(feature = "nif")]
 pub mod refs;
 #[cfg(feature = "nif")]
 pub mod reload;
@@ -39,7 +47,7 @@ pub mod worker;
 mod atoms {
     rustler::atoms! {
         ok, nil, true_ = "true", false_ = "false",
-        bytes, nan, infinity, neg_infinity,
+        bytes, buffer, nan, infinity, neg_infinity,
         __struct__, map, mapset_module = "Elixir.MapSet",
         python_error, conversion, validation, pool, worker,
         cancelled, done, chunk, closed,

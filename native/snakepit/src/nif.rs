@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustler::{Env, OwnedEnv, ResourceArc, Term};
+use rustler::{Encoder, Env, OwnedEnv, ResourceArc, Term};
 
 use crate::atoms;
 use crate::error::Result;
 use crate::job::{CancelOutcome, Job, JobCtl};
+use crate::offload;
 use crate::pool::{PoolConfig, PoolInner, PoolRef, Straggler};
 use crate::runtime::{self, PythonInfo, RuntimeConfig};
 use crate::stats::{self, Stats};
@@ -47,28 +48,99 @@ fn stop_pool(pool: ResourceArc<PoolRef>, grace_ms: u64) -> Vec<Straggler> {
     pool.0.stop(Duration::from_millis(grace_ms))
 }
 
+/// `{:ok, job}` or `{:error, map}`. Arguments too large to copy on a normal scheduler make it
+/// continue as a dirty-CPU NIF (offload.rs).
 #[rustler::nif]
 fn submit<'a>(
     env: Env<'a>,
-    pool: ResourceArc<PoolRef>,
+    pool: Term<'a>,
     reference: Term<'a>,
     command: Term<'a>,
     arguments: Term<'a>,
-) -> Result<ResourceArc<JobCtl>> {
-    submit_job(env, &pool.0, reference, command, arguments, None)
+) -> Term<'a> {
+    if offload::is_large(arguments) {
+        let args = [pool, reference, command, arguments];
+        return offload::reschedule(env, c"submit_dirty", submit_dirty, &args);
+    }
+    submit_terms(env, pool, reference, command, arguments)
+}
+
+fn submit_terms<'a>(
+    env: Env<'a>,
+    pool: Term<'a>,
+    reference: Term<'a>,
+    command: Term<'a>,
+    arguments: Term<'a>,
+) -> Term<'a> {
+    let result = match pool.decode::<ResourceArc<PoolRef>>() {
+        Ok(pool) => submit_job(env, &pool.0, reference, command, arguments, None),
+        Err(_) => Err(crate::error::Error::conversion("not a pool")),
+    };
+    result.encode(env)
+}
+
+/// `submit`, continued on a dirty-CPU scheduler (`enif_schedule_nif`).
+unsafe extern "C" fn submit_dirty(
+    env: *mut rustler::sys::ErlNifEnv,
+    argc: i32,
+    argv: *const rustler::sys::ErlNifTerm,
+) -> rustler::sys::ErlNifTerm {
+    let marker = ();
+    let env = Env::new(&marker, env);
+    let args = std::slice::from_raw_parts(argv, argc as usize);
+    let [pool, reference, command, arguments] = [0, 1, 2, 3].map(|i| Term::new(env, args[i]));
+    submit_terms(env, pool, reference, command, arguments).as_c_arg()
 }
 
 /// Like submit, for a command whose iterator is streamed; `window` chunks may be in flight.
 #[rustler::nif]
 fn submit_stream<'a>(
     env: Env<'a>,
-    pool: ResourceArc<PoolRef>,
+    pool: Term<'a>,
     reference: Term<'a>,
     command: Term<'a>,
     arguments: Term<'a>,
-    window: u64,
-) -> Result<ResourceArc<JobCtl>> {
-    submit_job(env, &pool.0, reference, command, arguments, Some(window))
+    window: Term<'a>,
+) -> Term<'a> {
+    if offload::is_large(arguments) {
+        let args = [pool, reference, command, arguments, window];
+        return offload::reschedule(env, c"submit_stream_dirty", submit_stream_dirty, &args);
+    }
+    submit_stream_terms(env, pool, reference, command, arguments, window)
+}
+
+fn submit_stream_terms<'a>(
+    env: Env<'a>,
+    pool: Term<'a>,
+    reference: Term<'a>,
+    command: Term<'a>,
+    arguments: Term<'a>,
+    window: Term<'a>,
+) -> Term<'a> {
+    let result = match (
+        pool.decode::<ResourceArc<PoolRef>>(),
+        window.decode::<u64>(),
+    ) {
+        (Ok(pool), Ok(window)) => {
+            submit_job(env, &pool.0, reference, command, arguments, Some(window))
+        }
+        _ => Err(crate::error::Error::conversion("not a pool and a window")),
+    };
+    result.encode(env)
+}
+
+/// `submit_stream`, continued on a dirty-CPU scheduler (`enif_schedule_nif`).
+unsafe extern "C" fn submit_stream_dirty(
+    env: *mut rustler::sys::ErlNifEnv,
+    argc: i32,
+    argv: *const rustler::sys::ErlNifTerm,
+) -> rustler::sys::ErlNifTerm {
+    let marker = ();
+    let env = Env::new(&marker, env);
+    let args = std::slice::from_raw_parts(argv, argc as usize);
+    let [pool, reference, command, arguments, window] =
+        [0, 1, 2, 3, 4].map(|i| Term::new(env, args[i]));
+    submit_stream_terms(env, pool, reference, command, arguments, window).as_c_arg()
 }
 
 fn submit_job<'a>(

@@ -42,6 +42,8 @@ pub struct PoolConfig {
     pub adapter: String,
     pub max_queue: usize,
     pub thread_safety_check: bool,
+    /// How results' NumPy arrays cross: "list" or "struct" (ndarray.rs).
+    pub ndarray: String,
     pub adapter_env: Vec<(String, String)>,
     pub runtime: RuntimeConfig,
     /// Recycle a worker after this many calls (0: never).
@@ -58,6 +60,7 @@ impl PoolConfig {
             pool_name: &self.name,
             threads_per_worker: self.threads_per_worker,
             thread_safety_check: self.thread_safety_check,
+            ndarray: &self.ndarray,
         };
         dispatch::create_worker(py, &spec, index)
     }

@@ -141,6 +141,7 @@ fn bootstrap(py: Python<'_>, config: &RuntimeConfig) -> PyResult<()> {
         // free-threaded build (a no-op on GIL builds).
         native.gil_used(false)?;
         native.add_class::<PyPid>()?;
+        native.add_class::<crate::buffer::ErlBuffer>()?;
         native.add_function(pyo3::wrap_pyfunction!(send, &native)?)?;
         native.add_function(pyo3::wrap_pyfunction!(log, &native)?)?;
         native.add_function(pyo3::wrap_pyfunction!(

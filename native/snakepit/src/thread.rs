@@ -98,6 +98,10 @@ pub fn thread_main(pool: Arc<PoolInner>, index: usize, started: crossbeam_channe
 /// On GIL builds the spinner keeps the GIL (handing it over costs more than the spin); on
 /// free-threaded builds it detaches so it never holds up a stop-the-world pause.
 fn spin(py: Python<'_>, pool: &PoolInner) -> Option<Box<Job>> {
+    // Not while every core is taken: the spin would hold up the caller's reply (contention.rs).
+    if !crate::contention::spin_allowed(crate::contention::cores()) {
+        return None;
+    }
     let spin_loop = || {
         pool.idle.spin_for(
             || pool.rx.try_recv().ok(),

@@ -26,6 +26,7 @@ import linecache
 import threading
 from typing import Any, Callable, Dict, Mapping, Optional
 
+from . import _ndarray
 from ._refs import Ref
 
 __all__ = ["PREFIX", "builtin_commands", "is_builtin", "run_eval"]
@@ -51,11 +52,24 @@ def _call(func: Callable[..., Any], args: Any) -> Any:
     )
 
 
-def apply_options(value: Any, options: Optional[Mapping[str, Any]]) -> Any:
-    """Apply per-call result options to a command's result (``"return": "ref"``)."""
-    if options and options.get("return") == "ref":
-        return value if isinstance(value, Ref) else Ref(value)
-    return value
+#: The per-call result options ``Snakepit.CallOptions`` sends.
+OPTIONS = ("return", "ndarray", "globals")
+
+
+def apply_options(
+    value: Any, options: Optional[Mapping[str, Any]], pool_ndarray: str = "list"
+) -> Any:
+    """Apply per-call result options to a command's result: ``"return": "ref"`` keeps it in
+    Python (a ref); ``"ndarray": "list" | "struct"`` (else the pool's ``ndarray:``) says how
+    NumPy arrays in it cross (:func:`snakepit_bridge._ndarray.wrap`)."""
+    if options:
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown call options {unknown}; known: {', '.join(OPTIONS)}")
+        if options.get("return") == "ref":
+            return value if isinstance(value, Ref) else Ref(value)
+    mode = str((options or {}).get("ndarray") or pool_ndarray)
+    return value if mode == "list" else _ndarray.wrap(value, mode)
 
 
 _counter = itertools.count(1)
@@ -110,8 +124,16 @@ def run_eval(code: str, bindings: Optional[Mapping[str, Any]] = None, options: A
             linecache.cache.pop(filename, None)
 
 
-def builtin_commands(table: Mapping[str, Callable[..., Any]]) -> Dict[str, Callable[..., Any]]:
-    """The built-in commands for an adapter whose command table is ``table``."""
+def builtin_commands(
+    table: Mapping[str, Callable[..., Any]],
+    class_name: str = "the adapter",
+    pool_ndarray: str = "list",
+) -> Dict[str, Callable[..., Any]]:
+    """The built-in commands for an adapter (class ``class_name``) whose command table is
+    ``table``, in a pool whose ``ndarray:`` option is ``pool_ndarray``."""
+
+    def finish(value: Any, options: Any) -> Any:
+        return apply_options(value, options, pool_ndarray)
 
     def call(command: str, args: Any = None, options: Any = None) -> Any:
         func = table.get(command)
@@ -119,18 +141,18 @@ def builtin_commands(table: Mapping[str, Callable[..., Any]]) -> Dict[str, Calla
             from ._dispatch import unknown_command
 
             names = [n for n in table if not is_builtin(n)]
-            raise LookupError(unknown_command(str(command), "the adapter", names))
-        return apply_options(_call(func, args), options)
+            raise LookupError(unknown_command(str(command), class_name, names))
+        return finish(_call(func, args), options)
 
     def call_method(obj: Any, name: str, args: Any = None, options: Any = None) -> Any:
         method = getattr(obj, str(name))
-        return apply_options(_call(method, args), options)
+        return finish(_call(method, args), options)
 
     def get_attr(obj: Any, name: str, options: Any = None) -> Any:
-        return apply_options(getattr(obj, str(name)), options)
+        return finish(getattr(obj, str(name)), options)
 
     def decode(obj: Any, options: Any = None) -> Any:
-        return apply_options(obj, options)
+        return finish(obj, options)
 
     return {
         "__snakepit_call__": call,

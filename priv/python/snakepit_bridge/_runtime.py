@@ -24,6 +24,7 @@ marked methods: the pool calls them directly, not through ``execute_tool``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import logging
@@ -31,6 +32,7 @@ import sys
 import threading
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
+from . import _ndarray
 from ._builtins import builtin_commands
 from ._tooling import TOOL_ATTR, describe_callable, is_command, tool
 from .base_adapter import BaseAdapter
@@ -128,6 +130,9 @@ def create_adapter(
         Exception: whatever the class's ``__init__`` or ``initialize()`` raised, unchanged.
     """
     opts = dict(options or {})
+    ndarray_mode = str(opts.get("ndarray") or "list")
+    if ndarray_mode not in _ndarray.MODES:
+        raise ValueError(f"unknown ndarray mode {ndarray_mode!r}; expected one of: list, struct")
     threaded = bool(opts.get("threaded", False))
     max_workers = int(opts.get("max_workers", 1) or 1)
     pool = opts.get("pool_name", pool_name)
@@ -167,6 +172,8 @@ def create_adapter(
     if checker is not None:
         checker.check_adapter(adapter, threaded=threaded)
         checker.check_imports()
+    if ndarray_mode != "list":
+        _ADAPTER_NDARRAY[id(adapter)] = ndarray_mode
     logger.debug(
         "created adapter %s for pool %s worker %s (threaded=%s, max_workers=%s)",
         class_path,
@@ -250,20 +257,43 @@ def commands(adapter: Any) -> Dict[str, Callable[..., Any]]:
             result[name] = bound
     for name, fn in _base_tools(adapter).items():
         result.setdefault(name, fn)
+    mode = _ADAPTER_NDARRAY.get(id(adapter), "list")
+    builtins = _builtins(result, type(adapter).__qualname__, mode)
+    if mode != "list":
+        result = {name: _with_ndarray(fn, mode) for name, fn in result.items()}
+    result.update(builtins)
     return result
 
 
+# The pool's `ndarray:` option of each adapter instance that has one ("list" is not stored),
+# by id() (adapters need not be hashable or weak-referenceable); dropped by cleanup().
+_ADAPTER_NDARRAY: Dict[int, str] = {}
+
+
+def _with_ndarray(fn: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        return _ndarray.wrap(fn(*args, **kwargs), mode)
+
+    return command
+
+
 def command_table(adapter: Any) -> Dict[str, Callable[..., Any]]:
-    """What the pools dispatch through: :func:`commands` plus the built-in
-    ``__snakepit_<name>__`` commands (refs, eval; :mod:`snakepit_bridge._builtins`), which are
-    left out of the command listings, and ``__snakepit_dependencies__(roots)``: the source files
-    the adapter's module depends on (:func:`snakepit_bridge._reload.dependencies`), for
+    """What the pools dispatch through: :func:`commands` (their NumPy results wrapped when the
+    pool's ``ndarray:`` is not ``"list"``) plus the built-in ``__snakepit_<name>__`` commands
+    (call with options, refs, eval; :mod:`snakepit_bridge._builtins`), which are left out of
+    the command listings, and ``__snakepit_dependencies__(roots)``: the source files the
+    adapter's module depends on (:func:`snakepit_bridge._reload.dependencies`), for
     ``reload: :auto``.
     """
     from . import _reload
 
     table = commands(adapter)
-    table.update(builtin_commands(dict(table)))
+    mode = _ADAPTER_NDARRAY.get(id(adapter), "list")
+    builtins = builtin_commands(dict(table), type(adapter).__qualname__, mode)
+    if mode != "list":
+        table = {name: _with_ndarray(fn, mode) for name, fn in table.items()}
+    table.update(builtins)
     module = type(adapter).__module__
 
     def dependencies(roots: Optional[List[str]] = None) -> List[str]:
@@ -279,12 +309,17 @@ def tools(adapter: Any) -> List[Dict[str, Any]]:
     Each parameter is ``{"name", "type", "required", "default"}``, with the type as a string
     such as ``"str"`` or ``"list[float]"``.
     """
-    described = [describe_callable(fn, name) for name, fn in commands(adapter).items()]
+    described = [
+        describe_callable(fn, name)
+        for name, fn in commands(adapter).items()
+        if not is_builtin(name)
+    ]
     return sorted(described, key=lambda item: item["name"])
 
 
 def cleanup(adapter: Any) -> None:
     """Call the adapter's ``cleanup()`` hook when it has one. Exceptions propagate."""
+    _ADAPTER_NDARRAY.pop(id(adapter), None)
     try:
         hook = getattr(adapter, "cleanup", None)
         if callable(hook):

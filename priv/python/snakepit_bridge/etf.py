@@ -283,6 +283,11 @@ def _decode(buf: memoryview, pos: int, depth: int) -> Tuple[Any, int]:
                 size = _u32(buf, after + 1)[0]
                 start = after + 5
                 return bytes(buf[start : start + size]), start + size
+            # {:buffer, binary} is a read-only memoryview of the frame (no copy).
+            if text == "buffer" and buf[after] == BINARY_EXT:
+                size = _u32(buf, after + 1)[0]
+                start = after + 5
+                return _readonly(buf[start : start + size]), start + size
         elems = []
         for _ in range(n):
             value, pos = _decode(buf, pos, depth + 1)
@@ -357,20 +362,27 @@ def _decode_map(buf: memoryview, pos: int, depth: int) -> Tuple[Any, int]:
     pos += 5
     result: Dict[Any, Any] = {}
     mapset = False
+    ndarray = False
+    tensor = False
     child = depth + 1
     try:
         for _ in range(n):
             key_pos = pos
             key, pos = _decode(buf, pos, child)
             value_pos = pos
-            value, pos = _decode(buf, pos, child)
-            if (
-                key == "__struct__"
-                and value == "Elixir.MapSet"
-                and _is_atom(buf, key_pos, "__struct__")
-                and _is_atom(buf, value_pos, "Elixir.MapSet")
-            ):
-                mapset = True
+            if ndarray and key == "data" and buf[pos] == BINARY_EXT:
+                # An NDArray's data: a view of the frame, for numpy.frombuffer (no copy).
+                size = _u32(buf, pos + 1)[0]
+                value, pos = _readonly(buf[pos + 5 : pos + 5 + size]), pos + 5 + size
+            else:
+                value, pos = _decode(buf, pos, child)
+            if key == "__struct__" and _is_atom(buf, key_pos, "__struct__"):
+                if value == "Elixir.MapSet" and _is_atom(buf, value_pos, "Elixir.MapSet"):
+                    mapset = True
+                elif value == _NDARRAY and _is_atom(buf, value_pos, _NDARRAY):
+                    ndarray = True
+                elif value == _NX_TENSOR and _is_atom(buf, value_pos, _NX_TENSOR):
+                    tensor = True
             result[key] = value
     except TypeError as exc:
         if isinstance(exc, ConversionError):
@@ -389,7 +401,48 @@ def _decode_map(buf: memoryview, pos: int, depth: int) -> Tuple[Any, int]:
             return resolve(result), pos
         except LookupError as exc:
             raise ConversionError(str(exc)) from None
+    if ndarray:
+        return _ndarray_from(result), pos
+    if tensor:
+        return _tensor_from(result), pos
     return result, pos
+
+
+_NDARRAY = "Elixir.Snakepit.NDArray"
+_NX_TENSOR = "Elixir.Nx.Tensor"
+
+
+def _tensor_from(fields: Dict[Any, Any]) -> Any:
+    """A NumPy array from a decoded ``%Nx.Tensor{}`` on ``Nx.BinaryBackend``."""
+    data = fields.get("data")
+    if not (isinstance(data, dict) and data.get("__struct__") == "Elixir.Nx.BinaryBackend"):
+        raise ConversionError(
+            "an %Nx.Tensor{} crosses from Nx.BinaryBackend only: "
+            "Nx.backend_transfer(tensor, Nx.BinaryBackend) first"
+        )
+    return _ndarray_from(
+        {"data": data.get("state"), "dtype": fields.get("type"), "shape": fields.get("shape")}
+    )
+
+
+def _readonly(view: memoryview) -> memoryview:
+    return view if view.readonly else view.toreadonly()
+
+
+def _ndarray_from(fields: Dict[Any, Any]) -> Any:
+    """A NumPy array from a decoded ``%Snakepit.NDArray{}`` (snakepit_bridge._ndarray)."""
+    from . import _ndarray
+
+    data = fields.get("data")
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")
+    dtype, shape = fields.get("dtype"), fields.get("shape")
+    if not (isinstance(dtype, tuple) and len(dtype) == 2 and isinstance(shape, tuple)):
+        raise ConversionError("malformed %Snakepit.NDArray{}: dtype {kind, bits}, shape a tuple")
+    try:
+        return _ndarray.from_parts(data, dtype, shape)
+    except TypeError as exc:
+        raise ConversionError(f"TypeError: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -646,7 +699,9 @@ def _encode_other(out: bytearray, obj: Any, depth: int) -> None:
     elif isinstance(obj, bytearray):
         _encode_bytes(out, bytes(obj))
     elif isinstance(obj, memoryview):
-        _encode_bytes(out, obj.tobytes())
+        if not obj.c_contiguous:
+            obj = memoryview(obj.tobytes())
+        _encode_bytes(out, obj.cast("B") if obj.format != "B" or obj.ndim != 1 else obj)
     else:
         # Objects that describe themselves, then anything with tolist() (NumPy).
         for method in ("__snakepit__", "tolist"):
