@@ -114,7 +114,7 @@ class Adapter:
 
 def test_snakepit_call_applies_ndarray_and_hides_builtins():
     adapter = _runtime.create_adapter("test_ndarray.Adapter", "p", 0, {"ndarray": "list"})
-    table = _runtime.commands(adapter)
+    table = _runtime.command_table(adapter)
     call = table["__snakepit_call__"]
     out = call("double", {"a": np.arange(3)}, {"ndarray": "struct"})
     assert isinstance(out, _ndarray.NDArrayResult)
@@ -129,7 +129,7 @@ def test_snakepit_call_applies_ndarray_and_hides_builtins():
 def test_pool_ndarray_option_wraps_every_command_and_a_call_overrides_it():
     adapter = _runtime.create_adapter("test_ndarray.Adapter", "p", 0, {"ndarray": "struct"})
     try:
-        table = _runtime.commands(adapter)
+        table = _runtime.command_table(adapter)
         assert isinstance(table["double"](np.arange(2)), _ndarray.NDArrayResult)
         listed = table["__snakepit_call__"]("double", [np.arange(2)], {"ndarray": "list"})
         assert isinstance(listed, np.ndarray)

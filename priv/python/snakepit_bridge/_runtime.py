@@ -33,7 +33,7 @@ import threading
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from . import _ndarray
-from ._builtins import builtin_commands
+from ._builtins import builtin_commands, is_builtin  # noqa: F401 - is_builtin re-exported
 from ._tooling import TOOL_ATTR, describe_callable, is_command, tool
 from .base_adapter import BaseAdapter
 from .base_adapter_threaded import ThreadSafeAdapter, collect_stats
@@ -257,11 +257,6 @@ def commands(adapter: Any) -> Dict[str, Callable[..., Any]]:
             result[name] = bound
     for name, fn in _base_tools(adapter).items():
         result.setdefault(name, fn)
-    mode = _ADAPTER_NDARRAY.get(id(adapter), "list")
-    builtins = _builtins(result, type(adapter).__qualname__, mode)
-    if mode != "list":
-        result = {name: _with_ndarray(fn, mode) for name, fn in result.items()}
-    result.update(builtins)
     return result
 
 
