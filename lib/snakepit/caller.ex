@@ -18,12 +18,14 @@ defmodule Snakepit.Caller do
   def execute(pool, command, args, opts) do
     timeout = Keyword.get(opts, :timeout, @default_timeout)
 
-    with {:ok, command} <- command_name(command),
+    # With result options the submitted command is the built-in `__snakepit_call__`; telemetry
+    # still names the user's command.
+    with {:ok, name} <- command_name(command),
          {:ok, {command, args}} <-
-           Snakepit.CallOptions.submission(command, normalize_args(args), opts),
+           Snakepit.CallOptions.submission(name, normalize_args(args), opts),
          {:ok, target} <- local_or_remote(pool, command, args, opts) do
       if Telemetry.enabled?() do
-        instrumented(pool, target, command, args, timeout)
+        instrumented(pool, target, name, {command, args}, timeout)
       else
         call(target, command, args, timeout)
       end
@@ -133,8 +135,8 @@ defmodule Snakepit.Caller do
 
   defp value(term), do: term
 
-  defp instrumented(pool, target, command, args, timeout) do
-    meta = %{pool: pool, command: command}
+  defp instrumented(pool, target, name, {command, args}, timeout) do
+    meta = %{pool: pool, command: name}
     start = System.monotonic_time()
     Telemetry.execute([:snakepit, :execute, :start], %{system_time: System.system_time()}, meta)
 

@@ -156,6 +156,12 @@ defmodule Snakepit.RecycleTest do
     assert d > 0
     assert {:error, _} = Snakepit.execute(pool, "fail", %{})
     assert_received {:telemetry, [:snakepit, :execute, :stop], _, %{result: :error}}
+
+    # A call with result options runs through a built-in command; the events name the user's.
+    assert {:ok, %Snakepit.Ref{}} = Snakepit.execute(pool, "echo", %{value: 3}, return: :ref)
+
+    assert_received {:telemetry, [:snakepit, :execute, :start], _,
+                     %{pool: ^pool, command: "echo"}}
   end
 
   test "adapter_env that can no longer take effect is logged" do

@@ -194,7 +194,7 @@ defmodule Snakepit.ConformanceDataCase do
 
           assert m =~ "ndarray" and m =~ ":struct"
 
-          assert {:error, %Error{message: m}} =
+          assert {:error, %Error{category: :validation, message: m}} =
                    call(ctx.profile, ctx.pool, "no_such", %{}, ndarray: :struct)
 
           assert m =~ "unknown command" and m =~ "double"

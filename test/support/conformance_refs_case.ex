@@ -134,10 +134,11 @@ defmodule Snakepit.ConformanceRefsCase do
 
           assert msg =~ "return: must be :term or :ref"
 
-          assert {:error, %Error{message: msg}} =
+          assert {:error, %Error{category: :validation, message: msg, details: details}} =
                    Snakepit.execute(ctx.pool, "nope", %{}, return: :ref)
 
           assert msg =~ "unknown command" and msg =~ "make_box"
+          assert "make_box" in details.available
           refute msg =~ "__snakepit_"
           assert {:error, %Error{category: :validation}} = Snakepit.call_method(:nope, "x")
         end

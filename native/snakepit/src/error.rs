@@ -1,6 +1,7 @@
 //! One error type for everything that can fail inside the NIF. It is encoded as the map that
 //! `Snakepit.Error.from_native/1` turns into a `%Snakepit.Error{}`.
 
+use pyo3::exceptions::PyBaseException;
 use pyo3::prelude::*;
 use pyo3::types::{PyAnyMethods, PyTracebackMethods, PyTypeMethods};
 #[cfg(feature = "nif")]
@@ -44,6 +45,9 @@ impl Error {
     /// in Rust when that cannot run (the package not importable yet).
     pub fn from_py(py: Python<'_>, err: PyErr) -> Self {
         let value = err.value(py);
+        if let Some(e) = unknown_command(py, value) {
+            return e;
+        }
         if let Ok((python_type, message, traceback)) = py
             .import("snakepit_bridge._dispatch")
             .and_then(|m| {
@@ -210,4 +214,20 @@ impl Encoder for Error {
         }
         .encode(env)
     }
+}
+
+/// `snakepit_bridge._dispatch.UnknownCommand` (raised by `__snakepit_call__`) is the same
+/// `:validation` error as a plain unknown command.
+fn unknown_command(py: Python<'_>, value: &Bound<'_, PyBaseException>) -> Option<Error> {
+    let class = py
+        .import("snakepit_bridge._dispatch")
+        .and_then(|m| m.getattr("UnknownCommand"))
+        .ok()?;
+    if !value.is_instance(&class).unwrap_or(false) {
+        return None;
+    }
+    Some(Error::Validation {
+        message: value.str().ok()?.to_string(),
+        available: value.getattr("available").ok()?.extract().ok()?,
+    })
 }

@@ -138,10 +138,10 @@ def builtin_commands(
     def call(command: str, args: Any = None, options: Any = None) -> Any:
         func = table.get(command)
         if func is None or is_builtin(command):
-            from ._dispatch import unknown_command
+            from ._dispatch import UnknownCommand, unknown_command
 
             names = [n for n in table if not is_builtin(n)]
-            raise LookupError(unknown_command(str(command), class_name, names))
+            raise UnknownCommand(unknown_command(str(command), class_name, names), names)
         return finish(_call(func, args), options)
 
     def call_method(obj: Any, name: str, args: Any = None, options: Any = None) -> Any:

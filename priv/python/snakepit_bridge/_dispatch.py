@@ -20,6 +20,7 @@ import traceback
 from typing import Any, Iterable, Tuple
 
 __all__ = [
+    "UnknownCommand",
     "exception_info",
     "not_a_value",
     "not_an_iterator",
@@ -65,6 +66,16 @@ def exception_info(exc: BaseException, tb: Any = None) -> Tuple[str, str, str]:
     except BaseException:  # noqa: BLE001
         text = f"{python_type}: {message}\n"
     return python_type, message, text
+
+
+class UnknownCommand(LookupError):
+    """A command the adapter does not have, found after dispatch (``__snakepit_call__``): both
+    profiles answer it as the ``:validation`` error of a plain unknown command, with the
+    commands there are under ``available``."""
+
+    def __init__(self, message: str, available: Iterable[str]) -> None:
+        super().__init__(message)
+        self.available = sorted(available)
 
 
 def unknown_command(name: str, class_name: str, names: Iterable[str], adapter: Any = None) -> str:

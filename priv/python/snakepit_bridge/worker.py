@@ -151,6 +151,8 @@ def error_map(
 
 def python_error(exc: BaseException) -> Dict[Atom, Any]:
     """The error map of a Python exception (:func:`snakepit_bridge._dispatch.exception_info`)."""
+    if isinstance(exc, _dispatch.UnknownCommand):
+        return error_map("validation", str(exc), details={Atom("available"): exc.available})
     python_type, message, tb = _dispatch.exception_info(exc)
     return error_map("python_error", message, python_type, tb)
 
