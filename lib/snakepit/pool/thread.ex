@@ -93,7 +93,8 @@ defmodule Snakepit.Pool.Thread do
       adapter_env: config.adapter_env,
       runtime: runtime,
       worker_max_requests: infinity_as_zero(config.worker_max_requests),
-      worker_ttl_ms: infinity_as_zero(config.worker_ttl)
+      worker_ttl_ms: infinity_as_zero(config.worker_ttl),
+      subinterpreters: config.worker_profile == :subinterpreter
     }
 
     case Native.start_pool(native) do

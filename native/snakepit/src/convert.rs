@@ -56,6 +56,21 @@ thread_local! {
     static GC_PAUSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+thread_local! {
+    /// This thread serves a :subinterpreter worker (subinterp/): no object of the main
+    /// interpreter (a `Pid`) may be made here.
+    static SUBINTERPRETER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as one that runs in a subinterpreter.
+pub fn set_subinterpreter(on: bool) {
+    SUBINTERPRETER.with(|s| s.set(on));
+}
+
+fn in_subinterpreter() -> bool {
+    SUBINTERPRETER.with(|s| s.get())
+}
+
 /// Converts a term to a Python object.
 pub fn term_to_py<'py>(py: Python<'py>, term: Term<'_>) -> Result<Bound<'py, PyAny>> {
     CONTAINERS.with(|c| c.set(0));
@@ -158,6 +173,10 @@ fn to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> Result<Bound<'py
                 .into_any())
         }
         TermType::Map => map_to_py(py, term, depth),
+        TermType::Pid if in_subinterpreter() => Err(Error::conversion(
+            "a pid cannot be passed to a :subinterpreter worker (snakepit_bridge.Pid is a type of \
+             the main interpreter); use worker_profile :thread or :process to pass pids",
+        )),
         TermType::Pid => {
             let pid: LocalPid = term
                 .decode()
