@@ -16,11 +16,9 @@ defmodule Snakepit.Pool.Subinterpreter do
     * extension modules that do not support subinterpreters (NumPy and many C extensions)
       cannot be imported: a pool whose adapter imports one fails to start with an error naming
       the module; use `:thread` or `:process` for it;
-    * pids do not cross into a worker (`snakepit_bridge.Pid` belongs to the main
-      interpreter): a `:conversion` error;
-    * Python `logging` records of the adapter are not forwarded to Logger (the forwarding
-      module is made by the NIF in the main interpreter only); they go to Python's default
-      handling (stderr for warnings and above).
+    * objects never cross from one interpreter to another: each worker has its own
+      `snakepit_bridge.Pid` class (pids cross as their external term format) and its own
+      modules; module-level state is per worker.
   """
 
   @behaviour Snakepit.Pool
@@ -57,9 +55,9 @@ defmodule Snakepit.Pool.Subinterpreter do
   subinterpreters with their own GIL), else `{:error, sentence, details}` naming the version
   (used by `Snakepit.Config` to validate `worker_profile:`).
   """
-  @spec check_python() :: {:ok, :subinterpreter} | {:error, String.t(), map()}
-  def check_python do
-    case python_version() do
+  @spec check_python(String.t() | nil) :: {:ok, :subinterpreter} | {:error, String.t(), map()}
+  def check_python(version \\ nil) do
+    case if(version, do: {:ok, version}, else: python_version()) do
       {:ok, version} ->
         if supported?(version) do
           {:ok, :subinterpreter}

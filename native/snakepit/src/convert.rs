@@ -173,10 +173,8 @@ fn to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> Result<Bound<'py
                 .into_any())
         }
         TermType::Map => map_to_py(py, term, depth),
-        TermType::Pid if in_subinterpreter() => Err(Error::conversion(
-            "a pid cannot be passed to a :subinterpreter worker (snakepit_bridge.Pid is a type of \
-             the main interpreter); use worker_profile :thread or :process to pass pids",
-        )),
+        // A worker's interpreter has its own Pid class (subinterp/native.rs).
+        TermType::Pid if in_subinterpreter() => crate::subinterp::native::pid_to_py(py, term),
         TermType::Pid => {
             let pid: LocalPid = term
                 .decode()
@@ -345,6 +343,11 @@ fn to_term<'a>(env: Env<'a>, obj: &Bound<'_, PyAny>, depth: usize) -> Result<Ter
     if let Ok(set) = obj.cast::<PyFrozenSet>() {
         let items = set.iter().collect::<Vec<_>>();
         return mapset(env, &items, depth);
+    }
+    if in_subinterpreter() {
+        if let Some(pid) = crate::subinterp::native::py_to_pid(env, obj) {
+            return Ok(pid);
+        }
     }
     if let Ok(pid) = obj.cast::<PyPid>() {
         return Ok(pid.get().pid.encode(env));

@@ -182,6 +182,9 @@ fn setup(py: Python<'_>, config: &PoolConfig) -> PyResult<()> {
         &config.runtime.site_packages,
     )
     .map_err(|e| pyo3::exceptions::PyImportError::new_err(e.to_string()))?;
+    super::native::install(py)?;
+    py.import("snakepit_bridge._logging")?
+        .call_method1("install", (config.runtime.log_level,))?;
     Ok(())
 }
 

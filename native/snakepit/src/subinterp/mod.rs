@@ -33,6 +33,7 @@ use crate::slot::ThreadSlot;
 
 #[cfg(Py_3_12)]
 mod interp;
+pub(crate) mod native;
 
 #[cfg(Py_3_12)]
 pub use interp::start;

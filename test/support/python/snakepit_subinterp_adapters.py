@@ -1,0 +1,67 @@
+"""Adapters for the :subinterpreter profile's own tests (test/snakepit/subinterpreter_test.exs)."""
+
+import mmap
+import os
+import sys
+
+from snakepit_bridge import ThreadSafeAdapter, tool
+
+
+class ProbeAdapter(ThreadSafeAdapter):
+    """Detects whether two calls run Python at the same time, each holding its GIL."""
+
+    __thread_safe__ = True
+
+    @tool(description="Spin in pure Python until the other caller's counter moved `rounds` times.")
+    def together(self, path: str, me: int, rounds: int = 200, max_spins: int = 20_000_000):
+        # Two slots of 8 bytes in a shared file mapping; each call bumps its own slot and
+        # watches the other's. The switch interval is raised so that this thread never hands
+        # its GIL over while it spins: if the other call needs that same GIL it cannot move,
+        # and the loop ends after max_spins without seeing it (returns False). Nothing in the
+        # loop releases the GIL (no I/O, no sleep).
+        old_interval = sys.getswitchinterval()
+        fd = os.open(path, os.O_RDWR)
+        try:
+            m = mmap.mmap(fd, 16)
+        finally:
+            os.close(fd)
+        other = 1 - me
+        seen = 0
+        last = m[other * 8]
+        mine = 0
+        sys.setswitchinterval(1_000.0)
+        try:
+            for _ in range(max_spins):
+                mine = (mine + 1) % 251
+                m[me * 8] = mine
+                now = m[other * 8]
+                if now != last:
+                    last = now
+                    seen += 1
+                    if seen >= rounds:
+                        return True
+            return False
+        finally:
+            sys.setswitchinterval(old_interval)
+            m.close()
+
+    @tool(description="Pure-Python CPU work (for the benchmarks).")
+    def cpu(self, n: int = 200_000):
+        total = 0
+        for i in range(n):
+            total += i * i % 7
+        return total
+
+
+class NumpyAdapter(ThreadSafeAdapter):
+    """Imports NumPy, which refuses to load in a subinterpreter."""
+
+    __thread_safe__ = True
+
+    def __init__(self):
+        super().__init__()
+        import numpy  # noqa: F401
+
+    @tool(description="ping")
+    def ping(self):
+        return "pong"
