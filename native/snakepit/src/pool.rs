@@ -412,10 +412,13 @@ impl PoolInner {
         }
     }
 
-    /// Runs worker `w`'s `cleanup()`, once.
+    /// Runs worker `w`'s `cleanup()`, once, and drops its instance (attached: a `Py<T>` dropped
+    /// detached, as when this pool is freed on a scheduler, would leak; Cargo build flags in
+    /// native/snakepit_native.exs).
     pub(crate) fn cleanup_worker(&self, py: Python<'_>, w: usize) {
         if !self.cleaned[w].swap(true, Ordering::SeqCst) {
             dispatch::cleanup(py, &self.workers[w].get());
+            drop(self.workers[w].retire(py));
         }
     }
 

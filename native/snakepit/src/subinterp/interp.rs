@@ -243,11 +243,9 @@ fn thread_main(pool: Arc<PoolInner>, index: usize, started: Sender<()>) {
         thread::serve(py, &pool, index, started);
         let last = pool.live_threads[w].fetch_sub(1, Ordering::SeqCst) == 1;
         if last {
-            pool.cleanup_worker(py, w);
-            let old = pool.workers[w].retire(py);
-            drop(old);
-            // CPython 3.13 deletes this thread's `threading` dummy when its state is cleared,
-            // which Py_EndInterpreter does after `threading` is torn down: do it now.
+            pool.cleanup_worker(py, w); // and drops the instance, here in its interpreter
+                                        // CPython 3.13 deletes this thread's `threading` dummy when its state is cleared,
+                                        // which Py_EndInterpreter does after `threading` is torn down: do it now.
             let _ = py
                 .import("threading")
                 .and_then(|t| t.getattr("_thread_local_info"))
