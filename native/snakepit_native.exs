@@ -551,17 +551,7 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
       target_dir
     ]
 
-    # pyo3's reference pool is process-wide: a Py<T> dropped while detached is decref'd by the
-    # next thread that attaches, which with subinterpreters may belong to another interpreter
-    # (docs/architecture.md, "Subinterpreter workers"). Without it such a drop leaks instead;
-    # the NIF drops its objects attached.
-    rustflags =
-      String.trim(
-        "#{System.get_env("RUSTFLAGS", "")} --cfg pyo3_disable_reference_pool " <>
-          "--cfg pyo3_leak_on_drop_without_reference_pool"
-      )
-
-    env = [{"PYO3_PYTHON", python}, {"SNAKEPIT_PYTHON", python}, {"RUSTFLAGS", rustflags}]
+    env = [{"PYO3_PYTHON", python}, {"SNAKEPIT_PYTHON", python}]
     built = Path.join(target_dir, "release/libsnakepit.so")
     [major, minor | _] = String.split(info["version"], ".")
     version = "#{major}.#{minor}#{if info["free_threaded"], do: "t"}"

@@ -412,9 +412,9 @@ impl PoolInner {
         }
     }
 
-    /// Runs worker `w`'s `cleanup()`, once, and drops its instance (attached: a `Py<T>` dropped
-    /// detached, as when this pool is freed on a scheduler, would leak; Cargo build flags in
-    /// native/snakepit_native.exs).
+    /// Runs worker `w`'s `cleanup()`, once, and drops its instance attached (when this pool is
+    /// freed later, on a scheduler, only `None`s go to pyo3's reference pool, which threads of
+    /// any interpreter drain: docs/architecture.md, "Subinterpreter workers").
     pub(crate) fn cleanup_worker(&self, py: Python<'_>, w: usize) {
         if !self.cleaned[w].swap(true, Ordering::SeqCst) {
             dispatch::cleanup(py, &self.workers[w].get());
