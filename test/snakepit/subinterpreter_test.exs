@@ -109,6 +109,69 @@ defmodule Snakepit.SubinterpreterTest do
     assert stats.python.version =~ ~r/^3\.1[2-9]|^3\.[2-9]/
   end
 
+  @tag :subinterpreter
+  test "recycling replaces a worker's instance inside its interpreter; no call is lost" do
+    pool =
+      start!(
+        pool_size: 2,
+        threads_per_worker: 2,
+        worker_max_requests: 5,
+        adapter: "snakepit_test_adapters.TestAdapter"
+      )
+
+    results =
+      1..300
+      |> Task.async_stream(fn i -> {i, Snakepit.execute(pool, "echo", %{value: i})} end,
+        max_concurrency: 16,
+        timeout: 60_000
+      )
+      |> Enum.map(fn {:ok, r} -> r end)
+
+    assert Enum.all?(results, fn {i, r} -> r == {:ok, i} end)
+
+    instances =
+      for _ <- 1..12, into: MapSet.new() do
+        {:ok, %{"instance" => id}} = Snakepit.execute(pool, "state", %{})
+        id
+      end
+
+    assert MapSet.size(instances) > 1
+    assert elem(Snakepit.stats(pool), 1).completed >= 312
+  end
+
+  defmodule LogCollector do
+    @moduledoc false
+    def log(event, %{config: %{to: pid}}), do: send(pid, {:log_event, event})
+  end
+
+  @tag :subinterpreter
+  test "Python logging in a worker reaches Logger with its thread and pool" do
+    handler = :"subinterp_log_#{System.unique_integer([:positive])}"
+    :ok = :logger.add_handler(handler, LogCollector, %{config: %{to: self()}})
+    on_exit(fn -> :logger.remove_handler(handler) end)
+    pool = start!(pool_size: 1, adapter: "snakepit_test_adapters.TestAdapter")
+    text = "hello from a subinterpreter #{System.unique_integer([:positive])}"
+    {:ok, thread} = Snakepit.execute(pool, "log", %{message: text, level: "warning"})
+    assert thread =~ "snakepit-#{pool}-w0-t"
+
+    meta = receive_log(text)
+    assert meta.python_thread == thread
+    assert meta.pool == pool
+  end
+
+  # The metadata of the first log event whose text contains `text` (the wait bounds a failure).
+  defp receive_log(text) do
+    receive do
+      {:log_event, %{msg: {:string, msg}, meta: meta}} ->
+        if IO.chardata_to_string(msg) =~ text, do: meta, else: receive_log(text)
+
+      {:log_event, _} ->
+        receive_log(text)
+    after
+      30_000 -> flunk("no log event with #{inspect(text)}")
+    end
+  end
+
   defp shared_file do
     path =
       Path.join(
