@@ -75,7 +75,10 @@ defmodule Snakepit.Pool.Thread do
          {:ok, ref} <- native_start(config, runtime),
          {:ok, python} <- Runtime.info() do
       :ok = Snakepit.Registry.publish(config.name, {__MODULE__, ref}, python)
-      Snakepit.Compatibility.warn_if_gil(config.name, python, config)
+      # Subinterpreter workers each have their own GIL: the warning does not apply.
+      if config.worker_profile != :subinterpreter,
+        do: Snakepit.Compatibility.warn_if_gil(config.name, python, config)
+
       {:ok, %{config: config, ref: ref}}
     else
       {:error, %Error{} = e} -> {:stop, e}

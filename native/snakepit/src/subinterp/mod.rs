@@ -80,3 +80,12 @@ impl Interps {
         Ok(owned.run(|e| saved.load(e).in_env(env)))
     }
 }
+
+/// The id of the interpreter the calling (attached) thread runs in: 0 for the main one.
+///
+/// The hook for objects that must not leave their interpreter: a `%Snakepit.Ref{}` (issue 15)
+/// records it when made and is refused, with an error naming both workers, when it is used or
+/// released on a thread whose id differs (docs/architecture.md, "Subinterpreter workers").
+pub fn current_interpreter_id() -> i64 {
+    unsafe { pyo3::ffi::PyInterpreterState_GetID(pyo3::ffi::PyInterpreterState_Get()) }
+}
