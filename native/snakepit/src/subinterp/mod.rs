@@ -33,7 +33,7 @@ use crate::slot::ThreadSlot;
 
 #[cfg(Py_3_12)]
 mod interp;
-pub(crate) mod native;
+pub mod native;
 
 #[cfg(Py_3_12)]
 pub use interp::start;
@@ -54,13 +54,13 @@ pub fn start(_config: PoolConfig, _owner: LocalPid) -> Result<Arc<crate::pool::P
 /// One worker's interpreter. `alive` is false once it ended: read-locked by whoever enters it
 /// from outside its pool threads (the interrupter), write-locked to end it.
 pub struct Interp {
-    pub(crate) ptr: usize,
-    pub(crate) alive: RwLock<bool>,
+    pub ptr: usize,
+    pub alive: RwLock<bool>,
 }
 
 /// The interpreters of a :subinterpreter pool (`PoolInner::interps`).
 pub struct Interps {
-    pub(crate) list: Arc<Vec<Interp>>,
+    pub list: Arc<Vec<Interp>>,
     interrupter: Mutex<Sender<(Arc<ThreadSlot>, u64)>>,
     /// `tools/1`'s answer, converted in worker 0's interpreter when it started.
     tools: Mutex<(OwnedEnv, rustler::env::SavedTerm)>,
