@@ -3,6 +3,7 @@
 import mmap
 import os
 import sys
+import time
 
 from snakepit_bridge import ThreadSafeAdapter, tool
 
@@ -14,8 +15,8 @@ class ProbeAdapter(ThreadSafeAdapter):
 
     @tool(description="Spin in pure Python until the other caller's counter moved `rounds` times.")
     def together(self, path: str, me: int, rounds: int = 200, max_spins: int = 20_000_000):
-        # Two slots of 8 bytes in a shared file mapping; each call bumps its own slot and
-        # watches the other's. The switch interval is raised so that this thread never hands
+        # Two slots of 8 bytes in a shared file mapping (byte 0: a counter, byte 1: started);
+        # once both started, each call bumps its own counter and watches the other's. The switch interval is raised so that this thread never hands
         # its GIL over while it spins: if the other call needs that same GIL it cannot move,
         # and the loop ends after max_spins without seeing it (returns False). Nothing in the
         # loop releases the GIL (no I/O, no sleep).
@@ -26,6 +27,16 @@ class ProbeAdapter(ThreadSafeAdapter):
         finally:
             os.close(fd)
         other = 1 - me
+        # First both calls say they started and wait for each other, letting the GIL go
+        # (time.sleep): on a shared GIL the other call can start too. The wait is bounded only
+        # so that a lost call fails the test instead of hanging it.
+        m[me * 8 + 1] = 1
+        for _ in range(1_000_000):
+            if m[other * 8 + 1]:
+                break
+            time.sleep(0.001)
+        else:
+            return False
         seen = 0
         last = m[other * 8]
         mine = 0

@@ -38,6 +38,10 @@ unsafe impl Send for InterpPtr {}
 /// (worker 0) the tools term.
 struct Made {
     interp: InterpPtr,
+    /// The interpreter's first thread state, kept (detached) until it ends: CPython 3.12.1
+    /// aborts ("init_threadstate: thread state already initialized") when a thread state is
+    /// made for an interpreter that has none left, since it then reuses the first one's memory.
+    initial: usize,
     worker: Worker,
     tools: Option<(OwnedEnv, rustler::env::SavedTerm)>,
 }
@@ -84,6 +88,7 @@ pub fn start(config: PoolConfig, owner: LocalPid) -> Result<Arc<PoolInner>> {
         workers.push(m.worker);
         list.push(Interp {
             ptr: m.interp.0 as usize,
+            initial: std::sync::atomic::AtomicUsize::new(m.initial),
             alive: RwLock::new(true),
         });
     }
@@ -153,12 +158,10 @@ fn make(config: &PoolConfig, index: usize) -> Result<Made> {
     });
     match result {
         Ok((worker, tools)) => {
-            unsafe {
-                ffi::PyThreadState_Clear(tstate);
-                ffi::PyThreadState_DeleteCurrent();
-            }
+            unsafe { ffi::PyEval_SaveThread() };
             Ok(Made {
                 interp,
+                initial: tstate as usize,
                 worker,
                 tools,
             })
@@ -218,9 +221,15 @@ fn discard(m: Made) {
         let m = m;
         let tstate = ffi::PyThreadState_New(m.interp.0);
         ffi::PyEval_RestoreThread(tstate);
-        let Made { worker, tools, .. } = m;
+        let Made {
+            worker,
+            tools,
+            initial,
+            ..
+        } = m;
         drop(tools);
         Python::attach(|_py| drop(worker));
+        drop_initial(initial);
         ffi::Py_EndInterpreter(tstate);
     })
     .join();
@@ -243,13 +252,21 @@ fn thread_main(pool: Arc<PoolInner>, index: usize, started: Sender<()>) {
         thread::serve(py, &pool, index, started);
         let last = pool.live_threads[w].fetch_sub(1, Ordering::SeqCst) == 1;
         if last {
-            pool.cleanup_worker(py, w); // and drops the instance, here in its interpreter
-                                        // CPython 3.13 deletes this thread's `threading` dummy when its state is cleared,
-                                        // which Py_EndInterpreter does after `threading` is torn down: do it now.
+            // Drops the instance too, here in its interpreter.
+            pool.cleanup_worker(py, w);
+            // CPython 3.13 deletes this thread's `threading` dummy when its state is cleared,
+            // which Py_EndInterpreter does after `threading` is torn down: do it now.
             let _ = py
                 .import("threading")
                 .and_then(|t| t.getattr("_thread_local_info"))
                 .and_then(|l| l.delattr("_track_dummy_thread_ref"));
+            // `threading`'s main thread here is the (gone) thread that made the interpreter,
+            // whose id this one may have inherited: keep Py_EndInterpreter's
+            // `threading._shutdown` from treating this thread as it.
+            let _ = py
+                .import("threading")
+                .and_then(|t| t.getattr("_main_thread"))
+                .and_then(|m| m.setattr("_ident", py.None()));
         }
         last
     });
@@ -270,6 +287,7 @@ unsafe fn end(it: &Interp, tstate: *mut ffi::PyThreadState) {
     let mut alive = it.alive.write();
     *alive = false;
     ffi::PyEval_RestoreThread(saved);
+    drop_initial(it.initial.swap(0, Ordering::SeqCst));
     let interp = it.ptr as *mut ffi::PyInterpreterState;
     let deadline = Instant::now() + END_WAIT;
     loop {
@@ -287,6 +305,16 @@ unsafe fn end(it: &Interp, tstate: *mut ffi::PyThreadState) {
         let saved = ffi::PyEval_SaveThread();
         std::thread::sleep(Duration::from_millis(1));
         ffi::PyEval_RestoreThread(saved);
+    }
+}
+
+/// Deletes an interpreter's first thread state (`Made::initial`; 0: already gone), from a
+/// thread attached to that interpreter.
+unsafe fn drop_initial(initial: usize) {
+    if initial != 0 {
+        let initial = initial as *mut ffi::PyThreadState;
+        ffi::PyThreadState_Clear(initial);
+        ffi::PyThreadState_Delete(initial);
     }
 }
 

@@ -56,6 +56,8 @@ pub fn start(_config: PoolConfig, _owner: LocalPid) -> Result<Arc<crate::pool::P
 pub struct Interp {
     pub ptr: usize,
     pub alive: RwLock<bool>,
+    /// Its first thread state (interp.rs `Made::initial`), deleted when it ends.
+    pub initial: std::sync::atomic::AtomicUsize,
 }
 
 /// The interpreters of a :subinterpreter pool (`PoolInner::interps`).
