@@ -15,7 +15,7 @@ class ProbeAdapter(ThreadSafeAdapter):
 
     @tool(description="Spin in pure Python until the other caller's counter moved `rounds` times.")
     def together(self, path: str, me: int, rounds: int = 200, max_spins: int = 20_000_000):
-        # Two slots of 8 bytes in a shared file mapping (byte 0: a counter, byte 1: started);
+        # Two slots of 8 bytes in a shared file mapping (byte 0: a counter, byte 1: started, byte 2: done);
         # once both started, each call bumps its own counter and watches the other's. The switch interval is raised so that this thread never hands
         # its GIL over while it spins: if the other call needs that same GIL it cannot move,
         # and the loop ends after max_spins without seeing it (returns False). Nothing in the
@@ -50,8 +50,10 @@ class ProbeAdapter(ThreadSafeAdapter):
                     last = now
                     seen += 1
                     if seen >= rounds:
-                        return True
-            return False
+                        m[me * 8 + 2] = 1  # done: keep moving until the other is done too
+                if seen >= rounds and m[other * 8 + 2]:
+                    return True
+            return seen >= rounds and bool(m[other * 8 + 2])
         finally:
             sys.setswitchinterval(old_interval)
             m.close()
