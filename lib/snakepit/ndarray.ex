@@ -55,8 +55,10 @@ defmodule Snakepit.NDArray do
   """
   @spec to_nx(t()) :: struct()
   def to_nx(%__MODULE__{data: data, dtype: dtype, shape: shape}) do
+    # apply/3: Nx is not a compile-time dependency (no "undefined module" warnings).
     nx = nx!()
-    data |> nx.from_binary(dtype) |> nx.reshape(shape)
+    tensor = apply(nx, :from_binary, [data, dtype])
+    apply(nx, :reshape, [tensor, shape])
   end
 
   @doc """
@@ -66,7 +68,12 @@ defmodule Snakepit.NDArray do
   @spec from_nx(struct()) :: t()
   def from_nx(tensor) do
     nx = nx!()
-    new(nx.to_binary(tensor), nx.type(tensor), nx.shape(tensor))
+
+    new(
+      apply(nx, :to_binary, [tensor]),
+      apply(nx, :type, [tensor]),
+      apply(nx, :shape, [tensor])
+    )
   end
 
   @doc "Whether Nx is loaded (detected at run time, like `:telemetry`)."

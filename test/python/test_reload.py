@@ -107,3 +107,17 @@ def test_the_builtin_dependencies_command_is_dispatchable_but_not_listed(tree):
     assert "__snakepit_dependencies__" not in _runtime.commands(adapter)
     assert all(t["name"] != "__snakepit_dependencies__" for t in _runtime.tools(adapter))
     assert str(root / f"{names['helper']}.py") in table["__snakepit_dependencies__"]([str(root)])
+
+
+def test_drop_bytecode_removes_the_cached_pyc_under_a_root(tree):
+    import importlib.util
+    import py_compile
+
+    root, names = tree
+    source = root / "pkg" / f"{names['helper']}.py"
+    source.parent.mkdir()
+    write(source, "VALUE = 1\n")
+    cached = py_compile.compile(str(source), cfile=importlib.util.cache_from_source(str(source)))
+    assert os.path.exists(cached)
+    assert _reload.drop_bytecode(str(root)) == 1
+    assert not os.path.exists(cached) and source.exists()

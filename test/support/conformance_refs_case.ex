@@ -69,7 +69,7 @@ defmodule Snakepit.ConformanceRefsCase do
                    "#Snakepit.Ref<numpy.ndarray (3, 3) float64 @#{inspect(ctx.pool)}>"
 
           assert Snakepit.get_attr(array, "shape") == {:ok, {3, 3}}
-          assert {:ok, [[0.0, 0.0, 0.0] | _]} = Snakepit.decode(array)
+          assert {:ok, [[+0.0, +0.0, +0.0] | _]} = Snakepit.decode(array)
         end
 
         test "without return: :ref the same object is a conversion error", ctx do

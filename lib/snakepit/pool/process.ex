@@ -267,8 +267,8 @@ defmodule Snakepit.Pool.Process do
   def stats(server, _info), do: GenServer.call(server, :stats)
 
   @impl Snakepit.Pool
-  def reload(server, _roots, timeout) do
-    GenServer.call(server, :reload, timeout)
+  def reload(server, roots, timeout) do
+    GenServer.call(server, {:reload, roots}, timeout)
   catch
     :exit, {:timeout, _} ->
       {:error, Error.new(:timeout, "the reload did not finish within #{timeout} ms")}
@@ -703,17 +703,19 @@ defmodule Snakepit.Pool.Process do
 
   # Snakepit.reload/1: a probe worker with the new code first (Snakepit.Pool.Process.Reload),
   # then every worker replaced in turn; the reply comes when the last replacement is ready.
-  def handle_call(:reload, _from, %{reload: %{}} = state),
+  def handle_call({:reload, _roots}, _from, %{reload: %{}} = state),
     do: {:reply, {:error, Error.new(:pool, "a reload of this pool is already running")}, state}
 
-  def handle_call(:reload, from, state) do
+  def handle_call({:reload, roots}, from, state) do
     name = state.name
 
+    # The probe drops the bytecode cached under python_path first: an edit that keeps a file's
+    # size within the same second would otherwise load the old .pyc (in every new worker).
     Reload.start_probe(
       self(),
       state.python,
       state.env,
-      init_term(state, state.config.pool_size),
+      Map.put(init_term(state, state.config.pool_size), :fresh_bytecode, roots),
       state.config.startup_timeout,
       &log_frame(%{name: name}, &1)
     )

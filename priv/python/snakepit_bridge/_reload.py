@@ -25,7 +25,7 @@ import threading
 import types
 from typing import Dict, Iterable, List, Optional, Tuple
 
-__all__ = ["dependencies", "reload_modules", "track"]
+__all__ = ["dependencies", "drop_bytecode", "reload_modules", "track"]
 
 _lock = threading.RLock()
 #: module name -> (file, mtime_ns, size) of its source when last imported or reloaded.
@@ -188,3 +188,22 @@ def dependencies(adapter_module: str, roots: Iterable[str] = ()) -> List[str]:
         if parent:
             pending.append(parent)
     return sorted(files)
+
+
+def drop_bytecode(root: str) -> int:
+    """Remove the ``.pyc`` files of ``__pycache__`` directories under ``root`` (the ``:process``
+    profile's reload probe does it before it imports the new code: a ``.pyc`` is trusted when
+    the source's whole-second mtime and size match, so a quick edit that keeps the size would
+    load the old code). Returns how many were removed; errors are ignored."""
+    removed = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        if os.path.basename(dirpath) != "__pycache__":
+            continue
+        for name in filenames:
+            if name.endswith(".pyc"):
+                try:
+                    os.remove(os.path.join(dirpath, name))
+                    removed += 1
+                except OSError:
+                    pass
+    return removed

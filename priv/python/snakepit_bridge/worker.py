@@ -87,7 +87,7 @@ import threading
 import traceback
 from typing import Any, Callable, Dict, Optional
 
-from . import _async, _cancel, _dispatch, _refs, _runtime, _worker_elixir, elixir, etf
+from . import _async, _cancel, _dispatch, _refs, _reload, _runtime, _worker_elixir, elixir, etf
 from .errors import Cancelled
 from .etf import Atom, ConversionError
 
@@ -285,6 +285,8 @@ class Worker:
             if root.level > level:
                 root.setLevel(level)
             options = dict(init.get("options") or {})
+            for root in init.get("fresh_bytecode") or ():
+                _reload.drop_bytecode(root)  # a reload's probe (Snakepit.Pool.Process.Reload)
             self.adapter = _runtime.create_adapter(init["adapter"], pool_name, index, options)
             self.commands = _runtime.command_table(self.adapter)
             self.names = sorted(n for n in self.commands if not n.startswith("__snakepit_"))
