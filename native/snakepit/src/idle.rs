@@ -54,7 +54,15 @@ pub struct Idle {
     pub parks: AtomicUsize,
     max_spinners: usize,
     spin: Duration,
+    /// How well spinning paid off while the cores were all taken ([`Idle::spin_pays`]).
+    score: AtomicUsize,
+    probes: AtomicUsize,
 }
+
+/// A spin on a busy machine is kept up while the score is at least this (out of 16).
+const SCORE_KEEP: usize = 4;
+/// On a busy machine with a low score, one idle moment in this many still spins (a probe).
+const PROBE_EVERY: usize = 32;
 
 impl Idle {
     pub fn new(max_spinners: usize, spin: Duration) -> Self {
@@ -67,7 +75,32 @@ impl Idle {
             parks: AtomicUsize::new(0),
             max_spinners: max_spinners.max(1),
             spin,
+            score: AtomicUsize::new(0),
+            probes: AtomicUsize::new(0),
         }
+    }
+
+    /// Whether to spin although every core is taken (contention.rs): only while spins keep
+    /// finding jobs — many callers keep the queue fed, and a spin saves a wake-up per call —
+    /// and, to notice when that starts, on one idle moment in [`PROBE_EVERY`]. With one caller
+    /// on a busy machine the next job comes only after the reply got through, so spins find
+    /// nothing and stop.
+    pub fn spin_pays(&self) -> bool {
+        self.score.load(Ordering::Relaxed) >= SCORE_KEEP
+            || self
+                .probes
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(PROBE_EVERY)
+    }
+
+    /// What a spin on a busy machine found: a job raises the score by one (up to 16), none
+    /// halves it.
+    pub fn spin_outcome(&self, found: bool) {
+        let _ = self
+            .score
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                Some(if found { (s + 1).min(16) } else { s / 2 })
+            });
     }
 
     pub fn spin_time(&self) -> Duration {
@@ -190,6 +223,21 @@ impl Idle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_machine_spins_continue_while_they_find_jobs() {
+        let idle = Idle::new(1, Duration::from_micros(50));
+        // Probes only, at first: one idle moment in PROBE_EVERY.
+        let probes = (0..PROBE_EVERY * 2).filter(|_| idle.spin_pays()).count();
+        assert_eq!(probes, 2);
+        for _ in 0..SCORE_KEEP {
+            idle.spin_outcome(true);
+        }
+        assert!((0..10).all(|_| idle.spin_pays()));
+        // Spins that find nothing stop it again.
+        idle.spin_outcome(false);
+        assert!(idle.score.load(Ordering::Relaxed) < SCORE_KEEP);
+    }
     use crossbeam_channel::{bounded, TryRecvError};
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;

@@ -112,8 +112,10 @@ pub(crate) fn serve(
 /// On GIL builds the spinner keeps the GIL (handing it over costs more than the spin); on
 /// free-threaded builds it detaches so it never holds up a stop-the-world pause.
 fn spin(py: Python<'_>, pool: &PoolInner) -> Option<Box<Job>> {
-    // Not while every core is taken: the spin would hold up the caller's reply (contention.rs).
-    if !crate::contention::spin_allowed(crate::contention::cores()) {
+    // While every core is taken a spin holds up the caller's reply (contention.rs), unless the
+    // queue keeps being fed while it spins (many callers): Idle::spin_pays decides.
+    let busy = !crate::contention::spin_allowed(crate::contention::cores());
+    if busy && !pool.idle.spin_pays() {
         return None;
     }
     let spin_loop = || {
@@ -122,11 +124,15 @@ fn spin(py: Python<'_>, pool: &PoolInner) -> Option<Box<Job>> {
             || pool.shutdown.load(Ordering::Relaxed),
         )
     };
-    if runtime::FREE_THREADED {
+    let found = if runtime::FREE_THREADED {
         py.detach(spin_loop)
     } else {
         spin_loop()
+    };
+    if busy {
+        pool.idle.spin_outcome(found.is_some());
     }
+    found
 }
 
 /// Replaces worker `slot`'s instance after `reason`, and tells the pool's process.
