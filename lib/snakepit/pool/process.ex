@@ -498,20 +498,7 @@ defmodule Snakepit.Pool.Process do
   def handle_info({:"$snakepit_call", tag, caller, body, kind}, state) do
     state = if kind != :tools, do: %{state | submitted: state.submitted + 1}, else: state
 
-    job = %{
-      tag: tag,
-      caller: caller,
-      mon: nil,
-      body: body,
-      kind: kind,
-      index: nil,
-      id: nil,
-      cancelled: false,
-      # Whether the job's end frees a thread of its worker: false (it does), true (a job of
-      # an elixir.call chain, run by the waiting thread) or :detached (an async def call that
-      # left its thread when it began to await).
-      nested: false
-    }
+    job = new_job(tag, caller, body, kind)
 
     case take_thread(state) do
       {index, state} ->
@@ -558,15 +545,8 @@ defmodule Snakepit.Pool.Process do
     case state.ports do
       %{^port => index} when kind != :tools ->
         job = %{
-          tag: tag,
-          caller: caller,
-          mon: nil,
-          body: [<<@nested, call_id::32, frame_kind(kind)>> | body],
-          kind: kind,
-          index: nil,
-          id: nil,
-          cancelled: false,
-          nested: true
+          new_job(tag, caller, [<<@nested, call_id::32, frame_kind(kind)>> | body], kind)
+          | nested: true
         }
 
         # Not counted against the worker's free threads: the waiting thread runs it.
@@ -724,6 +704,25 @@ defmodule Snakepit.Pool.Process do
   end
 
   ## Jobs
+
+  @doc false
+  # A job as the pool keeps it, queued or running (Snakepit.Pool.Process.Pinned makes them too).
+  def new_job(tag, caller, body, kind) do
+    %{
+      tag: tag,
+      caller: caller,
+      mon: nil,
+      body: body,
+      kind: kind,
+      index: nil,
+      id: nil,
+      cancelled: false,
+      # Whether the job's end frees a thread of its worker: false (it does), true (a job of
+      # an elixir.call chain, run by the waiting thread) or :detached (an async def call that
+      # left its thread when it began to await).
+      nested: false
+    }
+  end
 
   @doc false
   def watch(job), do: %{job | mon: Process.monitor(job.caller)}

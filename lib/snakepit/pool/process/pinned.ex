@@ -15,19 +15,8 @@ defmodule Snakepit.Pool.Process.Pinned do
   def submit(state, tag, caller, body, kind, {{pool, index, os_pid}, keep}) do
     state = %{state | submitted: state.submitted + 1}
 
-    job = %{
-      tag: tag,
-      caller: caller,
-      mon: nil,
-      body: body,
-      kind: kind,
-      index: nil,
-      id: nil,
-      cancelled: false,
-      nested: false,
-      # The guards of the refs the call passes: held while the job lives.
-      keep: keep
-    }
+    # The guards of the refs the call passes: held while the job lives.
+    job = Map.put(Pool.new_job(tag, caller, body, kind), :keep, keep)
 
     cond do
       pool != state.name ->
