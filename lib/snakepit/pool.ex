@@ -7,9 +7,7 @@ defmodule Snakepit.Pool do
 
     * `:thread` (`Snakepit.Pool.Thread`) — native threads inside this BEAM node, one embedded
       interpreter;
-    * `:process` (`Snakepit.Pool.Process`) — one Python OS process per worker, for isolation;
-    * `:subinterpreter` (`Snakepit.Pool.Subinterpreter`) — one subinterpreter with its own GIL
-      per worker inside this BEAM node (CPython 3.12 or later).
+    * `:process` (`Snakepit.Pool.Process`) — one Python OS process per worker, for isolation.
 
   A pool is a process, so it can live in any supervision tree:
 
@@ -114,11 +112,7 @@ defmodule Snakepit.Pool do
   @callback reload(handle(), roots :: [String.t()], timeout()) ::
               {:ok, [String.t()] | :all} | {:error, Error.t()}
 
-  @profiles %{
-    thread: Snakepit.Pool.Thread,
-    process: Snakepit.Pool.Process,
-    subinterpreter: Snakepit.Pool.Subinterpreter
-  }
+  @profiles %{thread: Snakepit.Pool.Thread, process: Snakepit.Pool.Process}
   @shutdown_grace 5_000
 
   @doc false
