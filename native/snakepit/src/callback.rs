@@ -418,33 +418,10 @@ fn submit_nested<'a>(
     window: u64,
 ) -> Result<ResourceArc<JobCtl>> {
     let inner = &pool.0;
-    let ctl = ResourceArc::new(JobCtl::new(Arc::downgrade(inner)));
-    if window > 0 {
-        ctl.grant(window);
-    }
-    let caller = env.pid();
-    ctl.set_monitor(ctl.monitor(Some(env), &caller));
-    let job_env = OwnedEnv::new();
-    let job = Box::new(Job {
-        reference: job_env.save(reference),
-        command: job_env.save(command),
-        args: job_env.save(arguments),
-        env: job_env,
-        caller,
-        ctl: ctl.clone(),
-        stream: window > 0,
-    });
-    let job = match submit_to_chain(inner, chain, job) {
-        Ok(()) => return Ok(ctl),
-        Err(job) => job,
-    };
-    match inner.submit(job) {
+    let stream = (window > 0).then_some(window);
+    let (ctl, job) = crate::nif::new_job(env, inner, reference, command, arguments, stream);
+    match submit_to_chain(inner, chain, job) {
         Ok(()) => Ok(ctl),
-        Err((job, e)) => {
-            if let Some(mon) = job.ctl.take_monitor() {
-                job.ctl.demonitor(Some(env), &mon);
-            }
-            Err(e)
-        }
+        Err(job) => crate::nif::queue(env, inner, ctl, job),
     }
 }

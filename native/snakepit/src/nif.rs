@@ -58,38 +58,7 @@ fn submit<'a>(
     command: Term<'a>,
     arguments: Term<'a>,
 ) -> Term<'a> {
-    if offload::is_large(arguments) {
-        let args = [pool, reference, command, arguments];
-        return offload::reschedule(env, c"submit_dirty", submit_dirty, &args);
-    }
-    submit_terms(env, pool, reference, command, arguments)
-}
-
-fn submit_terms<'a>(
-    env: Env<'a>,
-    pool: Term<'a>,
-    reference: Term<'a>,
-    command: Term<'a>,
-    arguments: Term<'a>,
-) -> Term<'a> {
-    let result = match pool.decode::<ResourceArc<PoolRef>>() {
-        Ok(pool) => submit_job(env, &pool.0, reference, command, arguments, None),
-        Err(_) => Err(crate::error::Error::conversion("not a pool")),
-    };
-    result.encode(env)
-}
-
-/// `submit`, continued on a dirty-CPU scheduler (`enif_schedule_nif`).
-unsafe extern "C" fn submit_dirty(
-    env: *mut rustler::sys::ErlNifEnv,
-    argc: i32,
-    argv: *const rustler::sys::ErlNifTerm,
-) -> rustler::sys::ErlNifTerm {
-    let marker = ();
-    let env = Env::new(&marker, env);
-    let args = std::slice::from_raw_parts(argv, argc as usize);
-    let [pool, reference, command, arguments] = [0, 1, 2, 3].map(|i| Term::new(env, args[i]));
-    submit_terms(env, pool, reference, command, arguments).as_c_arg()
+    submit_or_offload(env, &[pool, reference, command, arguments])
 }
 
 /// Like submit, for a command whose iterator is streamed; `window` chunks may be in flight.
@@ -102,45 +71,46 @@ fn submit_stream<'a>(
     arguments: Term<'a>,
     window: Term<'a>,
 ) -> Term<'a> {
-    if offload::is_large(arguments) {
-        let args = [pool, reference, command, arguments, window];
-        return offload::reschedule(env, c"submit_stream_dirty", submit_stream_dirty, &args);
-    }
-    submit_stream_terms(env, pool, reference, command, arguments, window)
+    submit_or_offload(env, &[pool, reference, command, arguments, window])
 }
 
-fn submit_stream_terms<'a>(
-    env: Env<'a>,
-    pool: Term<'a>,
-    reference: Term<'a>,
-    command: Term<'a>,
-    arguments: Term<'a>,
-    window: Term<'a>,
-) -> Term<'a> {
-    let result = match (
-        pool.decode::<ResourceArc<PoolRef>>(),
-        window.decode::<u64>(),
-    ) {
-        (Ok(pool), Ok(window)) => {
-            submit_job(env, &pool.0, reference, command, arguments, Some(window))
-        }
-        _ => Err(crate::error::Error::conversion("not a pool and a window")),
+/// `[pool, reference, command, arguments]` and, for a stream, `window`: submitted here, or on a
+/// dirty-CPU scheduler when the arguments are large.
+fn submit_or_offload<'a>(env: Env<'a>, args: &[Term<'a>]) -> Term<'a> {
+    if offload::is_large(args[3]) {
+        return offload::reschedule(env, c"submit_dirty", submit_dirty, args);
+    }
+    submit_terms(env, args)
+}
+
+fn submit_terms<'a>(env: Env<'a>, args: &[Term<'a>]) -> Term<'a> {
+    let (pool, reference, command, arguments) = (args[0], args[1], args[2], args[3]);
+    let result = match (pool.decode::<ResourceArc<PoolRef>>(), args.get(4)) {
+        (Ok(pool), None) => submit_job(env, &pool.0, reference, command, arguments, None),
+        (Ok(pool), Some(window)) => match window.decode::<u64>() {
+            Ok(n) => submit_job(env, &pool.0, reference, command, arguments, Some(n)),
+            Err(_) => Err(crate::error::Error::conversion("not a pool and a window")),
+        },
+        (Err(_), None) => Err(crate::error::Error::conversion("not a pool")),
+        (Err(_), Some(_)) => Err(crate::error::Error::conversion("not a pool and a window")),
     };
     result.encode(env)
 }
 
-/// `submit_stream`, continued on a dirty-CPU scheduler (`enif_schedule_nif`).
-unsafe extern "C" fn submit_stream_dirty(
+/// `submit` or `submit_stream` (by its argument count), continued on a dirty-CPU scheduler
+/// (`enif_schedule_nif`).
+unsafe extern "C" fn submit_dirty(
     env: *mut rustler::sys::ErlNifEnv,
     argc: i32,
     argv: *const rustler::sys::ErlNifTerm,
 ) -> rustler::sys::ErlNifTerm {
     let marker = ();
     let env = Env::new(&marker, env);
-    let args = std::slice::from_raw_parts(argv, argc as usize);
-    let [pool, reference, command, arguments, window] =
-        [0, 1, 2, 3, 4].map(|i| Term::new(env, args[i]));
-    submit_stream_terms(env, pool, reference, command, arguments, window).as_c_arg()
+    let args: Vec<Term> = std::slice::from_raw_parts(argv, argc as usize)
+        .iter()
+        .map(|&t| Term::new(env, t))
+        .collect();
+    submit_terms(env, &args).as_c_arg()
 }
 
 fn submit_job<'a>(
@@ -151,6 +121,20 @@ fn submit_job<'a>(
     args: Term<'a>,
     window: Option<u64>,
 ) -> Result<ResourceArc<JobCtl>> {
+    let (ctl, job) = new_job(env, inner, reference, command, args, window);
+    queue(env, inner, ctl, job)
+}
+
+/// A job of the caller (`env`'s process, monitored) and its control resource; a stream
+/// (`window` set) starts with that many chunks of credit.
+pub(crate) fn new_job<'a>(
+    env: Env<'a>,
+    inner: &Arc<PoolInner>,
+    reference: Term<'a>,
+    command: Term<'a>,
+    args: Term<'a>,
+    window: Option<u64>,
+) -> (ResourceArc<JobCtl>, Box<Job>) {
     let ctl = ResourceArc::new(JobCtl::new(Arc::downgrade(inner)));
     if let Some(n) = window {
         ctl.grant(n);
@@ -167,6 +151,16 @@ fn submit_job<'a>(
         ctl: ctl.clone(),
         stream: window.is_some(),
     });
+    (ctl, job)
+}
+
+/// Puts `job` on the pool's queue; a refused job drops its caller monitor.
+pub(crate) fn queue(
+    env: Env<'_>,
+    inner: &Arc<PoolInner>,
+    ctl: ResourceArc<JobCtl>,
+    job: Box<Job>,
+) -> Result<ResourceArc<JobCtl>> {
     match inner.submit(job) {
         Ok(()) => Ok(ctl),
         Err((job, e)) => {
