@@ -36,14 +36,15 @@ _OWN_FILES = frozenset(
 )
 
 
-def type_name(exc: Any) -> str:
-    """``module.QualName`` of the type of ``exc`` (an exception or any value), just
-    ``QualName`` for builtins."""
-    cls = type(exc)
+def type_name(obj: Any) -> str:
+    """``module.QualName`` of the type of ``obj`` (an exception or any value), just
+    ``QualName`` for builtins. The one definition: etf.py and _refs.py use it too."""
+    cls = type(obj)
     module = getattr(cls, "__module__", None)
+    qualname = getattr(cls, "__qualname__", cls.__name__)
     if module in (None, "builtins"):
-        return cls.__qualname__
-    return f"{module}.{cls.__qualname__}"
+        return qualname
+    return f"{module}.{qualname}"
 
 
 def exception_info(exc: BaseException, tb: Any = None) -> Tuple[str, str, str]:

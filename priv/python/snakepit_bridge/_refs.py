@@ -18,6 +18,8 @@ import reprlib
 import threading
 from typing import Any, Dict, Tuple
 
+from ._dispatch import type_name
+
 __all__ = ["TABLE", "ObjectTable", "Ref", "describe", "ref", "resolve", "set_home"]
 
 _SHORT = 48
@@ -26,16 +28,6 @@ _reprs.maxstring = 30
 _reprs.maxother = 30
 _reprs.maxlist = _reprs.maxtuple = _reprs.maxdict = _reprs.maxset = 4
 _reprs.maxlevel = 2
-
-
-def type_name(obj: Any) -> str:
-    """``module.QualName`` of ``type(obj)``, only ``QualName`` for builtins."""
-    cls = type(obj)
-    module = getattr(cls, "__module__", None)
-    name = getattr(cls, "__qualname__", cls.__name__)
-    if module in (None, "builtins"):
-        return name
-    return f"{module}.{name}"
 
 
 def describe(obj: Any) -> Tuple[str, str]:

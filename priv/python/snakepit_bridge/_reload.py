@@ -34,9 +34,12 @@ _stamps: Dict[str, Tuple[str, int, int]] = {}
 _OWN_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
-def _installed_prefixes() -> Tuple[str, ...]:
-    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    return tuple(os.path.abspath(p) + os.sep for p in prefixes if p)
+#: Where the interpreter and installed packages live: never re-imported.
+_INSTALLED = tuple(
+    os.path.abspath(p) + os.sep
+    for p in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    if p
+)
 
 
 def _source(module: types.ModuleType) -> Optional[str]:
@@ -56,9 +59,7 @@ def _stat(path: str) -> Optional[Tuple[int, int]]:
 
 
 def _reloadable(path: Optional[str]) -> bool:
-    return bool(path) and not path.startswith(_OWN_PACKAGE) and not path.startswith(
-        _installed_prefixes()
-    )
+    return bool(path) and not path.startswith(_OWN_PACKAGE) and not path.startswith(_INSTALLED)
 
 
 def _under(path: str, roots: Iterable[str]) -> bool:

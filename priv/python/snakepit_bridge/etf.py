@@ -47,6 +47,8 @@ import sys
 import zlib
 from typing import Any, Dict, List, Tuple
 
+from ._dispatch import type_name
+
 __all__ = [
     "Atom",
     "ConversionError",
@@ -661,16 +663,6 @@ def _encode_set(out: bytearray, obj: Any, depth: int) -> None:
     out += _MAPSET_HEAD
     distinct = all(type(k) in _DISTINCT_KEY_TYPES for k in obj)
     _encode_pairs(out, ((item, []) for item in obj), len(obj), distinct, depth + 1)
-
-
-def type_name(obj: Any) -> str:
-    """``module.QualName`` of the type of ``obj`` (just ``QualName`` for builtins)."""
-    cls = type(obj)
-    module = getattr(cls, "__module__", None)
-    qualname = getattr(cls, "__qualname__", cls.__name__)
-    if module in (None, "builtins"):
-        return qualname
-    return f"{module}.{qualname}"
 
 
 def _encode_other(out: bytearray, obj: Any, depth: int) -> None:
