@@ -258,14 +258,15 @@ defmodule Bench.Suite do
   ## 1. Call overhead
 
   defp overhead(p, _ctx) do
-    pools = [
-      {:t8, Pools.start!(:thread, name: :bench_t8, adapter: @showcase, threads_per_worker: 8),
-       "equal capacity"},
-      {:p8, Pools.start!(:process, name: :bench_p8, adapter: @showcase, pool_size: 8),
-       "equal capacity"},
-      {:p2, Pools.start!(:process, name: :bench_p2, adapter: @showcase, pool_size: 2),
-       "one per core, the :process default here"}
-    ]
+    pools =
+      [
+        {:t8, Pools.start!(:thread, name: :bench_t8, adapter: @showcase, threads_per_worker: 8),
+         "equal capacity"},
+        {:p8, Pools.start!(:process, name: :bench_p8, adapter: @showcase, pool_size: 8),
+         "equal capacity"},
+        {:p2, Pools.start!(:process, name: :bench_p2, adapter: @showcase, pool_size: 2),
+         "one per core, the :process default here"}
+      ] ++ subinterpreter_overhead_pool()
 
     rounds =
       try do
@@ -331,6 +332,7 @@ defmodule Bench.Suite do
         "#{Support.rate(loop_rate)} | #{dashes} |"
 
     t_rtt = med.(:t8, & &1.rtt.median_us)
+    s_rtt = if List.keymember?(pools, :s2, 0), do: med.(:s2, & &1.rtt.median_us)
     p_rtt = med.(:p8, & &1.rtt.median_us)
     top = List.last(p.callers)
     t_top = med.(:t8, & &1.tp[top].calls_per_s)
@@ -370,6 +372,7 @@ defmodule Bench.Suite do
       headline: %{
         t_rtt: t_rtt,
         p_rtt: p_rtt,
+        s_rtt: s_rtt,
         t64: t64,
         p64: p64,
         t_top: t_top,
@@ -378,6 +381,23 @@ defmodule Bench.Suite do
         loop_ns: loop_ns
       }
     }
+  end
+
+  # :subinterpreter 2×1 (one per core, its default here), where the Python has the profile.
+  defp subinterpreter_overhead_pool do
+    if Pools.subinterpreters?() do
+      [
+        {:s2,
+         Pools.start!(:subinterpreter,
+           name: :bench_s2,
+           adapter: @showcase,
+           pool_size: 2,
+           threads_per_worker: 1
+         ), "one per core, the :subinterpreter default here"}
+      ]
+    else
+      []
+    end
   end
 
   ## 2. Parallel scaling
@@ -429,8 +449,11 @@ defmodule Bench.Suite do
 
     # Every pool is started first and the runs are interleaved (repeat → workload → pool), so
     # that a burst of outside load falls on all the cells alike rather than on one.
+    profiles =
+      [:thread, :process] ++ if(Pools.subinterpreters?(), do: [:subinterpreter], else: [])
+
     pools =
-      for profile <- [:thread, :process], n <- p.threads do
+      for profile <- profiles, n <- p.threads do
         pool =
           case profile do
             :thread ->
@@ -447,14 +470,25 @@ defmodule Bench.Suite do
                 adapter: @bench_adapter,
                 pool_size: n
               )
+
+            :subinterpreter ->
+              Pools.start!(:subinterpreter,
+                name: :"bench_scale_s#{n}",
+                adapter: @bench_adapter,
+                pool_size: n,
+                threads_per_worker: 1
+              )
           end
 
-        # Every thread / worker builds its matrices before the clock starts.
-        Measure.batch(
-          fn -> match?({:ok, _}, Pools.call(pool, "numpy_dot", %{reps: 1})) end,
-          n,
-          n
-        )
+        # Every thread / worker builds its matrices before the clock starts (NumPy does not
+        # load in a subinterpreter: those pools run no NumPy workload).
+        if profile != :subinterpreter do
+          Measure.batch(
+            fn -> match?({:ok, _}, Pools.call(pool, "numpy_dot", %{reps: 1})) end,
+            n,
+            n
+          )
+        end
 
         {{profile, n}, pool}
       end
@@ -469,7 +503,7 @@ defmodule Bench.Suite do
               "(thread 1×N, process N×1, N = #{Enum.join(p.threads, ", ")})"
           )
 
-          for {{profile, n}, pool} <- pools do
+          for {{profile, n}, pool} <- pools, not (profile == :subinterpreter and id == :numpy) do
             {{profile, id, n}, Measure.batch(fn -> check.(pool) end, n, p.tasks)}
           end
         end
@@ -494,8 +528,16 @@ defmodule Bench.Suite do
     speedup = fn profile, id, n -> rate.({profile, id, n}) / rate.({profile, id, 1}) end
 
     rows =
-      for {id, label, _} <- workloads, profile <- [:thread, :process] do
-        shape = if profile == :thread, do: "thread 1×N", else: "process N×1"
+      for {id, label, _} <- workloads,
+          profile <- profiles,
+          not (profile == :subinterpreter and id == :numpy) do
+        shape =
+          case profile do
+            :thread -> "thread 1×N"
+            :process -> "process N×1"
+            :subinterpreter -> "subinterpreter N×1"
+          end
+
         one_ms = 1000 * measured[{profile, id, 1}].seconds / p.tasks
 
         cells =
@@ -549,11 +591,16 @@ defmodule Bench.Suite do
               "Sleeping (c) uses no CPU, so it scales with N.",
             "- NumPy's np.dot releases the GIL while OpenBLAS (one thread per call here) computes, so on a " <>
               "GIL build too (b) runs on several cores at once; the Python around each product is serialised.",
+            "- :subinterpreter N×1 (CPython >= 3.12, when this Python has it): N subinterpreters, " <>
+              "each with its own GIL, in this OS process; NumPy does not load in a subinterpreter, so " <>
+              "those pools run no (b).",
             "- Other processes' CPU use before the section: #{Support.pct(bg.share)}."
           ] ++ numpy_note(measured, plain, p.tasks),
       headline: %{
         cpu_thread_top: speedup.(:thread, :cpu, top),
         cpu_process_top: speedup.(:process, :cpu, top),
+        cpu_sub_2: if(:subinterpreter in profiles, do: speedup.(:subinterpreter, :cpu, 2)),
+        cpu_thread_2: speedup.(:thread, :cpu, 2),
         numpy_thread_2: speedup.(:thread, :numpy, 2),
         sleep_thread_top: speedup.(:thread, :sleep, top),
         top: top
@@ -836,6 +883,7 @@ defmodule Bench.Suite do
     proc_rss = med.("proc_rss_sum")
     proc_pss = med.("proc_pss_sum")
     proc_beam = med.("proc_beam")
+    sub_c = if Enum.any?(runs, &Support.number(&1["sub_c"])), do: med.("sub_c")
     per_thread = (one_2c - one_c) / cap
     per_thread_big = (big - one_1) / (big_n - 1)
 
@@ -843,43 +891,53 @@ defmodule Bench.Suite do
 
     %{
       bad: bad,
-      lines: [
-        "Resident memory (VmRSS) in MB (2^20 bytes), median of #{p.mem_runs} fresh BEAM(s) " <>
-          "(`mix run --no-start bench/lib/fresh_node.exs memory #{cap}`: no pool has started Python " <>
-          "before). Adapter: bench_adapter.BenchAdapter (imports NumPy). :thread figures are growth of " <>
-          "the BEAM's VmRSS when the pool starts, read after every thread has served one call " <>
-          "(#{cap} concurrent `time.sleep(50 ms)` calls), with the pools started before it still " <>
-          "running; before each reading the embedded Python runs gc.collect() and malloc_trim(0) and " <>
-          "every Erlang process is garbage-collected. 1×#{cap} and 1×#{2 * cap} are each started three " <>
-          "times per BEAM (medians). :process figures add up the workers' own OS processes.",
-        "",
-        "| pool | capacity | resident memory (MB) | per unit |",
-        "| --- | ---: | ---: | --- |",
-        "| first pool of the node, :thread 1×1 (embedded CPython, NumPy, adapter: paid once per BEAM) | 1 | #{Support.mib(first)} | — |",
-        "| :thread 1×1 (another pool: one adapter instance and one thread) | 1 | #{Support.mib(one_1)} | — |",
-        "| :thread 1×#{cap} | #{cap} | #{Support.mib(one_c)} | — |",
-        "| :thread 2×#{half} | #{2 * half} | #{Support.mib(two)} | — |",
-        "| :thread 1×#{2 * cap} | #{2 * cap} | #{Support.mib(one_2c)} | — |",
-        "| :thread 1×#{big_n} | #{big_n} | #{Support.mib(big)} | — |",
-        "| :process #{cap}×1: sum of the workers' VmRSS | #{cap} | #{Support.mib(proc_rss)} | #{Support.mib(proc_rss / cap)} MB per worker |",
-        "| :process #{cap}×1: sum of the workers' Pss (shared pages split between them) | #{cap} | #{Support.mib(proc_pss)} | #{Support.mib(proc_pss / cap)} MB per worker |",
-        "| :process #{cap}×1: growth of the BEAM itself | #{cap} | #{Support.mib(proc_beam)} | — |",
-        "| per extra thread, (1×#{2 * cap} − 1×#{cap}) / #{cap} | — | — | #{kb.(per_thread)} KB |",
-        "| per extra thread, (1×#{big_n} − 1×1) / #{big_n - 1} | — | — | #{kb.(per_thread_big)} KB |",
-        "",
-        "Notes:",
-        "- A :thread pool of capacity #{cap}, the interpreter included, costs " <>
-          "#{Support.mib(first + one_c)} MB (first pool + 1×#{cap}); a :process pool of #{cap} costs " <>
-          "#{Support.mib(proc_rss)} MB of RSS (#{Support.mib(proc_pss)} MB Pss): every worker is a whole " <>
-          "interpreter with its own NumPy.",
-        "- Single readings of a few hundred KB move by up to ±2 MB with the order in which pools start " <>
-          "(some memory is released now and then), hence the medians; the 1×#{big_n} row gives a " <>
-          "per-thread figure that no such jump can blur. The BEAM's own growth for the :process pool is " <>
-          "within that noise.",
-        "- Other processes' CPU use before the section: #{Support.pct(bg.share)}."
-      ],
+      lines:
+        [
+          "Resident memory (VmRSS) in MB (2^20 bytes), median of #{p.mem_runs} fresh BEAM(s) " <>
+            "(`mix run --no-start bench/lib/fresh_node.exs memory #{cap}`: no pool has started Python " <>
+            "before). Adapter: bench_adapter.BenchAdapter (imports NumPy). :thread figures are growth of " <>
+            "the BEAM's VmRSS when the pool starts, read after every thread has served one call " <>
+            "(#{cap} concurrent `time.sleep(50 ms)` calls), with the pools started before it still " <>
+            "running; before each reading the embedded Python runs gc.collect() and malloc_trim(0) and " <>
+            "every Erlang process is garbage-collected. 1×#{cap} and 1×#{2 * cap} are each started three " <>
+            "times per BEAM (medians). :process figures add up the workers' own OS processes.",
+          "",
+          "| pool | capacity | resident memory (MB) | per unit |",
+          "| --- | ---: | ---: | --- |",
+          "| first pool of the node, :thread 1×1 (embedded CPython, NumPy, adapter: paid once per BEAM) | 1 | #{Support.mib(first)} | — |",
+          "| :thread 1×1 (another pool: one adapter instance and one thread) | 1 | #{Support.mib(one_1)} | — |",
+          "| :thread 1×#{cap} | #{cap} | #{Support.mib(one_c)} | — |",
+          "| :thread 2×#{half} | #{2 * half} | #{Support.mib(two)} | — |",
+          "| :thread 1×#{2 * cap} | #{2 * cap} | #{Support.mib(one_2c)} | — |",
+          "| :thread 1×#{big_n} | #{big_n} | #{Support.mib(big)} | — |",
+          "| :process #{cap}×1: sum of the workers' VmRSS | #{cap} | #{Support.mib(proc_rss)} | #{Support.mib(proc_rss / cap)} MB per worker |",
+          "| :process #{cap}×1: sum of the workers' Pss (shared pages split between them) | #{cap} | #{Support.mib(proc_pss)} | #{Support.mib(proc_pss / cap)} MB per worker |",
+          "| :process #{cap}×1: growth of the BEAM itself | #{cap} | #{Support.mib(proc_beam)} | — |"
+        ] ++
+          if(sub_c,
+            do: [
+              "| :subinterpreter #{cap}×1: growth of the BEAM (#{cap} interpreters with their own GIL) | #{cap} | #{Support.mib(sub_c)} | #{Support.mib(sub_c / cap)} MB per worker |"
+            ],
+            else: []
+          ) ++
+          [
+            "| per extra thread, (1×#{2 * cap} − 1×#{cap}) / #{cap} | — | — | #{kb.(per_thread)} KB |",
+            "| per extra thread, (1×#{big_n} − 1×1) / #{big_n - 1} | — | — | #{kb.(per_thread_big)} KB |",
+            "",
+            "Notes:",
+            "- A :thread pool of capacity #{cap}, the interpreter included, costs " <>
+              "#{Support.mib(first + one_c)} MB (first pool + 1×#{cap}); a :process pool of #{cap} costs " <>
+              "#{Support.mib(proc_rss)} MB of RSS (#{Support.mib(proc_pss)} MB Pss): every worker is a whole " <>
+              "interpreter with its own NumPy.",
+            "- Single readings of a few hundred KB move by up to ±2 MB with the order in which pools start " <>
+              "(some memory is released now and then), hence the medians; the 1×#{big_n} row gives a " <>
+              "per-thread figure that no such jump can blur. The BEAM's own growth for the :process pool is " <>
+              "within that noise.",
+            "- Other processes' CPU use before the section: #{Support.pct(bg.share)}."
+          ],
       headline: %{
         cap: cap,
+        sub_c: sub_c,
         thread_total: first + one_c,
         process_rss: proc_rss,
         process_pss: proc_pss,
@@ -1213,7 +1271,22 @@ defmodule Bench.Suite do
         ]
       else
         []
-      end
+      end ++
+      subinterpreter_headline(h1, h2, h4)
+  end
+
+  defp subinterpreter_headline(h1, h2, h4) do
+    if h1.s_rtt && h2.cpu_sub_2 && h4.sub_c do
+      [
+        "- :subinterpreter (own GIL per worker): pure-Python CPU from 2 callers on 2×1 " <>
+          "#{Support.fixed(h2.cpu_sub_2, 2)}× one caller (:thread 1×2: #{Support.fixed(h2.cpu_thread_2, 2)}×); " <>
+          "`ping` round trip #{Support.us(h1.s_rtt)} µs (#{Support.fixed(h1.s_rtt / h1.t_rtt, 2)}× :thread's); " <>
+          "capacity #{h4.cap} in #{Support.mib(h4.sub_c)} MB (#{Support.fixed(h4.sub_c / h4.process_rss, 2)}× " <>
+          ":process's RSS)."
+      ]
+    else
+      []
+    end
   end
 
   ## 6. Objects and eval

@@ -22,6 +22,7 @@
 #     1x16C  — 1 worker x 16C threads (a per-thread figure less blurred by RSS noise:
 #              (1x16C - 1x1) / (16C - 1));
 #     2xC/2  — 2 workers x C/2 threads;
+#     subinterpreter C — a :subinterpreter pool of C workers x 1 thread (CPython >= 3.12);
 #     process C — a :process pool of C workers: the BEAM's own delta, and the sum of VmRSS and
 #     of Pss (/proc/<pid>/smaps_rollup) of the worker OS processes.
 #   Every thread of a pool serves one call (C concurrent time.sleep(50 ms) calls) before RSS is
@@ -88,6 +89,12 @@ defmodule Bench.FreshNode do
       grow(:thread, name: :mem_2x, pool_size: 2, threads_per_worker: max(div(cap, 2), 1))
 
     {proc, bad5} = grow(:process, name: :mem_proc, pool_size: cap)
+
+    {sub, bad8} =
+      if Pools.subinterpreters?(),
+        do: grow(:subinterpreter, name: :mem_sub, pool_size: cap, threads_per_worker: 1),
+        else: {nil, 0}
+
     pids = Pools.os_pids(proc.pool)
     rss_sum = pids |> Enum.map(&(Support.vm_rss(&1) || 0)) |> Enum.sum()
     pss = Enum.map(pids, &Support.pss/1)
@@ -106,10 +113,13 @@ defmodule Bench.FreshNode do
       proc_workers: length(pids),
       proc_rss_sum: rss_sum,
       proc_pss_sum: pss_sum,
-      bad: bad1 + bad2 + bad3 + bad4 + bad5 + bad6 + bad7
+      sub_c: if(sub, do: sub.delta, else: ""),
+      bad: bad1 + bad2 + bad3 + bad4 + bad5 + bad6 + bad7 + bad8
     )
 
-    for p <- [proc, two, big] ++ Enum.reverse(extra) ++ [one_1, first], do: Pools.stop(p.pool)
+    for p <-
+          Enum.reject([sub, proc, two, big], &is_nil/1) ++ Enum.reverse(extra) ++ [one_1, first],
+        do: Pools.stop(p.pool)
   end
 
   defp start_app do

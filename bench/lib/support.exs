@@ -4,7 +4,13 @@
 
 defmodule Bench.Pools do
   @moduledoc false
-  # One interface over the two worker profiles.
+
+  @doc "Whether this Python has `worker_profile: :subinterpreter` (CPython >= 3.12)."
+  def subinterpreters? do
+    match?({:ok, _}, Snakepit.Pool.Subinterpreter.check_python())
+  end
+
+  # One interface over the worker profiles (`:subinterpreter` where the Python has it).
   #
   # `:thread` pools go through `Snakepit.start_pool/1` and `Snakepit.execute/4`.
   #
@@ -36,6 +42,14 @@ defmodule Bench.Pools do
 
     with {:ok, pid} <- Snakepit.start_pool(opts) do
       {:ok, snakepit_pool(:thread, opts, pid)}
+    end
+  end
+
+  def start(:subinterpreter, opts) do
+    opts = Keyword.put(opts, :worker_profile, :subinterpreter)
+
+    with {:ok, pid} <- Snakepit.start_pool(opts) do
+      {:ok, snakepit_pool(:subinterpreter, opts, pid)}
     end
   end
 
@@ -99,7 +113,12 @@ defmodule Bench.Pools do
       profile: profile,
       pid: pid,
       size: Keyword.get(opts, :pool_size, 1),
-      threads: if(profile == :thread, do: Keyword.get(opts, :threads_per_worker, 8), else: 1)
+      threads:
+        case profile do
+          :thread -> Keyword.get(opts, :threads_per_worker, 8)
+          :subinterpreter -> Keyword.get(opts, :threads_per_worker, 1)
+          :process -> 1
+        end
     }
   end
 

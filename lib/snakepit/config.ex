@@ -16,7 +16,8 @@ defmodule Snakepit.Config do
   # type => {what a value must be, its typespec normalized, its typespec as written if different}
   @types %{
     pool_name: {"an atom", quote(do: atom())},
-    profile: {":thread or :process", quote(do: :thread | :process)},
+    profile:
+      {":thread, :process or :subinterpreter", quote(do: :thread | :process | :subinterpreter)},
     pos_integer: {"a positive integer", quote(do: pos_integer())},
     boolean: {"true or false", quote(do: boolean())},
     ndarray_mode: {":list or :struct", quote(do: :list | :struct)},
@@ -88,17 +89,23 @@ defmodule Snakepit.Config do
       default: :thread,
       doc: """
       `:thread` runs the adapter on native threads inside the BEAM's embedded interpreter;
-      `:process` runs it in Python OS processes (`python -m snakepit_bridge.worker`).
+      `:process` runs it in Python OS processes (`python -m snakepit_bridge.worker`);
+      `:subinterpreter` (CPython 3.12 or later) runs each worker in its own subinterpreter
+      with its own GIL, inside the BEAM (README, "Subinterpreter workers").
       """
     ],
     pool_size: [
       type: :pos_integer,
-      by_profile: [thread: 1, process: &System.schedulers_online/0],
+      by_profile: [
+        thread: 1,
+        process: &System.schedulers_online/0,
+        subinterpreter: &System.schedulers_online/0
+      ],
       doc: "the number of workers (adapter instances)."
     ],
     threads_per_worker: [
       type: :pos_integer,
-      by_profile: [thread: 8, process: 1],
+      by_profile: [thread: 8, process: 1, subinterpreter: 1],
       doc: """
       the threads that call each worker's adapter instance, in either profile: native threads
       for `:thread`, threads of the worker's OS process for `:process`. A pool runs
@@ -295,7 +302,7 @@ defmodule Snakepit.Config do
     ]
   ]
 
-  @profiles [:thread, :process]
+  @profiles [:thread, :process, :subinterpreter]
   @default_profile @pool_keys[:worker_profile][:default]
   @pool_types Map.new(@pool_keys, fn {key, opts} -> {key, opts[:type]} end)
 
@@ -709,6 +716,7 @@ defmodule Snakepit.Config do
   defp cast(:pool_name, name) when is_atom(name) and name not in [nil, true, false],
     do: {:ok, name}
 
+  defp cast(:profile, :subinterpreter), do: Snakepit.Pool.Subinterpreter.check_python()
   defp cast(:profile, profile) when profile in @profiles, do: {:ok, profile}
   defp cast(:pos_integer, n) when is_integer(n) and n > 0, do: {:ok, n}
   defp cast(:reload_mode, mode) when mode in [:manual, :auto], do: {:ok, mode}

@@ -7,7 +7,9 @@ defmodule Snakepit.Pool do
 
     * `:thread` (`Snakepit.Pool.Thread`) — native threads inside this BEAM node, one embedded
       interpreter;
-    * `:process` (`Snakepit.Pool.Process`) — one Python OS process per worker, for isolation.
+    * `:process` (`Snakepit.Pool.Process`) — one Python OS process per worker, for isolation;
+    * `:subinterpreter` (`Snakepit.Pool.Subinterpreter`) — one subinterpreter with its own GIL
+      per worker inside this BEAM node (CPython 3.12 or later).
 
   A pool is a process, so it can live in any supervision tree:
 
@@ -112,7 +114,11 @@ defmodule Snakepit.Pool do
   @callback reload(handle(), roots :: [String.t()], timeout()) ::
               {:ok, [String.t()] | :all} | {:error, Error.t()}
 
-  @profiles %{thread: Snakepit.Pool.Thread, process: Snakepit.Pool.Process}
+  @profiles %{
+    thread: Snakepit.Pool.Thread,
+    process: Snakepit.Pool.Process,
+    subinterpreter: Snakepit.Pool.Subinterpreter
+  }
   @shutdown_grace 5_000
 
   @doc false

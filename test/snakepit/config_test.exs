@@ -215,7 +215,7 @@ defmodule Snakepit.ConfigTest do
     error = error!(name: :p, worker_profile: :threaded)
 
     assert error.message ==
-             "pool :p: invalid worker_profile: expected :thread or :process, got :threaded"
+             "pool :p: invalid worker_profile: expected :thread, :process or :subinterpreter, got :threaded"
 
     assert error.details == %{key: :worker_profile, value: :threaded, pool: :p}
   end

@@ -103,6 +103,8 @@ defmodule Snakepit.ConformanceCase do
   # OS workers with several threads each (the guide's threaded server), 1 thread for n = 1.
   def capacity(:process_threaded, 1), do: [pool_size: 1, threads_per_worker: 1]
   def capacity(:process_threaded, n), do: [pool_size: div(n, 2), threads_per_worker: 2]
+  def capacity(:subinterpreter, 1), do: [pool_size: 1, threads_per_worker: 1]
+  def capacity(:subinterpreter, n), do: [pool_size: div(n, 2), threads_per_worker: 2]
 
   @doc "The `worker_profile` of a template profile."
   def worker_profile(:process_threaded), do: :process
@@ -116,6 +118,8 @@ defmodule Snakepit.ConformanceCase do
       alias Snakepit.Error
 
       @profile unquote(profile)
+      # CPython >= 3.12 only: test_helper.exs excludes the tag, saying why, on older ones.
+      unquote(if profile == :subinterpreter, do: quote(do: @moduletag(:subinterpreter)))
 
       setup_all do
         {:ok, pool} = start(@profile, capacity(@profile, 4))
@@ -261,6 +265,14 @@ defmodule Snakepit.ConformanceCase do
           assert pid == self()
           assert_receive %{"hi" => [1, 2]}, 30_000
         end
+
+        if @profile == :subinterpreter,
+          do:
+            @tag(
+              skip:
+                "NumPy does not support subinterpreters (it refuses to import in one); " <>
+                  "subinterpreter_test.exs checks the start error it gives"
+            )
 
         test "NumPy arrays and scalars, objects with __snakepit__", ctx do
           assert {:ok, %{"array" => [[0, 1, 2], [3, 4, 5]], "scalar" => 2.5, "int" => 7}} =

@@ -100,7 +100,10 @@ defmodule Snakepit.Pool.Thread do
          {:ok, ref} <- native_start(config, runtime),
          {:ok, python} <- Runtime.info() do
       :ok = Snakepit.Registry.publish(config.name, {__MODULE__, ref}, python)
-      Snakepit.Compatibility.warn_if_gil(config.name, python, config)
+      # Subinterpreter workers each have their own GIL: the warning does not apply.
+      if config.worker_profile != :subinterpreter,
+        do: Snakepit.Compatibility.warn_if_gil(config.name, python, config)
+
       {:ok, %{config: config, ref: ref}}
     else
       {:error, %Error{} = e} -> {:stop, e}
@@ -119,7 +122,8 @@ defmodule Snakepit.Pool.Thread do
       adapter_env: config.adapter_env,
       runtime: runtime,
       worker_max_requests: infinity_as_zero(config.worker_max_requests),
-      worker_ttl_ms: infinity_as_zero(config.worker_ttl)
+      worker_ttl_ms: infinity_as_zero(config.worker_ttl),
+      subinterpreters: config.worker_profile == :subinterpreter
     }
 
     case Native.start_pool(native) do

@@ -259,7 +259,7 @@ pub fn view_to_term<'a>(
     Ok(Binary::from(bin).to_term(env))
 }
 
-fn copy_to_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+pub fn copy_to_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
     let mut bin = NewBinary::new(env, bytes.len());
     bin.as_mut_slice().copy_from_slice(bytes);
     Binary::from(bin).to_term(env)

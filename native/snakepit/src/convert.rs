@@ -56,6 +56,61 @@ thread_local! {
     static GC_PAUSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+thread_local! {
+    /// This thread serves a :subinterpreter worker (subinterp/): no object of the main
+    /// interpreter (a `Pid`) may be made here.
+    static SUBINTERPRETER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as one that runs in a subinterpreter.
+pub fn set_subinterpreter(on: bool) {
+    SUBINTERPRETER.with(|s| s.set(on));
+}
+
+fn in_subinterpreter() -> bool {
+    SUBINTERPRETER.with(|s| s.get())
+}
+
+const SUBINTERPRETER_HINT: &str =
+    "in a :subinterpreter pool (objects never cross interpreters); use a :thread or :process pool";
+
+/// Arguments a subinterpreter worker cannot take: refs (their objects live in the main
+/// interpreter or another worker) and NDArrays/tensors (NumPy does not load there).
+fn subinterpreter_struct(term: Term<'_>) -> Result<()> {
+    let env = term.get_env();
+    let Ok(tag) = term.map_get(atoms::__struct__().encode(env)) else {
+        return Ok(());
+    };
+    let what = match tag.decode::<Atom>() {
+        Ok(t) if t == atoms::ref_module() => "a %Snakepit.Ref{} cannot be used",
+        Ok(t)
+            if t == crate::ndarray::atoms::ndarray_module()
+                || t == crate::ndarray::atoms::nx_tensor() =>
+        {
+            "an NDArray or Nx tensor needs NumPy, which cannot be imported"
+        }
+        _ => return Ok(()),
+    };
+    Err(Error::conversion(format!("{what} {SUBINTERPRETER_HINT}")))
+}
+
+/// Results a subinterpreter worker cannot give: refs (`return: :ref`, `snakepit_bridge.ref`).
+/// Recognised by name: the class objects cached for the main interpreter must not be used here.
+fn subinterpreter_result(obj: &Bound<'_, PyAny>) -> Result<()> {
+    let ty = obj.get_type();
+    let is_ref = ty.name().map(|n| n == "Ref").unwrap_or(false)
+        && ty
+            .module()
+            .map(|m| m == "snakepit_bridge._refs")
+            .unwrap_or(false);
+    if is_ref {
+        return Err(Error::conversion(format!(
+            "object refs are not supported {SUBINTERPRETER_HINT}"
+        )));
+    }
+    Ok(())
+}
+
 /// Converts a term to a Python object.
 pub fn term_to_py<'py>(py: Python<'py>, term: Term<'_>) -> Result<Bound<'py, PyAny>> {
     CONTAINERS.with(|c| c.set(0));
@@ -148,11 +203,20 @@ fn to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> Result<Bound<'py
                     return Ok(PyBytes::new(py, bin.as_slice()).into_any());
                 }
             }
-            // {:buffer, binary}: a memoryview over it (buffer.rs).
+            // {:buffer, binary}: a memoryview over it (buffer.rs); in a subinterpreter, over a
+            // copy (buffer.rs's class belongs to the main interpreter).
             if elems.len() == 2
                 && elems[0].decode::<Atom>().ok() == Some(atoms::buffer())
                 && elems[1].is_binary()
             {
+                if in_subinterpreter() {
+                    let bin = Binary::from_term(elems[1])
+                        .map_err(|_| Error::conversion("cannot decode binary"))?;
+                    let bytes = PyBytes::new(py, bin.as_slice());
+                    return PyMemoryView::from(bytes.as_any())
+                        .map(|v| v.into_any())
+                        .map_err(|e| py_err(py, e));
+                }
                 return crate::buffer::memoryview(py, elems[1]);
             }
             built_container();
@@ -165,6 +229,8 @@ fn to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> Result<Bound<'py
                 .into_any())
         }
         TermType::Map => map_to_py(py, term, depth),
+        // A worker's interpreter has its own Pid class (subinterp/native.rs).
+        TermType::Pid if in_subinterpreter() => crate::subinterp::native::pid_to_py(py, term),
         TermType::Pid => {
             let pid: LocalPid = term
                 .decode()
@@ -225,6 +291,9 @@ fn bigint_to_py<'py>(py: Python<'py>, big: &BigInt) -> Result<Bound<'py, PyAny>>
 }
 
 fn map_to_py<'py>(py: Python<'py>, term: Term<'_>, depth: usize) -> Result<Bound<'py, PyAny>> {
+    if in_subinterpreter() {
+        subinterpreter_struct(term)?;
+    }
     // %Snakepit.NDArray{}: a NumPy array over its binary (ndarray.rs).
     if let Some(array) = crate::ndarray::struct_to_py(py, term) {
         return array;
@@ -308,6 +377,10 @@ fn to_term<'a>(env: Env<'a>, obj: &Bound<'_, PyAny>, depth: usize) -> Result<Ter
         return str_to_term(env, s);
     }
     if let Ok(b) = obj.cast::<PyBytes>() {
+        if in_subinterpreter() {
+            // A resource binary would be released on a thread of the main interpreter.
+            return Ok(crate::buffer::copy_to_term(env, b.as_bytes()));
+        }
         return Ok(crate::buffer::bytes_to_term(env, b));
     }
     if let Ok(list) = obj.cast::<PyList>() {
@@ -341,6 +414,11 @@ fn to_term<'a>(env: Env<'a>, obj: &Bound<'_, PyAny>, depth: usize) -> Result<Ter
         let items = set.iter().collect::<Vec<_>>();
         return mapset(env, &items, depth);
     }
+    if in_subinterpreter() {
+        if let Some(pid) = crate::subinterp::native::py_to_pid(env, obj) {
+            return Ok(pid);
+        }
+    }
     if let Ok(pid) = obj.cast::<PyPid>() {
         return Ok(pid.get().pid.encode(env));
     }
@@ -348,14 +426,23 @@ fn to_term<'a>(env: Env<'a>, obj: &Bound<'_, PyAny>, depth: usize) -> Result<Ter
     if obj.cast::<PyByteArray>().is_ok() {
         return crate::buffer::view_to_term(env, obj, None);
     }
-    if obj.cast::<PyMemoryView>().is_ok() {
-        return crate::buffer::memoryview_to_term(env, obj);
-    }
-    if let Some(term) = crate::ndarray::result_to_term(env, obj) {
-        return term;
-    }
-    if let Some(r) = crate::refs::marker_to_term(env, obj) {
-        return r;
+    if in_subinterpreter() {
+        // Only plain copies: the zero-copy paths, NDArray results and refs hold objects or
+        // classes of the main interpreter (docs/architecture.md, "Subinterpreter workers").
+        if obj.cast::<PyMemoryView>().is_ok() {
+            return crate::buffer::view_to_term(env, obj, None);
+        }
+        subinterpreter_result(obj)?;
+    } else {
+        if obj.cast::<PyMemoryView>().is_ok() {
+            return crate::buffer::memoryview_to_term(env, obj);
+        }
+        if let Some(term) = crate::ndarray::result_to_term(env, obj) {
+            return term;
+        }
+        if let Some(r) = crate::refs::marker_to_term(env, obj) {
+            return r;
+        }
     }
     // Objects that describe themselves, then anything with tolist() (NumPy arrays and scalars).
     for method in ["__snakepit__", "tolist"] {

@@ -39,6 +39,8 @@ pub mod slot;
 #[cfg(feature = "nif")]
 pub mod stats;
 #[cfg(feature = "nif")]
+pub mod subinterp;
+#[cfg(feature = "nif")]
 pub mod thread;
 #[cfg(feature = "nif")]
 pub mod worker;

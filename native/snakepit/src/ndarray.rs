@@ -16,7 +16,7 @@ use rustler::{Atom, Encoder, Env, Term};
 use crate::buffer;
 use crate::error::{Error, Result};
 
-mod atoms {
+pub(crate) mod atoms {
     rustler::atoms! {
         __struct__, data, dtype, shape, type_ = "type", state,
         ndarray_module = "Elixir.Snakepit.NDArray",

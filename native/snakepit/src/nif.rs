@@ -28,7 +28,11 @@ fn python_info() -> Result<PythonInfo> {
 
 #[rustler::nif(schedule = "DirtyIo")]
 fn start_pool(env: Env<'_>, config: PoolConfig) -> Result<ResourceArc<PoolRef>> {
-    let inner = PoolInner::start(config, env.pid(), thread::thread_main)?;
+    let inner = if config.subinterpreters {
+        crate::subinterp::start(config, env.pid())?
+    } else {
+        PoolInner::start(config, env.pid(), thread::thread_main)?
+    };
     let pool = ResourceArc::new(PoolRef(inner));
     // The owner is the pool's Elixir process (the caller): see PoolRef's `down`.
     pool.monitor(Some(env), &env.pid());

@@ -50,6 +50,8 @@ pub struct PoolConfig {
     pub worker_max_requests: u64,
     /// Recycle a worker after this many milliseconds (0: never).
     pub worker_ttl_ms: u64,
+    /// `worker_profile: :subinterpreter`: each worker in its own interpreter (subinterp/).
+    pub subinterpreters: bool,
 }
 
 impl PoolConfig {
@@ -74,6 +76,22 @@ pub struct Counters {
     pub cancelled: AtomicU64,
     pub rejected: AtomicU64,
     pub active: AtomicUsize,
+}
+
+/// The machine's cores (for the number of spinning threads).
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// Rejects a pool without threads or queue.
+pub(crate) fn check_sizes(config: &PoolConfig) -> Result<()> {
+    if config.pool_size == 0 || config.threads_per_worker == 0 || config.max_queue == 0 {
+        return Err(Error::Validation {
+            message: "pool_size, threads_per_worker and max_queue must be positive".into(),
+            available: vec![],
+        });
+    }
+    Ok(())
 }
 
 /// What each pool thread runs: `thread::thread_main` (passed in by nif.rs, since thread.rs
@@ -101,6 +119,9 @@ pub struct PoolInner {
     cleaned: Vec<AtomicBool>,
     /// `stop` is past waiting: a thread that exits later cleans its worker up if it is the last.
     pub(crate) stop_done: AtomicBool,
+    /// The :subinterpreter profile's interpreters (None in the :thread profile): its threads
+    /// clean their workers up themselves, and cancellations go to its own interrupter.
+    pub(crate) interps: Option<Arc<crate::subinterp::Interps>>,
 }
 
 /// A thread still running when `stop` returned, and why: `{name, reason}` for Elixir.
@@ -141,7 +162,10 @@ impl JobHost for PoolInner {
             return; // an async job: its coroutine is cancelled on its event loop
         }
         if let Some(slot) = self.slots.get(thread) {
-            interrupt::request(slot, job);
+            match &self.interps {
+                Some(interps) => interps.interrupt(slot, job),
+                None => interrupt::request(slot, job),
+            }
         }
     }
 
@@ -158,12 +182,7 @@ impl PoolInner {
         owner: LocalPid,
         thread_main: ThreadMain,
     ) -> Result<Arc<PoolInner>> {
-        if config.pool_size == 0 || config.threads_per_worker == 0 || config.max_queue == 0 {
-            return Err(Error::Validation {
-                message: "pool_size, threads_per_worker and max_queue must be positive".into(),
-                available: vec![],
-            });
-        }
+        check_sizes(&config)?;
         runtime::ensure_started(&config.runtime)?;
         let workers = Python::attach(|py| -> Result<Vec<Worker>> {
             dispatch::apply_env(py, &config.adapter_env)?;
@@ -171,6 +190,20 @@ impl PoolInner {
                 .map(|i| config.create_worker(py, i))
                 .collect()
         })?;
+        let max_spinners = if runtime::FREE_THREADED { cores() } else { 1 };
+        Self::launch(config, owner, thread_main, workers, None, max_spinners)
+    }
+
+    /// Starts the threads of a pool whose workers exist (`interps`: the :subinterpreter
+    /// profile's, in whose interpreters they were made).
+    pub(crate) fn launch(
+        config: PoolConfig,
+        owner: LocalPid,
+        thread_main: ThreadMain,
+        workers: Vec<Worker>,
+        interps: Option<Arc<crate::subinterp::Interps>>,
+        max_spinners: usize,
+    ) -> Result<Arc<PoolInner>> {
         let workers = workers
             .into_iter()
             .enumerate()
@@ -182,8 +215,6 @@ impl PoolInner {
         };
         let capacity = config.pool_size * config.threads_per_worker;
         let (tx, rx) = crossbeam_channel::bounded(config.max_queue);
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let max_spinners = if runtime::FREE_THREADED { cores } else { 1 };
         let spin_us = std::env::var("SNAKEPIT_SPIN_US")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -216,6 +247,7 @@ impl PoolInner {
                 .map(|_| AtomicBool::new(false))
                 .collect(),
             stop_done: AtomicBool::new(false),
+            interps,
         });
         let (started_tx, started_rx) = crossbeam_channel::bounded::<()>(capacity);
         for i in 0..capacity {
@@ -376,6 +408,9 @@ impl PoolInner {
 
     /// Runs the `cleanup()` of each worker whose threads all exited.
     fn cleanup_left_workers(&self, py: Python<'_>) {
+        if self.interps.is_some() {
+            return; // each worker's last thread cleans it up in its interpreter (subinterp/)
+        }
         for w in 0..self.workers.len() {
             if self.live_threads[w].load(Ordering::SeqCst) == 0 {
                 self.cleanup_worker(py, w);
@@ -383,10 +418,13 @@ impl PoolInner {
         }
     }
 
-    /// Runs worker `w`'s `cleanup()`, once.
+    /// Runs worker `w`'s `cleanup()`, once, and drops its instance attached (when this pool is
+    /// freed later, on a scheduler, only `None`s go to pyo3's reference pool, which threads of
+    /// any interpreter drain: docs/architecture.md, "Subinterpreter workers").
     pub(crate) fn cleanup_worker(&self, py: Python<'_>, w: usize) {
         if !self.cleaned[w].swap(true, Ordering::SeqCst) {
             dispatch::cleanup(py, &self.workers[w].get());
+            drop(self.workers[w].retire(py));
         }
     }
 

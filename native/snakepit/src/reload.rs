@@ -18,6 +18,17 @@ use crate::worker::{self, Worker};
 
 /// Reloads `pool`'s code and instances; returns the names of the modules re-imported.
 pub fn reload(pool: &Arc<PoolInner>, roots: Vec<String>) -> Result<Vec<String>> {
+    if pool.config.subinterpreters {
+        // Instances are built inside each worker's own interpreter (subinterp/), not here.
+        return Err(Error::Validation {
+            message: format!(
+                "reload is not supported for :subinterpreter pools; stop and start pool {} \
+                 instead (its new interpreters import the code afresh)",
+                pool.config.name
+            ),
+            available: Vec::new(),
+        });
+    }
     if pool.is_stopped() {
         return Err(Error::Pool(format!(
             "pool {} is stopping: nothing to reload",

@@ -160,7 +160,7 @@ fn bootstrap(py: Python<'_>, config: &RuntimeConfig) -> PyResult<()> {
     Ok(())
 }
 
-fn add_paths(py: Python<'_>, paths: &[String], site_packages: &[String]) -> Result<()> {
+pub(crate) fn add_paths(py: Python<'_>, paths: &[String], site_packages: &[String]) -> Result<()> {
     (|| -> PyResult<()> {
         let sys_path = py.import("sys")?.getattr("path")?.cast_into::<PyList>()?;
         for dir in paths.iter().rev() {
@@ -263,6 +263,12 @@ pub fn info() -> Result<PythonInfo> {
         })()
         .map_err(|e| Error::from_py(py, e))
     })
+}
+
+/// The version of the libpython this NIF runs (`Py_GetVersion`, up to the first space).
+pub fn version_string() -> String {
+    let full = unsafe { CStr::from_ptr(ffi::Py_GetVersion()) }.to_string_lossy();
+    full.split(' ').next().unwrap_or_default().to_string()
 }
 
 /// Whether this NIF was built for a free-threaded (`t`) CPython.

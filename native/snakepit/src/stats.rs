@@ -118,5 +118,8 @@ pub fn stats(pool: &PoolInner) -> Stats {
 
 /// `tools/1`: the adapter's commands with descriptions and parameters.
 pub fn tools<'a>(env: Env<'a>, pool: &PoolInner) -> Result<Term<'a>> {
+    if let Some(interps) = &pool.interps {
+        return interps.tools(env); // made in the worker's own interpreter (subinterp/)
+    }
     Python::attach(|py| dispatch::tools(py, env, &pool.workers[0].get()))
 }

@@ -35,6 +35,28 @@ use crate::worker::{Reason, Worker, WorkerSlot};
 /// serves jobs until the pool stops.
 pub fn thread_main(pool: Arc<PoolInner>, index: usize, started: crossbeam_channel::Sender<()>) {
     Python::attach(|py| {
+        serve(py, &pool, index, started);
+        // The last thread of its worker to leave after `stop` returned cleans the worker up
+        // (`stop` does it for the workers whose threads all left before).
+        let w = pool.slots[index].worker;
+        if pool.live_threads[w].fetch_sub(1, Ordering::SeqCst) == 1
+            && pool.stop_done.load(Ordering::SeqCst)
+        {
+            pool.cleanup_worker(py, w);
+        }
+    });
+}
+
+/// Serves jobs on pool thread `index` (attached: to the main interpreter, or in the
+/// :subinterpreter profile to its worker's interpreter) until the pool stops.
+pub(crate) fn serve(
+    py: Python<'_>,
+    pool: &Arc<PoolInner>,
+    index: usize,
+    started: crossbeam_channel::Sender<()>,
+) {
+    {
+        let pool = Arc::clone(pool);
         let slot = Arc::clone(&pool.slots[index]);
         slot.ident.store(
             unsafe { ffi::PyThread_get_thread_ident() } as u64,
@@ -83,15 +105,7 @@ pub fn thread_main(pool: Arc<PoolInner>, index: usize, started: crossbeam_channe
                 }),
             }
         }
-        // The last thread of its worker to leave after `stop` returned cleans the worker up
-        // (`stop` does it for the workers whose threads all left before).
-        let w = slot.worker;
-        if pool.live_threads[w].fetch_sub(1, Ordering::SeqCst) == 1
-            && pool.stop_done.load(Ordering::SeqCst)
-        {
-            pool.cleanup_worker(py, w);
-        }
-    });
+    }
 }
 
 /// Spins for a job for a short while if fewer than `max_spinners` threads already do.

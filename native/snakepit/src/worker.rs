@@ -71,6 +71,20 @@ impl WorkerSlot {
         self.current.read().clone()
     }
 
+    /// Takes the instance out, leaving a hollow one (no commands; its adapter is `None`, an
+    /// object every interpreter shares): the :subinterpreter profile drops a worker's objects
+    /// inside its interpreter before ending it (subinterp/).
+    pub fn retire(&self, py: Python<'_>) -> Arc<Worker> {
+        let hollow = Worker {
+            adapter: py.None(),
+            commands: HashMap::new(),
+            names: Vec::new(),
+            class_name: String::new(),
+            instance_id: 0,
+        };
+        std::mem::replace(&mut *self.current.write(), Arc::new(hollow))
+    }
+
     /// Counts a finished call; says whether the worker is due for recycling (and claims it).
     pub fn served_one(&self, policy: &RecyclePolicy) -> Option<Reason> {
         let served = self.served.fetch_add(1, Ordering::Relaxed) + 1;
