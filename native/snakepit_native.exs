@@ -523,8 +523,20 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
     # compiler to the applications the project declares, and :crypto is not one of them.
     hash = :erlang.md5(base) |> Base.encode16(case: :lower) |> binary_part(0, 8)
     ft = if info["free_threaded"], do: "t", else: ""
-    "py#{info["version"]}#{ft}-#{hash}"
+    strict = if strict_drops?(), do: "-strict", else: ""
+    "py#{info["version"]}#{ft}-#{hash}#{strict}"
   end
+
+  # Snakepit's own test build has pyo3 without its process-wide pool of deferred decrefs
+  # (docs/architecture.md, "Dropping Python objects"): a `Py<T>` dropped while detached then
+  # aborts, so the suite finds any such drop. Other builds keep pyo3's pool, where such a drop
+  # is only deferred. RUSTFLAGS is always passed, so the repository's .cargo/config.toml
+  # (read when cargo runs in the checkout) never applies here.
+  defp pyo3_cfgs do
+    if strict_drops?(), do: "--cfg pyo3_disable_reference_pool", else: ""
+  end
+
+  defp strict_drops?, do: Mix.env() == :test and Mix.Project.config()[:app] == :snakepit
 
   defp cargo_root do
     case System.get_env("CARGO_TARGET_DIR") do
@@ -551,7 +563,11 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
       target_dir
     ]
 
-    env = [{"PYO3_PYTHON", python}, {"SNAKEPIT_PYTHON", python}]
+    env = [
+      {"PYO3_PYTHON", python},
+      {"SNAKEPIT_PYTHON", python},
+      {"RUSTFLAGS", String.trim("#{System.get_env("RUSTFLAGS", "")} #{pyo3_cfgs()}")}
+    ]
     built = Path.join(target_dir, "release/libsnakepit.so")
     [major, minor | _] = String.split(info["version"], ".")
     version = "#{major}.#{minor}#{if info["free_threaded"], do: "t"}"

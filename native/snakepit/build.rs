@@ -15,6 +15,7 @@ fn main() {
             config.executable()
         );
     }
+    println!("cargo:rustc-check-cfg=cfg(pyo3_disable_reference_pool)");
     println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
     println!("cargo:rerun-if-env-changed=SNAKEPIT_PYTHON");
 }

@@ -12,9 +12,7 @@
 //! and drops whatever has queued up.
 
 use std::ffi::c_int;
-use std::sync::OnceLock;
 
-use crossbeam_channel::{Receiver, Sender};
 use pyo3::exceptions::PyBufferError;
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -153,50 +151,16 @@ impl Drop for PyHeld {
     }
 }
 
-/// Hands `obj` to the release thread: never blocks, never touches the GIL.
+/// Hands `obj` to the release thread (release.rs): never blocks, never touches the GIL.
 fn release(obj: Owner) {
-    let sender = RELEASE.get_or_init(start_release_thread);
-    if let Err(crossbeam_channel::SendError(obj)) = sender.send(obj) {
-        // No release thread (it could not be started): leak rather than block.
-        std::mem::forget(obj);
+    match obj {
+        Owner::Python(_) => crate::release::python(obj, Some(&RELEASED)),
+        Owner::Copy(_) => crate::release::plain(obj, Some(&RELEASED)),
     }
 }
 
-static RELEASE: OnceLock<Sender<Owner>> = OnceLock::new();
-
-/// How many objects the release thread has dropped (for tests and stats).
+/// How many owners the release thread has dropped (for tests and stats).
 pub static RELEASED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-fn start_release_thread() -> Sender<Owner> {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let spawned = std::thread::Builder::new()
-        .name("snakepit-release".into())
-        .spawn(move || release_loop(rx));
-    if spawned.is_err() {
-        let (dead, _) = crossbeam_channel::unbounded();
-        return dead;
-    }
-    tx
-}
-
-fn release_loop(rx: Receiver<Owner>) {
-    while let Ok(first) = rx.recv() {
-        let mut n = 1u64;
-        if let Owner::Python(_) = first {
-            Python::attach(|_py| {
-                drop(first);
-                // Drop what else queued up while attached, Python objects or not.
-                while let Ok(more) = rx.try_recv() {
-                    drop(more);
-                    n += 1;
-                }
-            });
-        } else {
-            drop(first);
-        }
-        RELEASED.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-    }
-}
 
 /// `bytes` as a binary: a resource binary that owns it from [`ZERO_COPY_MIN`] up, else a copy.
 pub fn bytes_to_term<'a>(env: Env<'a>, bytes: &Bound<'_, PyBytes>) -> Term<'a> {
@@ -287,7 +251,7 @@ fn owned_binary<'a>(env: Env<'a>, copy: Owner) -> Term<'a> {
 fn resource_binary<'a>(env: Env<'a>, owner: Owner, ptr: *const u8, len: usize) -> Term<'a> {
     // Start the release thread here, on a pool thread, rather than in the first destructor
     // (which usually runs on a scheduler).
-    RELEASE.get_or_init(start_release_thread);
+    crate::release::start();
     let held = ResourceArc::new(PyHeld {
         obj: Some(owner),
         ptr,

@@ -32,6 +32,8 @@ pub mod pool;
 #[cfg(feature = "nif")]
 pub mod refs;
 #[cfg(feature = "nif")]
+pub mod release;
+#[cfg(feature = "nif")]
 pub mod reload;
 pub mod runtime;
 #[cfg(feature = "nif")]

@@ -124,6 +124,16 @@ pub struct PoolInner {
     pub(crate) interps: Option<Arc<crate::subinterp::Interps>>,
 }
 
+impl Drop for PoolInner {
+    /// The last reference can go on a scheduler (the pool resource's destructor): the adapter
+    /// instances go to the release thread, which drops them attached (release.rs). A
+    /// :subinterpreter pool's were already dropped in their interpreters (`WorkerSlot::retire`).
+    fn drop(&mut self) {
+        let workers = std::mem::take(&mut self.workers);
+        crate::release::python(workers, None);
+    }
+}
+
 /// A thread still running when `stop` returned, and why: `{name, reason}` for Elixir.
 #[derive(NifTuple)]
 #[rustler(encode)]

@@ -8,8 +8,8 @@
 //! arguments converts back to the object itself ([`struct_to_py`]).
 //!
 //! Lifetime: the resource's destructor runs on whatever thread the BEAM garbage-collects on
-//! (a scheduler). It never touches Python: it moves the object into a channel, and one
-//! "snakepit-ref-release" thread, attached to Python, drops what arrives. `release/1` does the
+//! (a scheduler). It never touches Python: it moves the object into a channel, and the
+//! release thread (release.rs), attached to Python, drops what arrives. `release/1` does the
 //! same early. On a free-threaded build nothing here relies on the GIL: the object sits behind
 //! a mutex and is only cloned or dropped while attached.
 //!
@@ -19,9 +19,7 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 
-use crossbeam_channel::Sender;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
@@ -95,37 +93,10 @@ impl PyObjectRef {
     }
 }
 
-/// Queues a Python object for the releaser thread: never blocks, never touches Python.
+/// Queues a Python object for the release thread (release.rs): never blocks, never touches
+/// Python.
 fn release_later(obj: Py<PyAny>) {
-    let _ = releaser().send(obj);
-}
-
-fn releaser() -> &'static Sender<Py<PyAny>> {
-    static TX: OnceLock<Sender<Py<PyAny>>> = OnceLock::new();
-    TX.get_or_init(|| {
-        let (tx, rx) = crossbeam_channel::unbounded::<Py<PyAny>>();
-        std::thread::Builder::new()
-            .name("snakepit-ref-release".into())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    // Attach once per batch; bounded so a flood never holds the GIL for long.
-                    Python::attach(|_py| {
-                        drop(first);
-                        let mut n = 1u64;
-                        while n < 4096 {
-                            match rx.try_recv() {
-                                Ok(obj) => drop(obj),
-                                Err(_) => break,
-                            }
-                            n += 1;
-                        }
-                        RELEASED.fetch_add(n, Ordering::Relaxed);
-                    });
-                }
-            })
-            .expect("cannot start the snakepit ref release thread");
-        tx
-    })
+    crate::release::python(obj, Some(&RELEASED));
 }
 
 thread_local! {
