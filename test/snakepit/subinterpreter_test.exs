@@ -57,6 +57,51 @@ defmodule Snakepit.SubinterpreterTest do
   end
 
   @tag :subinterpreter
+  test "cancelling :thread pool calls while subinterpreter workers run Python leaves them intact" do
+    # The :thread profile's interrupter used to find the cancelled thread's frame with
+    # sys._current_frames(), which on GIL builds makes frame objects for the frames of every
+    # interpreter's threads with the caller's allocator: a worker then freed one with its own
+    # and glibc aborted the VM ("free(): invalid pointer"). interrupt.rs `thread_frame`.
+    sub = start!(pool_size: 2, threads_per_worker: 2, adapter: @probe)
+    thread = :"subinterp_cancel_#{System.unique_integer([:positive])}"
+
+    {:ok, _} =
+      Snakepit.start_pool(
+        name: thread,
+        pool_size: 1,
+        threads_per_worker: 2,
+        adapter: "snakepit_test_adapters.TestAdapter"
+      )
+
+    on_exit(fn -> Snakepit.stop_pool(thread) end)
+    expected = Enum.reduce(0..19_999, 0, fn i, acc -> acc + rem(i * i, 7) end)
+
+    workers =
+      for _ <- 1..4 do
+        Task.async(fn ->
+          for _ <- 1..60, do: Snakepit.execute(sub, "cpu", %{n: 20_000}, timeout: :infinity)
+        end)
+      end
+
+    cancels =
+      for _ <- 1..2 do
+        Task.async(fn ->
+          for _ <- 1..20 do
+            Snakepit.execute(thread, "busy", %{seconds: 60}, timeout: 25)
+          end
+        end)
+      end
+
+    for result <- Enum.flat_map(cancels, &Task.await(&1, :infinity)) do
+      assert {:error, %Error{category: :timeout}} = result
+    end
+
+    for result <- Enum.flat_map(workers, &Task.await(&1, :infinity)) do
+      assert result == {:ok, expected}
+    end
+  end
+
+  @tag :subinterpreter
   test "two workers run pure Python at the same time, each holding its own GIL" do
     pool = start!(pool_size: 2, threads_per_worker: 1, adapter: @probe)
     path = shared_file()

@@ -176,10 +176,11 @@ fn deliver(
             run.job == job && run.pending
         })
     };
+    let frame = thread_frame(py, slot);
     let armed = module
         .and_then(|m| {
             still_pending
-                .and_then(|f| m.bind(py).call_method1("arm", (ident, f)))
+                .and_then(|f| m.bind(py).call_method1("arm", (ident, f, frame)))
                 .and_then(|r| r.extract::<bool>())
                 .ok()
         })
@@ -195,6 +196,38 @@ fn deliver(
         run.async_exc = true;
     }
     None
+}
+
+/// The current frame of `slot`'s thread (None: it runs no Python code).
+///
+/// Not `sys._current_frames()`: on GIL builds it walks the threads of every interpreter in the
+/// process and makes frame objects for their frames with this interpreter's allocator, without
+/// their interpreter's GIL, which corrupts the heap of a :subinterpreter worker running then
+/// (docs/architecture.md, "Subinterpreter workers"). The slot's thread state stays valid while
+/// this thread holds the GIL: the pool thread clears `tstate` while attached, before it lets go
+/// of it (thread.rs `serve`); nothing here releases the GIL between the load and the use.
+#[cfg(not(Py_GIL_DISABLED))]
+fn thread_frame<'py>(py: Python<'py>, slot: &ThreadSlot) -> Option<Bound<'py, PyAny>> {
+    let tstate = slot.tstate.load(Ordering::SeqCst) as *mut ffi::PyThreadState;
+    if tstate.is_null() {
+        return None;
+    }
+    unsafe {
+        let frame = ffi::PyThreadState_GetFrame(tstate);
+        Bound::from_owned_ptr_or_opt(py, frame.cast::<ffi::PyObject>())
+    }
+}
+
+/// Free-threaded builds have no GIL to keep the thread state alive: `sys._current_frames()`
+/// stops the world while it looks (and has no :subinterpreter workers to harm).
+#[cfg(Py_GIL_DISABLED)]
+fn thread_frame<'py>(py: Python<'py>, slot: &ThreadSlot) -> Option<Bound<'py, PyAny>> {
+    let ident = slot.ident.load(Ordering::SeqCst);
+    py.import("sys")
+        .and_then(|sys| sys.getattr("_current_frames"))
+        .and_then(|f| f.call0())
+        .and_then(|frames| frames.get_item(ident))
+        .ok()
 }
 
 /// The armed cancellation of `job` was not raised in time: raise it at the next check.

@@ -1,7 +1,7 @@
 //! One pool thread's bookkeeping: read by the thread itself (thread.rs), the interrupter
 //! (interrupt.rs), the pool's stop (pool.rs) and stats (stats.rs).
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 
 use parking_lot::Mutex;
 
@@ -11,6 +11,10 @@ pub struct ThreadSlot {
     pub worker: usize,
     /// `threading.get_ident()` of the thread.
     pub ident: AtomicU64,
+    /// The thread's `PyThreadState*` while it serves jobs, 0 before and after: set and cleared
+    /// by the thread while attached, so a thread holding the GIL of the same interpreter may
+    /// read its frame (interrupt.rs `thread_frame`).
+    pub tstate: AtomicUsize,
     /// The job being run and the state of its interruption (see interrupt.rs).
     pub run: Mutex<Running>,
     pub requests: AtomicU64,
@@ -23,6 +27,7 @@ impl ThreadSlot {
             name,
             worker,
             ident: AtomicU64::new(0),
+            tstate: AtomicUsize::new(0),
             run: Mutex::new(Running::default()),
             requests: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),

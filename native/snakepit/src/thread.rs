@@ -62,6 +62,10 @@ pub(crate) fn serve(
             unsafe { ffi::PyThread_get_thread_ident() } as u64,
             Ordering::SeqCst,
         );
+        slot.tstate.store(
+            unsafe { ffi::PyThreadState_Get() } as usize,
+            Ordering::SeqCst,
+        );
         dispatch::call_runtime(py, "set_thread_name", (&slot.name, &pool.config.name)).ok();
         interrupt::register_thread(&slot);
         crate::refs::set_thread_pool(&pool.config.name);
@@ -105,6 +109,8 @@ pub(crate) fn serve(
                 }),
             }
         }
+        // Attached: an interrupter holding the GIL sees either this or a live thread state.
+        slot.tstate.store(0, Ordering::SeqCst);
     }
 }
 

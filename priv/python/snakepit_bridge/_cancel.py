@@ -141,13 +141,23 @@ def safe_offsets(code: Any) -> FrozenSet[int]:
     return frozen
 
 
-def arm(ident: int, still_pending: Callable[[], bool]) -> bool:
+_LOOK_UP = object()
+
+
+def arm(ident: int, still_pending: Callable[[], bool], frame: Any = _LOOK_UP) -> bool:
     """Switches the callback on for the code objects on thread ``ident``'s stack. False when the
     thread runs no Python frame (nothing to arm) or ``still_pending()`` says the cancellation
-    is over (checked under the lock :func:`disarm` takes, so nothing stays armed)."""
+    is over (checked under the lock :func:`disarm` takes, so nothing stays armed).
+
+    ``frame`` is the thread's current frame (None: it runs none); without it the frame is
+    looked up with ``sys._current_frames()``. The NIF passes it: on GIL builds that function
+    walks the threads of every interpreter in the process and makes frame objects for them
+    with the calling interpreter's allocator, which corrupts the heap of a ``:subinterpreter``
+    worker running at the time (docs/architecture.md, "Subinterpreter workers")."""
     if _tool is None:
         return False
-    frame = sys._current_frames().get(ident)
+    if frame is _LOOK_UP:
+        frame = sys._current_frames().get(ident)
     codes: List[Any] = []
     seen = set()
     while frame is not None and len(codes) < _MAX_FRAMES:
