@@ -99,6 +99,8 @@ defmodule Snakepit do
   An exception in the generator raises `Snakepit.Error` in the consumer, after the items that
   came before it. A pool that is not running (or a name that is not an atom) raises a `:pool`
   `Snakepit.Error` when the stream is consumed. `:timeout` (default #{@default_timeout} ms) bounds the wait for each item.
+  `:ndarray` (as in `execute/4`, else the pool's) applies to each item; `return: :ref` raises a
+  `:validation` error (a stream sends values).
   """
   @spec execute_stream(pool(), command(), args(), keyword()) :: Enumerable.t()
   def execute_stream(pool, command, args, opts \\ []),

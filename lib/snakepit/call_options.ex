@@ -3,8 +3,10 @@ defmodule Snakepit.CallOptions do
   # Per-call result options (docs/architecture.md, "Large data" and "Object refs"): `return:`
   # and `ndarray:`. A call with any of them is submitted as the built-in command
   # "__snakepit_call__" with args [command, args, options] (string keys and values); a plain
-  # call is submitted unchanged. `ndarray: :nx` travels as "struct" and finish/2 turns the
-  # structs into Nx tensors (Nx detected at run time).
+  # call is submitted unchanged. `ndarray: :nx` travels as "struct" and finish/3 turns the
+  # structs into Nx tensors (Nx detected at run time). A pool's `ndarray: :nx` is `:struct`
+  # towards Python (python_ndarray/1) and finished the same way: its mode travels with the
+  # pool's registry entry (Snakepit.Registry.lookup_call/1), so a plain call pays nothing.
 
   alias Snakepit.{Error, NDArray}
 
@@ -74,23 +76,104 @@ defmodule Snakepit.CallOptions do
     end
   end
 
-  @doc "The call's result after the options that act in Elixir (`ndarray: :nx`)."
-  @spec finish({:ok, term()} | {:error, Error.t()}, keyword()) ::
-          {:ok, term()} | {:error, Error.t()}
-  def finish({:ok, value}, opts) do
-    if Keyword.get(opts, :ndarray) == :nx, do: {:ok, to_nx(value)}, else: {:ok, value}
+  @doc """
+  The command and args of a stream (`Snakepit.execute_stream/4`): as submission/3, but
+  `return: :ref` is refused (a stream sends its items; it has no one result to keep).
+  """
+  @spec stream_submission(String.t(), term(), keyword()) ::
+          {:ok, {String.t(), term()}} | {:error, Error.t()}
+  def stream_submission(command, args, opts) do
+    case Keyword.get(opts, :return, :term) do
+      :ref ->
+        {:error,
+         Error.new(
+           :validation,
+           "return: :ref does not apply to execute_stream (a stream sends its items as " <>
+             "values); call Snakepit.execute/4 with return: :ref for a ref to the iterator",
+           details: %{key: :return, value: :ref}
+         )}
+
+      _ ->
+        submission(command, args, opts)
+    end
   end
 
-  def finish(error, _opts), do: error
+  @doc """
+  Whether results are finished as Nx tensors: the call's `ndarray:` if it has one, else
+  `pool_mode` (the pool's `ndarray:`, or what a call relayed from another node was submitted
+  with: `:snakepit_ndarray`).
+  """
+  @spec nx?(keyword(), atom()) :: boolean()
+  def nx?([], pool_mode), do: pool_mode == :nx
 
-  defp to_nx(%NDArray{} = a), do: NDArray.to_nx(a)
-  defp to_nx(list) when is_list(list), do: Enum.map(list, &to_nx/1)
+  def nx?(opts, pool_mode) do
+    case Keyword.fetch(opts, :ndarray) do
+      {:ok, mode} -> mode == :nx
+      :error -> Keyword.get(opts, :snakepit_ndarray, pool_mode) == :nx
+    end
+  end
 
-  defp to_nx(tuple) when is_tuple(tuple),
+  @doc "The call's result after the options that act in Elixir (`ndarray: :nx`, call or pool)."
+  @spec finish({:ok, term()} | {:error, Error.t()}, keyword(), atom()) ::
+          {:ok, term()} | {:error, Error.t()}
+  def finish({:ok, value} = ok, opts, pool_mode) do
+    if nx?(opts, pool_mode), do: {:ok, to_nx(value)}, else: ok
+  end
+
+  def finish(error, _opts, _pool_mode), do: error
+
+  @doc """
+  The options of a call relayed to another node (Snakepit.Cluster): without the result
+  options, which the submitted command already carries; the `ndarray:` mode it was submitted
+  with goes as `:snakepit_ndarray`, so that node's pool mode does not apply over it.
+  """
+  @spec remote_opts(keyword()) :: keyword()
+  def remote_opts(opts) do
+    remote = Keyword.drop(opts, [:return, :ndarray])
+
+    case Keyword.fetch(opts, :ndarray) do
+      {:ok, :nx} -> Keyword.put(remote, :snakepit_ndarray, :struct)
+      {:ok, mode} -> Keyword.put(remote, :snakepit_ndarray, mode)
+      :error -> remote
+    end
+  end
+
+  @doc "What Python is told of a pool's `ndarray:` (`:nx` is `\"struct\"` there)."
+  @spec python_ndarray(:list | :struct | :nx) :: String.t()
+  def python_ndarray(:nx), do: "struct"
+  def python_ndarray(mode) when mode in [:list, :struct], do: Atom.to_string(mode)
+
+  @doc """
+  `:ok`, or the `:validation` error for a pool with `ndarray: :nx` when Nx is not loaded
+  (checked when the pool starts; Snakepit.Pool.start_link/1).
+  """
+  @spec check_pool(Snakepit.Config.t()) :: :ok | {:error, Error.t()}
+  def check_pool(%{ndarray: :nx, name: name}) do
+    if NDArray.nx_loaded?() do
+      :ok
+    else
+      {:error,
+       Error.new(
+         :validation,
+         "pool #{inspect(name)}: ndarray: :nx needs Nx, which is not loaded " <>
+           "(add :nx to your dependencies, or use ndarray: :struct)",
+         details: %{key: :ndarray, value: :nx, pool: name}
+       )}
+    end
+  end
+
+  def check_pool(_config), do: :ok
+
+  @doc "`value` with every `%Snakepit.NDArray{}` in it (lists, tuples, map values) a tensor."
+  @spec to_nx(term()) :: term()
+  def to_nx(%NDArray{} = a), do: NDArray.to_nx(a)
+  def to_nx(list) when is_list(list), do: Enum.map(list, &to_nx/1)
+
+  def to_nx(tuple) when is_tuple(tuple),
     do: tuple |> Tuple.to_list() |> to_nx() |> List.to_tuple()
 
-  defp to_nx(map) when is_map(map) and not is_struct(map),
+  def to_nx(map) when is_map(map) and not is_struct(map),
     do: Map.new(map, fn {k, v} -> {k, to_nx(v)} end)
 
-  defp to_nx(other), do: other
+  def to_nx(other), do: other
 end

@@ -5,7 +5,7 @@ defmodule Snakepit.Caller do
   # telemetry events. A profile only submits, cancels and feeds demand (the Snakepit.Pool
   # behaviour); the messages it sends to the caller follow the protocol in Snakepit.Pool.
 
-  alias Snakepit.{Error, Registry, Telemetry}
+  alias Snakepit.{CallOptions, Error, Registry, Telemetry}
 
   @default_timeout 60_000
   # How long a closed stream waits for its last message before it gives up on it.
@@ -19,33 +19,33 @@ defmodule Snakepit.Caller do
     timeout = Keyword.get(opts, :timeout, @default_timeout)
 
     # With result options the submitted command is the built-in `__snakepit_call__`; telemetry
-    # still names the user's command.
+    # still names the user's command. `ndarray` is the pool's mode (finish/3: `:nx`).
     with {:ok, name} <- command_name(command),
-         {:ok, {command, args}} <-
-           Snakepit.CallOptions.submission(name, normalize_args(args), opts),
-         {:ok, target} <- local_or_remote(pool, command, args, opts) do
+         {:ok, {command, args}} <- CallOptions.submission(name, normalize_args(args), opts),
+         {:ok, target, ndarray} <- local_or_remote(pool, command, args, opts) do
       if Telemetry.enabled?() do
         instrumented(pool, target, name, {command, args}, timeout)
       else
         call(target, command, args, timeout)
       end
+      |> CallOptions.finish(opts, ndarray)
     else
-      {:remote, result} -> result
+      # The other node finished its pool's mode; the call's own `ndarray: :nx` is done here.
+      {:remote, result} -> CallOptions.finish(result, opts, :list)
       other -> other
     end
-    |> Snakepit.CallOptions.finish(opts)
   end
 
   # The local pool, or the result of the call made on another node that has the pool.
   defp local_or_remote(pool, command, args, opts) do
-    case Registry.lookup(pool) do
-      {:ok, target} ->
-        {:ok, target}
+    case Registry.lookup_call(pool) do
+      {:ok, _target, _ndarray} = local ->
+        local
 
       {:error, _} = not_here ->
         # `command` already carries the result options (`return:`, `ndarray:`): not again over
         # there (`ndarray: :nx` is finished here).
-        remote_opts = Keyword.drop(opts, [:return, :ndarray])
+        remote_opts = CallOptions.remote_opts(opts)
 
         case Snakepit.Cluster.execute_remote(pool, command, normalize_args(args), remote_opts) do
           :no_remote -> not_here
@@ -175,7 +175,8 @@ defmodule Snakepit.Caller do
 
   @doc """
   A lazy stream of the items of `command`'s iterator on `pool` (a name, or `{:target, target}`
-  for a pool driven without its name). Nothing runs until it is consumed.
+  for a pool driven without its name). Nothing runs until it is consumed. `ndarray:` (the
+  call's, else the pool's) applies to each item; `return: :ref` is a `:validation` error.
   """
   @spec stream(atom() | {:target, target()}, term(), term(), keyword()) :: Enumerable.t()
   def stream(pool, command, args, opts) do
@@ -183,32 +184,35 @@ defmodule Snakepit.Caller do
     window = Keyword.get(opts, :window, 4)
 
     Stream.resource(
-      fn -> start_stream(pool, command, normalize_args(args), window) end,
+      fn -> start_stream(pool, command, normalize_args(args), window, opts) end,
       fn state -> next_chunk(state, timeout) end,
       &close_stream/1
     )
   end
 
-  defp start_stream(pool, command, args, window) do
-    with {:ok, {mod, handle}} <- target(pool),
-         {:ok, command} <- command_name(command),
+  # The state: {mod, handle, tag, job, :running | :finished, nx?} (nx?: items become tensors).
+  defp start_stream(pool, command, args, window, opts) do
+    with {:ok, name} <- command_name(command),
+         {:ok, {command, args}} <- CallOptions.stream_submission(name, args, opts),
+         {:ok, {mod, handle}, ndarray} <- target(pool),
          {:ok, tag, job} <- submit(mod, handle, command, args, window) do
-      {mod, handle, tag, job, :running}
+      {mod, handle, tag, job, :running, CallOptions.nx?(opts, ndarray)}
     else
       {:error, %Error{} = e} -> raise e
     end
   end
 
-  defp target({:target, target}), do: {:ok, target}
-  defp target(pool), do: Registry.lookup(pool)
+  defp target({:target, target}), do: {:ok, target, :list}
+  defp target(pool), do: Registry.lookup_call(pool)
 
-  defp next_chunk({_, _, _, _, :finished} = state, _timeout), do: {:halt, state}
+  defp next_chunk({_, _, _, _, :finished, _} = state, _timeout), do: {:halt, state}
 
-  defp next_chunk({mod, handle, tag, job, :running} = state, timeout) do
+  defp next_chunk({mod, handle, tag, job, :running, nx?} = state, timeout) do
     receive do
       {^tag, {:chunk, item}} ->
         mod.demand(handle, tag, job, 1)
-        {[value(item)], state}
+        item = value(item)
+        {[if(nx?, do: CallOptions.to_nx(item), else: item)], state}
 
       {^tag, last} when last in [:done, :closed] ->
         {:halt, finished(state)}
@@ -231,14 +235,14 @@ defmodule Snakepit.Caller do
     end
   end
 
-  defp finished({mod, handle, tag, job, _}) do
+  defp finished({mod, handle, tag, job, _, nx?}) do
     mod.finished(handle, tag, job)
-    {mod, handle, tag, job, :finished}
+    {mod, handle, tag, job, :finished, nx?}
   end
 
-  defp close_stream({_, _, _, _, :finished}), do: :ok
+  defp close_stream({_, _, _, _, :finished, _}), do: :ok
 
-  defp close_stream({mod, handle, tag, job, :running}) do
+  defp close_stream({mod, handle, tag, job, :running, _}) do
     case Process.delete({__MODULE__, tag}) do
       :finished ->
         mod.finished(handle, tag, job)

@@ -20,7 +20,7 @@ defmodule Snakepit.Config do
       {":thread, :process or :subinterpreter", quote(do: :thread | :process | :subinterpreter)},
     pos_integer: {"a positive integer", quote(do: pos_integer())},
     boolean: {"true or false", quote(do: boolean())},
-    ndarray_mode: {":list or :struct", quote(do: :list | :struct)},
+    ndarray_mode: {":list, :struct or :nx", quote(do: :list | :struct | :nx)},
     adapter_module:
       {"Snakepit.Adapters.Python (or its alias Snakepit.Adapters.GRPCPython)",
        quote(do: module())},
@@ -181,8 +181,11 @@ defmodule Snakepit.Config do
       type: :ndarray_mode,
       default: :list,
       doc: """
-      how NumPy arrays in results cross: `:list` as (nested) lists, `:struct` as
-      `%Snakepit.NDArray{}` (README, "Large data"). A call's `ndarray:` option overrides it.
+      how NumPy arrays in results (and stream items) cross: `:list` as (nested) lists,
+      `:struct` as `%Snakepit.NDArray{}`, `:nx` as `%Nx.Tensor{}` (`:struct` in Python,
+      converted in Elixir; Nx must be loaded when the pool starts, else
+      `Snakepit.start_pool/1` returns a `:validation` error). README, "Large data". A call's
+      `ndarray:` option overrides it.
       """
     ],
     python: [
@@ -721,7 +724,7 @@ defmodule Snakepit.Config do
   defp cast(:pos_integer, n) when is_integer(n) and n > 0, do: {:ok, n}
   defp cast(:reload_mode, mode) when mode in [:manual, :auto], do: {:ok, mode}
   defp cast(:boolean, bool) when is_boolean(bool), do: {:ok, bool}
-  defp cast(:ndarray_mode, mode) when mode in [:list, :struct], do: {:ok, mode}
+  defp cast(:ndarray_mode, mode) when mode in [:list, :struct, :nx], do: {:ok, mode}
 
   defp cast(:adapter_module, module)
        when module in [Snakepit.Adapters.Python, Snakepit.Adapters.GRPCPython],

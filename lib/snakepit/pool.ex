@@ -146,8 +146,12 @@ defmodule Snakepit.Pool do
   @doc "Starts a pool process linked to the caller. `config` as in `Snakepit.Config`."
   @spec start_link(Config.pool_config() | Config.t()) :: GenServer.on_start()
   def start_link(config) do
-    case Config.validate_pool(config) do
-      {:ok, %Config{} = valid} -> module(valid.worker_profile).start_link(valid)
+    # Run-time requirements of a valid config (Nx for `ndarray: :nx`) are checked here, not
+    # in Snakepit.Config, whose validation stays pure.
+    with {:ok, %Config{} = valid} <- Config.validate_pool(config),
+         :ok <- Snakepit.CallOptions.check_pool(valid) do
+      module(valid.worker_profile).start_link(valid)
+    else
       {:error, %Error{} = e} -> {:error, e}
     end
   end

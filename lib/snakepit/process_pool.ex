@@ -31,6 +31,18 @@ defmodule Snakepit.ProcessPool do
     with {:ok, config} <- validate(config), do: Snakepit.Pool.Process.start_link(config)
   end
 
+  # execute/4 here takes no result options: `ndarray: :nx` (finished by Snakepit.Caller for
+  # calls by name) would silently give %Snakepit.NDArray{} structs.
+  defp validate(%Config{worker_profile: :process, ndarray: :nx} = config) do
+    {:error,
+     Error.new(
+       :validation,
+       "pool #{inspect(config.name)}: Snakepit.ProcessPool takes ndarray: :list or :struct; " <>
+         "start the pool with Snakepit.start_pool/1 for ndarray: :nx",
+       details: %{key: :ndarray, value: :nx, pool: config.name}
+     )}
+  end
+
   defp validate(%Config{worker_profile: :process} = config), do: {:ok, config}
 
   defp validate(%Config{} = config) do

@@ -4,11 +4,13 @@ defmodule Snakepit.Registry do
   #
   # A pool process claims its name when it starts (before it starts threads or OS workers) and
   # publishes its handle once it is ready; `Snakepit.execute/4` reads the published entry from
-  # `:persistent_term` without a message. Only this process puts or erases those terms, one
-  # request at a time, so two pools can never both hold a name, and it monitors every owner,
-  # so a pool that is killed (no `terminate/2`) loses its entry and a restarted pool can claim
-  # the name again at once. Publishing also joins the pool's `:pg` group (Snakepit.Cluster),
-  # so every profile is visible to other nodes the same way.
+  # `:persistent_term` without a message. The entry also carries the pool's `ndarray:` mode,
+  # which the caller finishes results with (Snakepit.CallOptions), in that same read. Only this
+  # process puts or erases those terms, one request at a time, so two pools can never both
+  # hold a name, and it monitors every owner, so a pool that is killed (no `terminate/2`)
+  # loses its entry and a restarted pool can claim the name again at once. Publishing also
+  # joins the pool's `:pg` group (Snakepit.Cluster), so every profile is visible to other
+  # nodes the same way.
   use GenServer
 
   alias Snakepit.Error
@@ -29,10 +31,13 @@ defmodule Snakepit.Registry do
   @spec claim(atom()) :: :ok | {:error, Error.t()}
   def claim(name) when is_atom(name), do: GenServer.call(__MODULE__, {:claim, name}, :infinity)
 
-  @doc "Makes the caller's claimed `name` visible to `lookup/1` and to other nodes."
-  @spec publish(atom(), handle(), map()) :: :ok | {:error, Error.t()}
-  def publish(name, handle, info),
-    do: GenServer.call(__MODULE__, {:publish, name, handle, info}, :infinity)
+  @doc """
+  Makes the caller's claimed `name` visible to `lookup/1` and to other nodes; `ndarray` is the
+  pool's `ndarray:` option (`lookup_call/1`).
+  """
+  @spec publish(atom(), handle(), map(), atom()) :: :ok | {:error, Error.t()}
+  def publish(name, handle, info, ndarray \\ :list),
+    do: GenServer.call(__MODULE__, {:publish, name, handle, info, ndarray}, :infinity)
 
   @doc """
   Gives up the caller's `name` (a pool that stops: new calls then find no pool). Harmless when
@@ -45,22 +50,33 @@ defmodule Snakepit.Registry do
     :exit, _ -> :ok
   end
 
-  @doc "The published handle of `name` (the hot path: one `:persistent_term` read)."
+  @doc "The published handle of `name` (one `:persistent_term` read)."
   @spec lookup(term()) :: {:ok, handle()} | {:error, Error.t()}
   def lookup(name) when is_atom(name) do
     case :persistent_term.get({__MODULE__, name}, nil) do
-      {_pid, handle, _info} -> {:ok, handle}
+      {_pid, handle, _info, _ndarray} -> {:ok, handle}
       nil -> {:error, not_running(name)}
     end
   end
 
   def lookup(name), do: {:error, not_running(name)}
 
+  @doc "`lookup/1` plus the pool's `ndarray:` mode, from the same read (the call path)."
+  @spec lookup_call(term()) :: {:ok, handle(), atom()} | {:error, Error.t()}
+  def lookup_call(name) when is_atom(name) do
+    case :persistent_term.get({__MODULE__, name}, nil) do
+      {_pid, handle, _info, ndarray} -> {:ok, handle, ndarray}
+      nil -> {:error, not_running(name)}
+    end
+  end
+
+  def lookup_call(name), do: {:error, not_running(name)}
+
   @doc "`{pid, handle, info}` of a live pool named `name`, or nil."
   @spec entry(term()) :: entry() | nil
   def entry(name) when is_atom(name) do
     case :persistent_term.get({__MODULE__, name}, nil) do
-      {pid, _, _} = entry -> if Process.alive?(pid), do: entry
+      {pid, handle, info, _ndarray} -> if Process.alive?(pid), do: {pid, handle, info}
       nil -> nil
     end
   end
@@ -80,7 +96,7 @@ defmodule Snakepit.Registry do
   @spec running() :: [atom()]
   def running do
     names =
-      for {{__MODULE__, name}, {pid, _, _}} <- :persistent_term.get(),
+      for {{__MODULE__, name}, {pid, _, _, _}} <- :persistent_term.get(),
           Process.alive?(pid),
           do: name
 
@@ -136,10 +152,10 @@ defmodule Snakepit.Registry do
     end
   end
 
-  def handle_call({:publish, name, handle, info}, {pid, _}, state) do
+  def handle_call({:publish, name, handle, info, ndarray}, {pid, _}, state) do
     case state.names do
       %{^name => {^pid, _mon}} ->
-        :persistent_term.put({__MODULE__, name}, {pid, handle, info})
+        :persistent_term.put({__MODULE__, name}, {pid, handle, info, ndarray})
         Snakepit.Cluster.join(name, pid)
         {:reply, :ok, state}
 

@@ -139,6 +139,50 @@ def test_pool_ndarray_option_wraps_every_command_and_a_call_overrides_it():
         _runtime.create_adapter("test_ndarray.Adapter", "p", 0, {"ndarray": "nope"})
 
 
+def test_wrap_applies_to_each_item_of_an_iterator_and_closes_it():
+    closed = []
+
+    def gen():
+        try:
+            yield np.arange(2)
+            yield [np.arange(3), 1]
+            yield 5
+        finally:
+            closed.append(True)
+
+    items = _ndarray.wrap(gen(), "struct")
+    first = next(items)
+    assert isinstance(first, _ndarray.NDArrayResult) and first.shape == (2,)
+    second = next(items)
+    assert isinstance(second[0], _ndarray.NDArrayResult) and second[1] == 1
+    items.close()
+    assert closed == [True]
+    # iter(...) of a list streams too; containers are still wrapped in place.
+    assert [type(x) for x in _ndarray.wrap(iter([np.arange(1)]), "struct")] == [
+        _ndarray.NDArrayResult
+    ]
+    assert isinstance(_ndarray.wrap([np.arange(1)], "struct")[0], _ndarray.NDArrayResult)
+
+
+def test_wrap_applies_to_async_generators_and_coroutines():
+    import asyncio
+
+    async def agen():
+        yield np.arange(2)
+
+    async def coro():
+        return {"a": np.arange(2)}
+
+    async def main():
+        items = [x async for x in _ndarray.wrap(agen(), "struct")]
+        value = await _ndarray.wrap(coro(), "struct")
+        return items, value
+
+    items, value = asyncio.run(main())
+    assert isinstance(items[0], _ndarray.NDArrayResult)
+    assert isinstance(value["a"], _ndarray.NDArrayResult)
+
+
 def test_nx_tensor_on_the_binary_backend_decodes_as_numpy():
     data = np.arange(4, dtype="=f4").tobytes()
     backend = (

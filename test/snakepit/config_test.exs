@@ -410,15 +410,17 @@ defmodule Snakepit.ConfigTest do
     end
   end
 
-  test "ndarray: :list by default, :struct accepted, anything else named" do
+  test "ndarray: :list by default, :struct and :nx accepted, anything else named" do
     assert {:ok, %Config{ndarray: :list}} = Config.validate_pool(name: :p)
     assert {:ok, %Config{ndarray: :struct}} = Config.validate_pool(name: :p, ndarray: :struct)
+    # Nx is looked for when the pool starts (test/snakepit/ndarray_test.exs), not here.
+    assert {:ok, %Config{ndarray: :nx}} = Config.validate_pool(name: :p, ndarray: :nx)
 
-    for bad <- [:nx, "struct", nil] do
+    for bad <- [:tensor, "struct", nil] do
       error = error!(name: :p, ndarray: bad)
 
       assert error.message ==
-               "pool :p: invalid ndarray: expected :list or :struct, got #{inspect(bad)}"
+               "pool :p: invalid ndarray: expected :list, :struct or :nx, got #{inspect(bad)}"
 
       assert error.details == %{key: :ndarray, value: bad, pool: :p}
     end

@@ -12,7 +12,7 @@ defmodule Snakepit.ConformanceDataCase do
 
     quote do
       import Snakepit.ConformanceCase,
-        only: [start!: 2, call: 4, call: 5, capacity: 2, wait_for: 1]
+        only: [start!: 2, call: 4, call: 5, stream: 4, stream: 5, capacity: 2, wait_for: 1]
 
       import Snakepit.ConformanceDataCase
 
@@ -262,6 +262,122 @@ defmodule Snakepit.ConformanceDataCase do
         end
       end
 
+      describe "the pool's ndarray: :nx (#{unquote(profile)}; fake Nx in test/support)" do
+        setup ctx do
+          # One worker: the generator's finally and the `flag` call that reads it share it.
+          nx_pool =
+            start!(ctx.profile, [adapter: @adapter, ndarray: :nx] ++ capacity(ctx.profile, 1))
+
+          {:ok, nx_pool: nx_pool}
+        end
+
+        test "results are tensors, inside containers too, and async def results", ctx do
+          assert {:ok, %Nx.Tensor{type: {:s, 64}, shape: {2, 2}} = t} =
+                   call(ctx.profile, ctx.nx_pool, "arange", %{n: 4, dtype: "int64", shape: [2, 2]})
+
+          assert tensor_list(t) == [0, 1, 2, 3]
+
+          assert {:ok, %{"a" => %Nx.Tensor{shape: {2, 3}}, "t" => %Nx.Tensor{shape: {3, 2}}}} =
+                   call(ctx.profile, ctx.nx_pool, "arrays", %{rows: 2, cols: 3})
+
+          assert {:ok, %Nx.Tensor{type: {:s, 32}} = a} =
+                   call(ctx.profile, ctx.nx_pool, "aarange", %{n: 3})
+
+          assert tensor_list(a) == [0, 1, 2]
+          # Not arrays: unchanged.
+          assert {:ok, [1, "x"]} = call(ctx.profile, ctx.nx_pool, "echo", %{value: [1, "x"]})
+        end
+
+        test "a call's ndarray: overrides the pool's, both ways", ctx do
+          args = %{n: 3, dtype: "int64"}
+
+          # :nx pool, call :list / :struct.
+          assert {:ok, [0, 1, 2]} = call(ctx.profile, ctx.nx_pool, "arange", args, ndarray: :list)
+
+          assert {:ok, %NDArray{shape: {3}} = a} =
+                   call(ctx.profile, ctx.nx_pool, "arange", args, ndarray: :struct)
+
+          assert NDArray.to_list(a) == [0, 1, 2]
+
+          # :list pool (ctx.pool), call :nx; and without the option, lists.
+          assert {:ok, %Nx.Tensor{shape: {3}}} =
+                   call(ctx.profile, ctx.pool, "arange", args, ndarray: :nx)
+
+          assert {:ok, [0, 1, 2]} = call(ctx.profile, ctx.pool, "arange", args)
+        end
+
+        test "concurrent callers each get their own tensors", ctx do
+          results =
+            1..200
+            |> Task.async_stream(
+              fn i ->
+                {i, call(ctx.profile, ctx.nx_pool, "arange", %{n: rem(i, 7) + 1, dtype: "int64"})}
+              end,
+              max_concurrency: 100,
+              timeout: 120_000
+            )
+            |> Enum.map(fn {:ok, r} -> r end)
+
+          assert length(results) == 200
+
+          for {i, {:ok, %Nx.Tensor{} = t}} <- results,
+              do: assert(tensor_list(t) == Enum.to_list(0..rem(i, 7)))
+
+          assert Enum.all?(results, &match?({_, {:ok, %Nx.Tensor{}}}, &1))
+        end
+
+        test "stream items follow the pool's and the call's ndarray:", ctx do
+          items = stream(ctx.profile, ctx.nx_pool, "stream_arrays", %{count: 3}) |> Enum.to_list()
+
+          assert [[0, 1, 2], [1, 2, 3], [2, 3, 4]] ==
+                   Enum.map(items, fn %{"a" => %Nx.Tensor{} = t} -> tensor_list(t) end)
+
+          assert [%{"a" => [0, 1, 2]}] =
+                   stream(ctx.profile, ctx.nx_pool, "stream_arrays", %{count: 1}, ndarray: :list)
+                   |> Enum.to_list()
+
+          assert [%{"a" => %NDArray{}}] =
+                   stream(ctx.profile, ctx.pool, "stream_arrays", %{count: 1}, ndarray: :struct)
+                   |> Enum.to_list()
+
+          assert [%{"a" => %Nx.Tensor{}}, %{"a" => %Nx.Tensor{}}] =
+                   stream(ctx.profile, ctx.pool, "stream_arrays", %{count: 2}, ndarray: :nx)
+                   |> Enum.to_list()
+
+          assert [%{"a" => [0, 1, 2]}] =
+                   stream(ctx.profile, ctx.pool, "stream_arrays", %{count: 1}) |> Enum.to_list()
+
+          assert [%Nx.Tensor{shape: {2}} = t0, %Nx.Tensor{}] =
+                   stream(ctx.profile, ctx.nx_pool, "astream_arrays", %{count: 2})
+                   |> Enum.to_list()
+
+          assert tensor_list(t0) == [0.0, 0.0]
+        end
+
+        test "a halted stream of wrapped items still runs the generator's finally", ctx do
+          key = "k#{System.unique_integer([:positive])}"
+
+          assert [%{"i" => 0}] =
+                   stream(ctx.profile, ctx.nx_pool, "stream_arrays", %{count: 1000, key: key})
+                   |> Enum.take(1)
+
+          assert wait_for(fn ->
+                   call(ctx.profile, ctx.nx_pool, "flag", %{key: key}) == {:ok, "closed"}
+                 end)
+        end
+
+        test "return: :ref on a stream is a validation error", ctx do
+          assert_raise Error, ~r/return: :ref does not apply to execute_stream/, fn ->
+            stream(ctx.profile, ctx.pool, "stream_arrays", %{count: 1}, return: :ref)
+            |> Enum.to_list()
+          end
+
+          # The pool is fine.
+          assert [_] =
+                   stream(ctx.profile, ctx.pool, "stream_arrays", %{count: 1}) |> Enum.to_list()
+        end
+      end
+
       describe "scheduler stalls (#{unquote(profile)})" do
         @tag timeout: 300_000
         test "a large argument never holds the caller's scheduler", ctx do
@@ -360,4 +476,7 @@ defmodule Snakepit.ConformanceDataCase do
       {:done, ^me} -> send(me, {:long_schedules, Enum.reverse(acc)})
     end
   end
+
+  @doc false
+  def tensor_list(tensor), do: tensor |> Snakepit.NDArray.from_nx() |> Snakepit.NDArray.to_list()
 end

@@ -346,7 +346,14 @@ defmodule Snakepit.Pool.Process do
 
       case await_ready(state, deadline) do
         {:ok, state} ->
-          :ok = Snakepit.Registry.publish(config.name, {__MODULE__, self()}, python_info(state))
+          :ok =
+            Snakepit.Registry.publish(
+              config.name,
+              {__MODULE__, self()},
+              python_info(state),
+              config.ndarray
+            )
+
           {:ok, state}
 
         {:error, %Error{} = e, state} ->
@@ -420,7 +427,7 @@ defmodule Snakepit.Pool.Process do
         max_workers: state.threads,
         thread_safety_check: config.thread_safety_check,
         pool_name: Atom.to_string(config.name),
-        ndarray: Atom.to_string(config.ndarray)
+        ndarray: Snakepit.CallOptions.python_ndarray(config.ndarray)
       }
     }
   end

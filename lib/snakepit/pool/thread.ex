@@ -99,7 +99,7 @@ defmodule Snakepit.Pool.Thread do
     with {:ok, runtime} <- Runtime.native_config(),
          {:ok, ref} <- native_start(config, runtime),
          {:ok, python} <- Runtime.info() do
-      :ok = Snakepit.Registry.publish(config.name, {__MODULE__, ref}, python)
+      :ok = Snakepit.Registry.publish(config.name, {__MODULE__, ref}, python, config.ndarray)
       # Subinterpreter workers each have their own GIL: the warning does not apply.
       if config.worker_profile != :subinterpreter,
         do: Snakepit.Compatibility.warn_if_gil(config.name, python, config)
@@ -118,7 +118,7 @@ defmodule Snakepit.Pool.Thread do
       adapter: config.adapter,
       max_queue: config.max_queue,
       thread_safety_check: config.thread_safety_check,
-      ndarray: Atom.to_string(config.ndarray),
+      ndarray: Snakepit.CallOptions.python_ndarray(config.ndarray),
       adapter_env: config.adapter_env,
       runtime: runtime,
       worker_max_requests: infinity_as_zero(config.worker_max_requests),

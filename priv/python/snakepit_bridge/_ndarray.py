@@ -17,6 +17,7 @@ NumPy is imported only when an array crosses: it is not a dependency of the brid
 from __future__ import annotations
 
 import sys
+import types
 from typing import Any, Dict, Optional, Tuple
 
 # Nx's type names -> NumPy's (native byte order, as Nx stores binaries).
@@ -152,15 +153,58 @@ class NDArrayResult:
 
 def wrap(result: Any, mode: str) -> Any:
     """``result`` with its NumPy arrays made ready to cross as ``mode`` says (``"list"`` or
-    ``"struct"``)."""
+    ``"struct"``). An iterator (a stream's result) or async generator gives its items wrapped
+    one by one, a coroutine (``async def``) its value."""
     if mode == "list":
         return result
     if mode != "struct":
         raise ValueError(f"unknown ndarray mode {mode!r}; expected one of: {', '.join(MODES)}")
+    kind = type(result)
+    if kind is types.GeneratorType or (
+        kind not in _CONTAINERS and hasattr(kind, "__next__") and hasattr(kind, "__iter__")
+    ):
+        return _wrap_items(result)  # a stream's items (execute_stream)
+    if kind is types.AsyncGeneratorType:
+        return _wrap_async_items(result)
+    if kind is types.CoroutineType:
+        return _wrap_awaited(result)  # an ``async def`` command's value
     np = sys.modules.get("numpy")
     if np is None:
         return result  # no NumPy loaded: no arrays in the result
     return _wrap(result, np.ndarray)
+
+
+_CONTAINERS = (list, tuple, dict)
+
+
+def _wrap_one(item: Any) -> Any:
+    # NumPy may be imported by the generator itself, after its first items.
+    np = sys.modules.get("numpy")
+    return item if np is None else _wrap(item, np.ndarray)
+
+
+def _wrap_items(iterator: Any) -> Any:
+    """The items of ``iterator`` wrapped one by one; closing it (a halted stream) closes
+    ``iterator`` too, so its ``finally`` blocks run at once."""
+    try:
+        for item in iterator:
+            yield _wrap_one(item)
+    finally:
+        close = getattr(iterator, "close", None)
+        if callable(close):
+            close()
+
+
+async def _wrap_async_items(agen: Any) -> Any:
+    try:
+        async for item in agen:
+            yield _wrap_one(item)
+    finally:
+        await agen.aclose()
+
+
+async def _wrap_awaited(coro: Any) -> Any:
+    return _wrap_one(await coro)
 
 
 def _wrap(value: Any, ndarray: type) -> Any:

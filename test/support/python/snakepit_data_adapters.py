@@ -98,3 +98,33 @@ class DataAdapter(TestAdapter):
     @tool(description="The array as it came (read-only, over the Erlang binary).")
     def identity(self, a):
         return a
+
+    @tool(description="Stream count arrays numpy.arange(i, i + 3) in containers; finally sets a flag.")
+    def stream_arrays(self, count, key=None):
+        import numpy as np
+
+        try:
+            for i in range(count):
+                yield {"i": i, "a": np.arange(i, i + 3, dtype="int64")}
+        finally:
+            if key is not None:
+                with HELD_LOCK:
+                    HELD[key] = "closed"
+
+    @tool(description="Stream count arrays from an async generator.")
+    async def astream_arrays(self, count):
+        import numpy as np
+
+        for i in range(count):
+            yield np.full(2, i, dtype="float64")
+
+    @tool(description="numpy.arange(n) from an async def command.")
+    async def aarange(self, n):
+        import numpy as np
+
+        return np.arange(n, dtype="int32")
+
+    @tool(description="What a stream's finally block left under key (None if not run yet).")
+    def flag(self, key):
+        with HELD_LOCK:
+            return HELD.pop(key, None)
