@@ -35,6 +35,8 @@ pub mod refs;
 pub mod reload;
 pub mod runtime;
 #[cfg(feature = "nif")]
+pub mod shm;
+#[cfg(feature = "nif")]
 pub mod slot;
 #[cfg(feature = "nif")]
 pub mod stats;
