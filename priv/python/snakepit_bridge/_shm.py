@@ -33,6 +33,7 @@ _DIR = ""
 _PREFIX = ""
 _local = threading.local()
 _counter = itertools.count()
+_counter_lock = threading.Lock()
 _u32 = struct.Struct(">I")
 
 
@@ -84,7 +85,9 @@ def export(data: Any) -> Optional[int]:
     paths: Optional[List[str]] = getattr(_local, "paths", None)
     if paths is None:
         return None
-    path = f"{_DIR}/{_PREFIX}w{os.getpid()}-{next(_counter)}"
+    with _counter_lock:  # next() of a count is not atomic on a free-threaded build
+        n = next(_counter)
+    path = f"{_DIR}/{_PREFIX}w{os.getpid()}-{n}"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
     except OSError:
