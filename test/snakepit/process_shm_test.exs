@@ -53,6 +53,13 @@ defmodule Snakepit.ProcessShmCase do
         assert {:ok, [1, %{"k" => {^text}}]} =
                  call(ctx.profile, ctx.pool, "echo", %{value: [1, %{k: {text}}]})
 
+        # Only the first terms are looked at: a binary further on goes through the port.
+        long = List.duplicate(1, 5_000)
+
+        for value <- [[big | long], long ++ [big]] do
+          assert {:ok, ^value} = call(ctx.profile, ctx.pool, "echo", %{value: value})
+        end
+
         floats = 300_000
         array = Snakepit.NDArray.new(ones(floats), {:f, 64}, {floats})
 

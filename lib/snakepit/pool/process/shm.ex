@@ -94,18 +94,24 @@ defmodule Snakepit.Pool.Process.Shm do
 
   ## Arguments
 
+  # How many terms of a call's arguments are looked at for large binaries (depth first): a
+  # bound, so that a 3-million-element list costs nothing here (its binaries, if any, past
+  # the first terms go through the port).
+  @budget 1_000
+
   @doc false
-  # `{args, paths}`: the large binaries of `args` written to files of the (local) pool
-  # `server`, `paths` those files.
+  # `{args, paths}`: the large binaries among the first @budget terms of `args` written to
+  # files of the (local) pool `server`, `paths` those files. Terms without one are returned
+  # as they are (not rebuilt).
   def export_args(server, args) do
     with {dir, min} <- config(),
-         true <- :erlang.external_size(args) >= min,
          pid when is_pid(pid) <- GenServer.whereis(server),
          true <- node(pid) == node() do
       base = Path.join(dir, prefix(pid) <> "a")
 
       try do
-        walk(args, min, base, [])
+        {args, paths, _budget} = walk(args, {min, base}, [], @budget)
+        {args, paths}
       catch
         {:shm_failed, paths} ->
           remove(paths)
@@ -116,40 +122,42 @@ defmodule Snakepit.Pool.Process.Shm do
     end
   end
 
-  defp walk(bin, min, base, acc) when is_binary(bin) do
-    if byte_size(bin) >= min, do: write(bin, base, acc), else: {bin, acc}
+  defp walk(bin, {min, base}, acc, budget) when is_binary(bin) do
+    if byte_size(bin) >= min do
+      {ref, acc} = write(bin, base, acc)
+      {ref, acc, budget - 1}
+    else
+      {bin, acc, budget - 1}
+    end
   end
 
-  defp walk(term, min, base, acc) when is_map(term) or is_list(term) or is_tuple(term) do
-    if :erlang.external_size(term) < min, do: {term, acc}, else: walk_inside(term, min, base, acc)
+  defp walk(term, _ctx, acc, budget) when budget <= 0, do: {term, acc, 0}
+
+  defp walk(map, ctx, acc, budget) when is_map(map) and map_size(map) < budget do
+    {pairs, acc2, budget} = walk_list(:maps.to_list(map), ctx, acc, budget - 1)
+    {if(acc2 == acc, do: map, else: :maps.from_list(pairs)), acc2, budget}
   end
 
-  defp walk(term, _min, _base, acc), do: {term, acc}
-
-  defp walk_inside(map, min, base, acc) when is_map(map) do
-    {pairs, acc} =
-      Enum.map_reduce(:maps.to_list(map), acc, fn {k, v}, acc ->
-        {v, acc} = walk(v, min, base, acc)
-        {{k, v}, acc}
-      end)
-
-    {:maps.from_list(pairs), acc}
+  defp walk(tuple, ctx, acc, budget) when is_tuple(tuple) and tuple_size(tuple) < budget do
+    {items, acc2, budget} = walk_list(Tuple.to_list(tuple), ctx, acc, budget - 1)
+    {if(acc2 == acc, do: tuple, else: List.to_tuple(items)), acc2, budget}
   end
 
-  defp walk_inside(tuple, min, base, acc) when is_tuple(tuple) do
-    {items, acc} = walk_list(Tuple.to_list(tuple), min, base, acc)
-    {List.to_tuple(items), acc}
+  defp walk([_ | _] = list, ctx, acc, budget) do
+    {items, acc2, budget} = walk_list(list, ctx, acc, budget - 1)
+    {if(acc2 == acc, do: list, else: items), acc2, budget}
   end
 
-  defp walk_inside(list, min, base, acc) when is_list(list), do: walk_list(list, min, base, acc)
+  defp walk(term, _ctx, acc, budget), do: {term, acc, budget - 1}
 
-  defp walk_list([h | t], min, base, acc) do
-    {h, acc} = walk(h, min, base, acc)
-    {t, acc} = walk_list(t, min, base, acc)
-    {[h | t], acc}
+  # Elements while the budget lasts; the rest of the list as it is.
+  defp walk_list([h | t], ctx, acc, budget) when budget > 0 do
+    {h, acc, budget} = walk(h, ctx, acc, budget)
+    {t, acc, budget} = walk_list(t, ctx, acc, budget)
+    {[h | t], acc, budget}
   end
 
-  defp walk_list(other, min, base, acc), do: walk(other, min, base, acc)
+  defp walk_list(rest, _ctx, acc, budget), do: {rest, acc, budget}
 
   defp write(bin, base, acc) do
     path = base <> Integer.to_string(:erlang.unique_integer([:positive]))
