@@ -97,6 +97,24 @@ defmodule Snakepit.ProcessShmCase do
         assert Shm.files(ctx.pid) == []
       end
 
+      test "200 concurrent callers each get their own large binary back", ctx do
+        results =
+          1..200
+          |> Task.async_stream(
+            fn i ->
+              bin = :binary.copy(<<i, 255 - i>>, div(@min, 2) + i)
+              {bin, call(ctx.profile, ctx.pool, "same", %{buf: {:buffer, bin}}, timeout: 120_000)}
+            end,
+            max_concurrency: 200,
+            timeout: 180_000
+          )
+          |> Enum.map(fn {:ok, r} -> r end)
+
+        assert length(results) == 200
+        for {bin, reply} <- results, do: assert({:ok, ^bin} = reply)
+        assert Shm.files(ctx.pid) == []
+      end
+
       test "the threshold: just under goes through the port, from it through a file", ctx do
         for {size, base, mapped} <- [{@min - 1, "bytes", false}, {@min, "mmap", true}] do
           assert {:ok, %{"base" => ^base, "len" => ^size}} =
