@@ -120,6 +120,10 @@ defmodule Snakepit.Caller do
   def result({:error, map}) when is_map(map), do: {:error, Error.from_native(map)}
   def result({:etf, bin}), do: bin |> decode() |> result()
 
+  # With large binaries in shared memory (Snakepit.Pool.Process.Shm).
+  def result({:etf, bin, blobs}),
+    do: bin |> decode() |> Snakepit.Pool.Process.Shm.resolve(blobs) |> result()
+
   defp decode(bin) do
     bin |> :erlang.binary_to_term([:safe]) |> Snakepit.Ref.adopt(bin)
   rescue

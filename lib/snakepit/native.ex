@@ -42,6 +42,9 @@ defmodule Snakepit.Native do
   def ref_watch(_pid, _message), do: :erlang.nif_error(:nif_not_loaded)
   def ref_watch_fire(_watch), do: :erlang.nif_error(:nif_not_loaded)
 
+  # Large results of :process workers (native/snakepit/src/shm.rs).
+  def shm_map(_path), do: :erlang.nif_error(:nif_not_loaded)
+
   # Python calling Elixir (native/snakepit/src/callback.rs).
   def set_function_dispatcher(_pid), do: :erlang.nif_error(:nif_not_loaded)
   def function_reply(_id, _reply), do: :erlang.nif_error(:nif_not_loaded)

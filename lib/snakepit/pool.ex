@@ -41,7 +41,9 @@ defmodule Snakepit.Pool do
   once for all profiles. The messages a profile sends to the caller:
 
     * a call: exactly one `{tag, reply}`, where `reply` is `{:ok, term}`, `{:error, map}` or
-      `{:etf, binary}` (an external term of either), unless `cancel/3` answered `:cancelled`;
+      `{:etf, binary}` (an external term of either), unless `cancel/3` answered `:cancelled`
+      (`{:etf, binary, blobs}` too: the term's `{:"$snakepit_shm", i}` stand for the binaries
+      of the tuple `blobs`, Snakepit.Pool.Process.Shm);
     * a stream: `{tag, {:chunk, item}}` (`item` a term or `{:etf, binary}`) while there is
       demand, then one last message: `{tag, :done}`, `{tag, :closed}` (after `cancel/3`) or
       `{tag, {:error, map}}`;

@@ -59,5 +59,19 @@ defmodule Snakepit.ClusterProfilesTest do
 
       assert results == Enum.map(1..50, &{:ok, &1})
     end
+
+    # Large binaries (the :process profile's shared-memory files, Snakepit.Pool.Process.Shm,
+    # are local to the pool's machine): they cross both ways with their bytes.
+    test "#{profile}: large binaries to and from a pool on another node", %{node: node} do
+      pool = pool(@profile)
+      wait_until(fn -> Cluster.members(pool) == [node] end, 30_000)
+      big = :binary.copy(<<1, 2, 3, 255>>, 600_000)
+
+      assert {:ok, ^big} =
+               Snakepit.execute(pool, "echo", %{value: {:buffer, big}}, timeout: 30_000)
+
+      assert {:ok, [^big, 1]} =
+               Snakepit.execute(pool, "echo", %{value: [big, 1]}, timeout: 30_000)
+    end
   end
 end

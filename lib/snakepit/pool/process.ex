@@ -73,7 +73,7 @@ defmodule Snakepit.Pool.Process do
   @behaviour Snakepit.Pool
 
   alias Snakepit.{Caller, Config, Error}
-  alias Snakepit.Pool.Process.{OS, Reload}
+  alias Snakepit.Pool.Process.{OS, Reload, Shm}
 
   # Frame kinds, Elixir -> worker (priv/python/snakepit_bridge/worker.py).
   @call 0
@@ -100,6 +100,8 @@ defmodule Snakepit.Pool.Process do
   @nested 9
   # An async def call awaits on the worker's loop: its thread is free (worker.py, frame 10).
   @detached 10
+  # A reply whose large binaries are in shared-memory files (Snakepit.Pool.Process.Shm).
+  @reply_shm 11
 
   # Every atom a worker may send. binary_to_term(bin, [:safe]) refuses atoms that do not exist
   # yet; these exist as soon as this module is loaded (see worker_atoms/0).
@@ -139,7 +141,9 @@ defmodule Snakepit.Pool.Process do
     :resource,
     :type,
     :repr,
-    :id
+    :id,
+    # Large binaries in shared-memory files (Snakepit.Pool.Process.Shm).
+    :"$snakepit_shm"
   ]
 
   @shutdown_grace 5_000
@@ -157,8 +161,18 @@ defmodule Snakepit.Pool.Process do
     do: GenServer.start_link(__MODULE__, config)
 
   @impl Snakepit.Pool
-  def submit(server, command, args, window),
-    do: request(server, call_body(command, args, window), kind(window))
+  def submit(server, command, args, window) do
+    {args, files} = shm_args(server, args, window)
+    shm_handle(request(server, call_body(command, args, window), kind(window)), files)
+  end
+
+  # Large binaries of a call's arguments go through shared-memory files (Shm); the call's
+  # handle then lists them, so that finished/3 and cancel/3 remove what a worker never mapped.
+  defp shm_args(server, args, nil), do: Shm.export_args(server, args)
+  defp shm_args(_server, args, _window), do: {args, []}
+
+  defp shm_handle(result, []), do: result
+  defp shm_handle({:ok, tag, {server, :call}}, files), do: {:ok, tag, {server, :call, files}}
 
   defp call_body(command, args, window) do
     head =
@@ -177,8 +191,10 @@ defmodule Snakepit.Pool.Process do
   def object_home, do: :worker
 
   @impl Snakepit.Pool
-  def submit_to(server, worker, command, args, window),
-    do: request(server, call_body(command, args, window), kind(window), worker)
+  def submit_to(server, worker, command, args, window) do
+    {args, files} = shm_args(server, args, window)
+    shm_handle(request(server, call_body(command, args, window), kind(window), worker), files)
+  end
 
   # A call from an Elixir function that a worker of this pool called (Snakepit.Functions): it
   # goes to the worker thread that waits for that function (re-entrancy; see
@@ -222,6 +238,12 @@ defmodule Snakepit.Pool.Process do
     :cancelled
   end
 
+  def cancel(handle, tag, {server, :call, files}) do
+    answer = cancel(handle, tag, {server, :call})
+    Shm.remove(files)
+    answer
+  end
+
   def cancel(_server, tag, {server, _call}) do
     # Deactivate the alias first: from now on no reply can arrive. One may be here already.
     Process.demonitor(tag, [:flush])
@@ -247,6 +269,11 @@ defmodule Snakepit.Pool.Process do
   def finished(_server, tag, {_pid, :stream}) do
     Process.demonitor(tag, [:flush])
     flush(tag)
+  end
+
+  def finished(_server, tag, {_pid, :call, files}) do
+    Process.demonitor(tag, [:flush])
+    Shm.remove(files)
   end
 
   # A call's one reply has been received: only the monitor (and its alias) is left to drop.
@@ -310,7 +337,7 @@ defmodule Snakepit.Pool.Process do
         name: config.name,
         threads: config.threads_per_worker,
         python: python,
-        env: OS.worker_env(config),
+        env: OS.worker_env(config) ++ Shm.worker_env(self()),
         workers: %{},
         ports: %{},
         # One entry per free thread: the index of its worker.
@@ -924,27 +951,18 @@ defmodule Snakepit.Pool.Process do
   ## Frames from workers
 
   defp worker_frame(state, index, kind, <<id::32, bin::binary>>)
-       when kind in [@reply_ok, @reply_error] do
-    case state.workers[index] do
-      %{status: :ready} ->
-        status = if kind == @reply_ok, do: :ok, else: :error
+       when kind in [@reply_ok, @reply_error],
+       do: reply_frame(state, index, kind, id, {:etf, bin})
 
-        case end_job(state, index, id, status) do
-          {nil, state} ->
-            state
+  # Its files are mapped (and unlinked) here, whoever gets the reply (Shm.take_reply/1).
+  defp worker_frame(state, index, @reply_shm, bin) do
+    case Shm.take_reply(bin) do
+      {id, etf, blobs} ->
+        reply_frame(state, index, @reply_ok, id, {:etf, etf, blobs})
 
-          {job, state} ->
-            answer(job, {:etf, bin})
-            if job.nested != false, do: state, else: thread_free(state, index)
-        end
-
-      %{status: :starting} ->
-        # A start-up error of a restarted worker; it exits next and is restarted later.
-        {:error, e} = Caller.result({:etf, bin})
-        update_worker(state, index, &%{&1 | start_error: e})
-
-      _ ->
-        state
+      {id, :error} ->
+        error = Error.new(:worker, "a large result could not be read from shared memory")
+        reply_frame(state, index, @reply_error, id, {:error, error})
     end
   end
 
@@ -985,6 +1003,31 @@ defmodule Snakepit.Pool.Process do
   end
 
   defp worker_frame(state, _index, kind, bin), do: retiring_frame(state, kind, bin)
+
+  # A job's reply (`message`: what its caller gets).
+  defp reply_frame(state, index, kind, id, message) do
+    case state.workers[index] do
+      %{status: :ready} ->
+        status = if kind == @reply_ok, do: :ok, else: :error
+
+        case end_job(state, index, id, status) do
+          {nil, state} ->
+            state
+
+          {job, state} ->
+            answer(job, message)
+            if job.nested != false, do: state, else: thread_free(state, index)
+        end
+
+      %{status: :starting} ->
+        # A start-up error of a restarted worker; it exits next and is restarted later.
+        {:error, e} = Caller.result(message)
+        update_worker(state, index, &%{&1 | start_error: e})
+
+      _ ->
+        state
+    end
+  end
 
   # A reload marks the next ready worker due once the previous one's replacement is ready
   # (`index`: after recycling, or a restart if the old one died meanwhile); a worker that is
@@ -1028,6 +1071,12 @@ defmodule Snakepit.Pool.Process do
 
   defp retiring_frame(state, @log, bin) do
     log_frame(state, bin)
+    state
+  end
+
+  defp retiring_frame(state, @reply_shm, bin) do
+    # Nobody waits for it: its files are mapped only to be unlinked.
+    Shm.take_reply(bin)
     state
   end
 
@@ -1136,6 +1185,8 @@ defmodule Snakepit.Pool.Process do
 
   defp restart(state, index, why) do
     w = state.workers[index]
+    # Result files the dead worker wrote for replies it never sent.
+    if w.os_pid, do: Shm.remove_files(self(), w.os_pid)
     failures = if why == :failed_start, do: w.failures + 1, else: 0
     w = %{w | restarts: w.restarts + 1, failures: failures, status: :down, port: nil, jobs: %{}}
 
@@ -1285,6 +1336,7 @@ defmodule Snakepit.Pool.Process do
     for {_tag, job} <- state.jobs, do: answer(job, {:error, stopped(state, "while the call ran")})
 
     kill_all(state)
+    Shm.remove_files(self())
     :ok
   end
 

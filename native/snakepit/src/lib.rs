@@ -37,6 +37,8 @@ pub mod release;
 pub mod reload;
 pub mod runtime;
 #[cfg(feature = "nif")]
+pub mod shm;
+#[cfg(feature = "nif")]
 pub mod slot;
 #[cfg(feature = "nif")]
 pub mod stats;

@@ -47,6 +47,7 @@ import sys
 import zlib
 from typing import Any, Dict, List, Tuple
 
+from . import _shm
 from ._dispatch import type_name
 
 __all__ = [
@@ -290,6 +291,13 @@ def _decode(buf: memoryview, pos: int, depth: int) -> Tuple[Any, int]:
                 size = _u32(buf, after + 1)[0]
                 start = after + 5
                 return _readonly(buf[start : start + size]), start + size
+            if (text == "bytes" or text == "buffer") and _is_shm(buf, after):
+                view, end = _shm_view(buf, after)
+                return (bytes(view) if text == "bytes" else view), end
+        # A large binary in a shared-memory file (snakepit_bridge._shm): as a binary here.
+        if n == 3 and tag == SMALL_TUPLE_EXT and _is_shm(buf, pos - 2):
+            view, end = _shm_view(buf, pos - 2)
+            return _binary(view, 0, len(view)), end
         elems = []
         for _ in range(n):
             value, pos = _decode(buf, pos, depth + 1)
@@ -353,6 +361,27 @@ def _decode_run(buf: memoryview, pos: int, n: int) -> Any:
     return list(struct.unpack(f">{n}{_RUN_CODE[tag]}", payload)), end + 1
 
 
+_SHM_ATOM = "$snakepit_shm"
+
+
+def _is_shm(buf: memoryview, pos: int) -> bool:
+    """Whether ``{:"$snakepit_shm", path, size}`` (a large binary in a file) is at ``pos``."""
+    return buf[pos] == SMALL_TUPLE_EXT and buf[pos + 1] == 3 and _is_atom(buf, pos + 2, _SHM_ATOM)
+
+
+def _shm_view(buf: memoryview, pos: int) -> Tuple[memoryview, int]:
+    """The read-only view of the file of the marker at ``pos``; the position after it."""
+    _, after = _atom_text(buf, pos + 2)
+    path, after = _decode(buf, after, 1)
+    size, after = _decode(buf, after, 1)
+    if not isinstance(path, str) or not isinstance(size, int):
+        raise ConversionError("malformed shared-memory reference")
+    try:
+        return _shm.open_view(path, size), after
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from None
+
+
 def _is_atom(buf: memoryview, pos: int, text: str) -> bool:
     if buf[pos] not in _ATOM_TAGS:
         return False
@@ -376,6 +405,8 @@ def _decode_map(buf: memoryview, pos: int, depth: int) -> Tuple[Any, int]:
                 # An NDArray's data: a view of the frame, for numpy.frombuffer (no copy).
                 size = _u32(buf, pos + 1)[0]
                 value, pos = _readonly(buf[pos + 5 : pos + 5 + size]), pos + 5 + size
+            elif ndarray and key == "data" and _is_shm(buf, pos):
+                value, pos = _shm_view(buf, pos)
             else:
                 value, pos = _decode(buf, pos, child)
             if key == "__struct__" and _is_atom(buf, key_pos, "__struct__"):
@@ -505,7 +536,17 @@ def _encode_str(out: bytearray, obj: str) -> None:
     out += data
 
 
+_SHM_REF = bytes([SMALL_TUPLE_EXT, 2, SMALL_ATOM_UTF8_EXT, len(_SHM_ATOM)]) + _SHM_ATOM.encode()
+
+
 def _encode_bytes(out: bytearray, obj: Any) -> None:
+    if len(obj) >= _shm.MIN:
+        # Into a shared-memory file when a reply is being built (snakepit_bridge._shm).
+        index = _shm.export(obj)
+        if index is not None:
+            out += _SHM_REF
+            _encode_int(out, index)
+            return
     out += _p_tag_u32(BINARY_EXT, len(obj))
     out += obj
 
@@ -689,7 +730,7 @@ def _encode_other(out: bytearray, obj: Any, depth: int) -> None:
     elif isinstance(obj, Pid):
         out += obj.raw
     elif isinstance(obj, bytearray):
-        _encode_bytes(out, bytes(obj))
+        _encode_bytes(out, obj)
     elif isinstance(obj, memoryview):
         if not obj.c_contiguous:
             obj = memoryview(obj.tobytes())

@@ -58,6 +58,8 @@ kind   payload after the kind byte                  meaning
 10     ``<<id::32>>``                               call ``id`` (``async def``) awaits on the
                                                     worker's loop: its thread is free, its reply
                                                     comes later (``_async.detach``)
+11     ``<<id::32, n::32, paths::n>>`` ``{:ok, v}`` as 0, the large binaries of ``v`` in shm
+                                                    files (``paths`` NUL-separated; ``_shm.py``)
 =====  ===========================================  ==============================================
 
 Every job ends with exactly one reply, error or done frame, a cancelled one too (Elixir frees
@@ -87,7 +89,18 @@ import threading
 import traceback
 from typing import Any, Callable, Dict, Optional
 
-from . import _async, _cancel, _dispatch, _refs, _reload, _runtime, _worker_elixir, elixir, etf
+from . import (
+    _async,
+    _cancel,
+    _dispatch,
+    _refs,
+    _reload,
+    _runtime,
+    _shm,
+    _worker_elixir,
+    elixir,
+    etf,
+)
 from .errors import Cancelled
 from .etf import Atom, ConversionError
 
@@ -240,7 +253,8 @@ class Worker:
 
     def reply_ok(self, job_id: int, value: Any, command: str = "") -> None:
         try:
-            frame = _frame(REPLY_OK, (_OK, value), job_id)
+            # Large binaries through shared memory (snakepit_bridge._shm, frame kind 11).
+            frame = _shm.capture(lambda: _frame(REPLY_OK, (_OK, value), job_id))
         except ConversionError as exc:
             message = _dispatch.not_a_value(command, value) or str(exc)
             self.reply_error(job_id, error_map("conversion", message))

@@ -1,0 +1,236 @@
+# Large data of the process profiles through shared-memory files (Snakepit.Pool.Process.Shm,
+# priv/python/snakepit_bridge/_shm.py; docs/architecture.md, "Large data"): the bytes and the
+# Python-side types are those of the port path, the threshold is where it switches, and no
+# file is left behind when a worker dies or a queued call times out.
+
+defmodule Snakepit.ProcessShmCase do
+  @moduledoc false
+  use ExUnit.CaseTemplate
+
+  using opts do
+    profile = Keyword.fetch!(opts, :profile)
+
+    quote do
+      import Snakepit.ConformanceCase,
+        only: [start!: 2, call: 4, call: 5, capacity: 2, wait_for: 1]
+
+      import Snakepit.ProcessShmCase
+      alias Snakepit.Pool.Process.Shm
+
+      @moduletag profile: unquote(profile)
+      @adapter "snakepit_shm_adapters.ShmAdapter"
+      @min 1_048_576
+
+      setup do
+        profile = unquote(profile)
+        pool = start!(profile, [adapter: @adapter] ++ capacity(profile, 2))
+        {pid, _, _} = Snakepit.Registry.entry(pool)
+        {:ok, profile: profile, pool: pool, pid: pid}
+      end
+
+      test "large arguments: the bytes and the Python types of the port path", ctx do
+        big = pattern(3 * @min)
+        n = byte_size(big)
+
+        assert {:ok, %{"type" => "memoryview", "base" => "mmap", "readonly" => true, "len" => ^n}} =
+                 call(ctx.profile, ctx.pool, "kind_of", %{value: {:buffer, big}})
+
+        assert {:ok, ^big} = call(ctx.profile, ctx.pool, "same", %{buf: {:buffer, big}})
+
+        assert {:ok, %{"type" => "bytes", "len" => ^n}} =
+                 call(ctx.profile, ctx.pool, "kind_of", %{value: {:bytes, big}})
+
+        # Plain binaries: bytes when not UTF-8, str when UTF-8, as through the port.
+        assert {:ok, %{"type" => "bytes", "len" => ^n}} =
+                 call(ctx.profile, ctx.pool, "kind_of", %{value: big})
+
+        text = :binary.copy("snake ", div(2 * @min, 6))
+        t = byte_size(text)
+
+        assert {:ok, %{"type" => "str", "len" => ^t}} =
+                 call(ctx.profile, ctx.pool, "kind_of", %{value: text})
+
+        assert {:ok, [1, %{"k" => {^text}}]} =
+                 call(ctx.profile, ctx.pool, "echo", %{value: [1, %{k: {text}}]})
+
+        # Only the first terms are looked at: a binary further on goes through the port.
+        long = List.duplicate(1, 5_000)
+
+        for value <- [[big | long], long ++ [big]] do
+          assert {:ok, ^value} = call(ctx.profile, ctx.pool, "echo", %{value: value})
+        end
+
+        floats = 300_000
+        array = Snakepit.NDArray.new(ones(floats), {:f, 64}, {floats})
+
+        assert {:ok, %{"type" => "ndarray", "writeable" => false, "sum" => sum}} =
+                 call(ctx.profile, ctx.pool, "kind_of", %{value: array})
+
+        assert sum == floats * 1.0
+        assert Shm.files(ctx.pid) == []
+      end
+
+      test "large results: the bytes, over a mapping (not a copy)", ctx do
+        n = 3 * @min + 17
+
+        for kind <- ["bytes", "bytearray", "memoryview"] do
+          assert {:ok, bin} = call(ctx.profile, ctx.pool, "make_bytes", %{n: n, kind: kind})
+          assert bin == made_bytes(n)
+          assert mapped?(bin)
+        end
+
+        floats = 200_000
+
+        assert {:ok, %Snakepit.NDArray{dtype: {:f, 64}, shape: {^floats}, data: data}} =
+                 call(ctx.profile, ctx.pool, "arange", %{n: floats}, ndarray: :struct)
+
+        assert data == for(i <- 0..(floats - 1), into: <<>>, do: <<i * 1.0::float-64-native>>)
+        assert mapped?(data)
+
+        # A large NDArray both ways: Python doubles it (a new array).
+        array = Snakepit.NDArray.new(ones(floats), {:f, 64}, {floats})
+
+        assert {:ok, %Snakepit.NDArray{data: doubled}} =
+                 call(ctx.profile, ctx.pool, "double", %{a: array}, ndarray: :struct)
+
+        assert doubled == :binary.copy(<<2.0::float-64-native>>, floats)
+        assert Shm.files(ctx.pid) == []
+      end
+
+      test "200 concurrent callers each get their own large binary back", ctx do
+        results =
+          1..200
+          |> Task.async_stream(
+            fn i ->
+              bin = :binary.copy(<<i, 255 - i>>, div(@min, 2) + i)
+              {bin, call(ctx.profile, ctx.pool, "same", %{buf: {:buffer, bin}}, timeout: 120_000)}
+            end,
+            max_concurrency: 200,
+            timeout: 180_000
+          )
+          |> Enum.map(fn {:ok, r} -> r end)
+
+        assert length(results) == 200
+        for {bin, reply} <- results, do: assert({:ok, ^bin} = reply)
+        assert Shm.files(ctx.pid) == []
+      end
+
+      test "the threshold: just under goes through the port, from it through a file", ctx do
+        for {size, base, mapped} <- [{@min - 1, "bytes", false}, {@min, "mmap", true}] do
+          assert {:ok, %{"base" => ^base, "len" => ^size}} =
+                   call(ctx.profile, ctx.pool, "kind_of", %{value: {:buffer, pattern(size)}})
+
+          assert {:ok, bin} = call(ctx.profile, ctx.pool, "make_bytes", %{n: size})
+          assert bin == made_bytes(size)
+          assert mapped?(bin) == mapped
+        end
+      end
+
+      test "a tiny payload uses the port", ctx do
+        assert {:ok, %{"base" => "bytes", "len" => 3}} =
+                 call(ctx.profile, ctx.pool, "kind_of", %{value: {:buffer, "abc"}})
+
+        assert {:ok, "abc"} = call(ctx.profile, ctx.pool, "same", %{buf: {:buffer, "abc"}})
+      end
+
+      test "a worker killed while it holds a large argument leaves no file", ctx do
+        gate = gate()
+
+        task =
+          Task.async(fn ->
+            call(ctx.profile, ctx.pool, "blocked_len", %{
+              buf: {:buffer, pattern(2 * @min)},
+              gate: gate
+            })
+          end)
+
+        assert wait_for(fn -> busy(ctx.pool) == 1 end)
+        [os_pid | _] = for w <- workers(ctx.pool), w.busy == 1, do: w.os_pid
+        {_, 0} = System.cmd("kill", ["-9", to_string(os_pid)])
+
+        assert {:error, %Snakepit.Error{category: :worker}} = Task.await(task, 30_000)
+        assert Shm.files(ctx.pid) == []
+      end
+
+      test "a worker killed after it wrote a large result leaves no file", ctx do
+        gate = gate()
+
+        task =
+          Task.async(fn ->
+            call(ctx.profile, ctx.pool, "stuck_reply", %{n: 2 * @min, gate: gate})
+          end)
+
+        # The reply's bytes are in a file; its encoding is stuck after them.
+        assert wait_for(fn -> Shm.files(ctx.pid) != [] end)
+        [os_pid | _] = for w <- workers(ctx.pool), w.busy == 1, do: w.os_pid
+        assert Shm.files(ctx.pid, os_pid) != []
+        {_, 0} = System.cmd("kill", ["-9", to_string(os_pid)])
+
+        assert {:error, %Snakepit.Error{category: :worker}} = Task.await(task, 30_000)
+        assert wait_for(fn -> Shm.files(ctx.pid) == [] end)
+      end
+
+      test "a queued call that times out leaves no file", ctx do
+        # Every thread blocked, so the next call waits in the pool's queue.
+        gate = gate()
+
+        blocked =
+          for _ <- 1..2 do
+            Task.async(fn ->
+              call(ctx.profile, ctx.pool, "blocked_len", %{buf: "x", gate: gate})
+            end)
+          end
+
+        assert wait_for(fn -> busy(ctx.pool) == 2 end)
+
+        queued =
+          Task.async(fn ->
+            call(ctx.profile, ctx.pool, "kind_of", %{value: {:buffer, pattern(2 * @min)}},
+              timeout: 2_000
+            )
+          end)
+
+        # Its argument is in a file while it waits.
+        assert wait_for(fn -> Shm.files(ctx.pid) != [] end)
+        assert {:error, %Snakepit.Error{category: :timeout}} = Task.await(queued, 30_000)
+        assert Shm.files(ctx.pid) == []
+
+        File.write!(gate, "")
+        for t <- blocked, do: assert({:ok, 1} = Task.await(t, 30_000))
+      end
+    end
+  end
+
+  @doc "`n` bytes that are not UTF-8."
+  def pattern(n), do: binary_part(:binary.copy(<<1, 2, 3, 255>>, div(n, 4) + 1), 0, n)
+
+  @doc "What the adapter's make_bytes(n) returns: i % 251 for i in range(n)."
+  def made_bytes(n) do
+    block = for i <- 0..250, into: <<>>, do: <<i>>
+    binary_part(:binary.copy(block, div(n, 251) + 1), 0, n)
+  end
+
+  def ones(n), do: :binary.copy(<<1.0::float-64-native>>, n)
+
+  # A binary that owns its bytes elsewhere (a resource binary over a mapping): not the copy
+  # binary_to_term makes, whose referenced size is its own.
+  def mapped?(bin), do: :binary.referenced_byte_size(bin) != byte_size(bin)
+
+  def workers(pool), do: elem(Snakepit.stats(pool), 1).workers
+  def busy(pool), do: elem(Snakepit.stats(pool), 1).active_requests
+
+  # A file that does not exist yet: the adapter's blocking calls wait until it does.
+  def gate do
+    path = Path.join(System.tmp_dir!(), "snakepit-shm-gate-#{System.unique_integer([:positive])}")
+    ExUnit.Callbacks.on_exit(fn -> File.rm(path) end)
+    path
+  end
+end
+
+defmodule Snakepit.ProcessShmTest do
+  use Snakepit.ProcessShmCase, profile: :process, async: true
+end
+
+defmodule Snakepit.ProcessThreadedShmTest do
+  use Snakepit.ProcessShmCase, profile: :process_threaded, async: true
+end
