@@ -7,8 +7,8 @@
 //! attaches to the main interpreter and drops it there. No `Py<T>` may be dropped while
 //! detached (pyo3 would defer it to whichever thread attaches next, maybe one in another
 //! interpreter; the test build aborts instead): this thread is where such values go. Plain
-//! values (a large copy whose unmapping takes milliseconds) come here too, and are dropped
-//! without attaching.
+//! values (a large copy, a shared-memory mapping of shm.rs: unmapping tens of MB takes
+//! milliseconds) come here too, and are dropped without attaching.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;

@@ -2,13 +2,11 @@
 //! "Large data"): a worker writes the bytes into a fresh file of the shm directory, the pool
 //! process maps it here and gets a resource binary over the mapping (no copy). The file is
 //! unlinked as soon as it is open (its pages live while mapped); the mapping is unmapped on
-//! this module's release thread when the BEAM frees the binary (unmapping tens of MB takes
+//! the release thread (release.rs) when the BEAM frees the binary (unmapping tens of MB takes
 //! milliseconds, too long for a scheduler).
 
 use std::ffi::CString;
-use std::sync::OnceLock;
 
-use crossbeam_channel::Sender;
 use rustler::{Binary, Encoder, Env, ResourceArc, Term};
 
 use crate::atoms;
@@ -22,42 +20,23 @@ pub struct Mapped {
 #[rustler::resource_impl]
 impl rustler::Resource for Mapped {}
 
+/// The region itself; unmapped when dropped (on the release thread).
+struct Region(usize, usize);
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        unsafe {
+            libc::munmap(self.0 as *mut libc::c_void, self.1);
+        }
+    }
+}
+
 impl Drop for Mapped {
     fn drop(&mut self) {
-        if self.len == 0 {
-            return;
-        }
-        let region = (self.ptr, self.len);
-        let sender = RELEASE.get_or_init(start_release_thread);
-        if let Err(crossbeam_channel::SendError(region)) = sender.send(region) {
-            unmap(region);
+        if self.len != 0 {
+            crate::release::plain(Region(self.ptr, self.len), None);
         }
     }
-}
-
-fn unmap((ptr, len): (usize, usize)) {
-    unsafe {
-        libc::munmap(ptr as *mut libc::c_void, len);
-    }
-}
-
-static RELEASE: OnceLock<Sender<(usize, usize)>> = OnceLock::new();
-
-fn start_release_thread() -> Sender<(usize, usize)> {
-    let (tx, rx) = crossbeam_channel::unbounded::<(usize, usize)>();
-    let spawned = std::thread::Builder::new()
-        .name("snakepit-shm-unmap".into())
-        .spawn(move || {
-            while let Ok(region) = rx.recv() {
-                unmap(region);
-            }
-        });
-    if spawned.is_err() {
-        // No thread: the receiver is gone, so send fails and the drop unmaps in place.
-        let (dead, _) = crossbeam_channel::unbounded();
-        return dead;
-    }
-    tx
 }
 
 /// Opens `path`, unlinks it, maps it read-only. The file is unlinked whatever happens.
@@ -103,7 +82,7 @@ fn map_file(path: &[u8]) -> std::result::Result<Mapped, String> {
 fn shm_map<'a>(env: Env<'a>, path: Binary<'a>) -> Term<'a> {
     match map_file(path.as_slice()) {
         Ok(mapped) => {
-            RELEASE.get_or_init(start_release_thread);
+            crate::release::start();
             let held = ResourceArc::new(mapped);
             let bin = held.make_binary(env, |m| {
                 if m.len == 0 {
