@@ -294,6 +294,25 @@ defmodule Snakepit.Config do
       default: 1_000,
       doc: "how often `reload: :auto` looks at the files, in milliseconds."
     ],
+    large_data_shm: [
+      type: :boolean,
+      default: true,
+      doc: """
+      `:process` pools move binaries of `:large_data_shm_min` bytes and more through
+      shared-memory files instead of the worker's port (Linux; README "Large data"); `false`
+      sends everything through the port.
+      """
+    ],
+    large_data_shm_min: [
+      type: :pos_integer,
+      default: 1_048_576,
+      doc: "the size in bytes from which a binary goes through a shared-memory file."
+    ],
+    large_data_shm_dir: [
+      type: :path,
+      default: "/dev/shm",
+      doc: "where those files are made (a tmpfs); without it everything goes through the port."
+    ],
     functions: [
       type: :functions,
       default: [],
@@ -555,6 +574,14 @@ defmodule Snakepit.Config do
   end
 
   defp resolve_path(path), do: Path.expand(path)
+
+  @doc """
+  `config :snakepit, large_data_shm: ..., large_data_shm_min: ..., large_data_shm_dir: ...`:
+  `{on?, min_bytes, dir}`. Raises `Snakepit.Error` (`:validation`) on a bad value.
+  """
+  @spec large_data_shm() :: {boolean(), pos_integer(), String.t()}
+  def large_data_shm,
+    do: {global!(:large_data_shm), global!(:large_data_shm_min), global!(:large_data_shm_dir)}
 
   @doc "`config :snakepit, reload: ..., reload_interval: ...`: the mode and the poll interval."
   @spec reload() :: {:manual | :auto, pos_integer()}

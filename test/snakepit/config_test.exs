@@ -792,7 +792,8 @@ defmodule Snakepit.ConfigEnvTest do
       assert error.message ==
                "config :snakepit: unknown key :pyhton_path; did you mean :python_path? " <>
                  "(valid keys: :pools, :default_pool, :python_path, :python, :venv, " <>
-                 ":python_deps, :python_requirements, :reload, :reload_interval, :functions)"
+                 ":python_deps, :python_requirements, :reload, :reload_interval, :large_data_shm, " <>
+                 ":large_data_shm_min, :large_data_shm_dir, :functions)"
 
       assert error.details == %{
                key: :pyhton_path,
@@ -809,6 +810,9 @@ defmodule Snakepit.ConfigEnvTest do
                  :python_requirements,
                  :reload,
                  :reload_interval,
+                 :large_data_shm,
+                 :large_data_shm_min,
+                 :large_data_shm_dir,
                  :functions
                ]
              }
@@ -840,6 +844,9 @@ defmodule Snakepit.ConfigEnvTest do
             {:python_requirements, ["requirements.txt"], "expected nil or a path"},
             {:reload, true, "expected :manual or :auto"},
             {:reload_interval, 0, "expected a positive integer"},
+            {:large_data_shm, "yes", "expected true or false"},
+            {:large_data_shm_min, 0, "expected a positive integer"},
+            {:large_data_shm_dir, 5, "expected a path"},
             {:pools, %{name: :a}, "expected a list of pool configs"}
           ] do
         Application.put_env(:snakepit, key, value)

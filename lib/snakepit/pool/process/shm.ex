@@ -25,7 +25,6 @@ defmodule Snakepit.Pool.Process.Shm do
   # through a file is `config :snakepit, large_data_shm_min: bytes` (1 MiB by default).
 
   @marker :"$snakepit_shm"
-  @default_min 1_048_576
 
   @doc false
   def marker, do: @marker
@@ -44,13 +43,11 @@ defmodule Snakepit.Pool.Process.Shm do
   end
 
   defp compute_config do
-    dir = Application.get_env(:snakepit, :large_data_shm_dir, "/dev/shm")
-    min = Application.get_env(:snakepit, :large_data_shm_min, @default_min)
+    {on?, min, dir} = Snakepit.Config.large_data_shm()
 
-    if Application.get_env(:snakepit, :large_data_shm, true) and :os.type() == {:unix, :linux} and
-         is_integer(min) and min > 0 and File.dir?(dir),
-       do: {dir, min},
-       else: nil
+    if on? and :os.type() == {:unix, :linux} and File.dir?(dir),
+      do: {dir, min},
+      else: nil
   end
 
   @doc false
