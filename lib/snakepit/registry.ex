@@ -52,14 +52,9 @@ defmodule Snakepit.Registry do
 
   @doc "The published handle of `name` (one `:persistent_term` read)."
   @spec lookup(term()) :: {:ok, handle()} | {:error, Error.t()}
-  def lookup(name) when is_atom(name) do
-    case :persistent_term.get({__MODULE__, name}, nil) do
-      {_pid, handle, _info, _ndarray} -> {:ok, handle}
-      nil -> {:error, not_running(name)}
-    end
+  def lookup(name) do
+    with {:ok, handle, _ndarray} <- lookup_call(name), do: {:ok, handle}
   end
-
-  def lookup(name), do: {:error, not_running(name)}
 
   @doc "`lookup/1` plus the pool's `ndarray:` mode, from the same read (the call path)."
   @spec lookup_call(term()) :: {:ok, handle(), atom()} | {:error, Error.t()}
