@@ -428,9 +428,9 @@ impl PoolInner {
         }
     }
 
-    /// Runs worker `w`'s `cleanup()`, once, and drops its instance attached (when this pool is
-    /// freed later, on a scheduler, only `None`s go to pyo3's reference pool, which threads of
-    /// any interpreter drain: docs/architecture.md, "Subinterpreter workers").
+    /// Runs worker `w`'s `cleanup()`, once, and drops its instance here, attached to its own
+    /// interpreter (a :subinterpreter worker's must never reach the release thread, which
+    /// drops in the main one: docs/architecture.md, "Dropping Python objects").
     pub(crate) fn cleanup_worker(&self, py: Python<'_>, w: usize) {
         if !self.cleaned[w].swap(true, Ordering::SeqCst) {
             dispatch::cleanup(py, &self.workers[w].get());

@@ -55,63 +55,60 @@ pub(crate) fn serve(
     index: usize,
     started: crossbeam_channel::Sender<()>,
 ) {
-    {
-        let pool = Arc::clone(pool);
-        let slot = Arc::clone(&pool.slots[index]);
-        slot.ident.store(
-            unsafe { ffi::PyThread_get_thread_ident() } as u64,
-            Ordering::SeqCst,
-        );
-        slot.tstate.store(
-            unsafe { ffi::PyThreadState_Get() } as usize,
-            Ordering::SeqCst,
-        );
-        dispatch::call_runtime(py, "set_thread_name", (&slot.name, &pool.config.name)).ok();
-        interrupt::register_thread(&slot);
-        crate::refs::set_thread_pool(&pool.config.name);
-        callback::register_thread(&pool, &slot, index);
-        drop(started);
-        let worker_slot = &pool.workers[slot.worker];
-        pool.idle.ready_begin();
-        loop {
-            if pool.shutdown.load(Ordering::Relaxed) {
-                pool.idle.ready_done();
-                break;
-            }
-            let job = match pool.rx.try_recv() {
-                Ok(job) => Some(job),
-                Err(TryRecvError::Empty) => spin(py, &pool),
-                Err(TryRecvError::Disconnected) => None,
-            };
-            let job = match job {
-                Some(job) => {
-                    pool.idle.ready_done();
-                    Some(job)
-                }
-                None => pool.idle.leave_ready(|| pool.rx.try_recv().ok()),
-            };
-            match job {
-                Some(job) => {
-                    pool.idle.took_job(!pool.rx.is_empty());
-                    // run_job counts this thread ready again before it replies.
-                    let worker = worker_slot.get();
-                    run_job(py, &pool, &worker, &slot, index, *job);
-                    drop(worker);
-                    if let Some(reason) = worker_slot.served_one(&pool.policy) {
-                        recycle(py, &pool, worker_slot, reason);
-                    }
-                }
-                None => py.detach(|| {
-                    pool.idle
-                        .park(|| !pool.rx.is_empty() || pool.shutdown.load(Ordering::SeqCst));
-                    // Until it holds the GIL again this thread will look at the queue soon.
-                    pool.idle.ready_begin();
-                }),
-            }
+    let slot = Arc::clone(&pool.slots[index]);
+    slot.ident.store(
+        unsafe { ffi::PyThread_get_thread_ident() } as u64,
+        Ordering::SeqCst,
+    );
+    slot.tstate.store(
+        unsafe { ffi::PyThreadState_Get() } as usize,
+        Ordering::SeqCst,
+    );
+    dispatch::call_runtime(py, "set_thread_name", (&slot.name, &pool.config.name)).ok();
+    interrupt::register_thread(&slot);
+    crate::refs::set_thread_pool(&pool.config.name);
+    callback::register_thread(pool, &slot, index);
+    drop(started);
+    let worker_slot = &pool.workers[slot.worker];
+    pool.idle.ready_begin();
+    loop {
+        if pool.shutdown.load(Ordering::Relaxed) {
+            pool.idle.ready_done();
+            break;
         }
-        // Attached: an interrupter holding the GIL sees either this or a live thread state.
-        slot.tstate.store(0, Ordering::SeqCst);
+        let job = match pool.rx.try_recv() {
+            Ok(job) => Some(job),
+            Err(TryRecvError::Empty) => spin(py, pool),
+            Err(TryRecvError::Disconnected) => None,
+        };
+        let job = match job {
+            Some(job) => {
+                pool.idle.ready_done();
+                Some(job)
+            }
+            None => pool.idle.leave_ready(|| pool.rx.try_recv().ok()),
+        };
+        match job {
+            Some(job) => {
+                pool.idle.took_job(!pool.rx.is_empty());
+                // run_job counts this thread ready again before it replies.
+                let worker = worker_slot.get();
+                run_job(py, pool, &worker, &slot, index, *job);
+                drop(worker);
+                if let Some(reason) = worker_slot.served_one(&pool.policy) {
+                    recycle(py, pool, worker_slot, reason);
+                }
+            }
+            None => py.detach(|| {
+                pool.idle
+                    .park(|| !pool.rx.is_empty() || pool.shutdown.load(Ordering::SeqCst));
+                // Until it holds the GIL again this thread will look at the queue soon.
+                pool.idle.ready_begin();
+            }),
+        }
     }
+    // Attached: an interrupter holding the GIL sees either this or a live thread state.
+    slot.tstate.store(0, Ordering::SeqCst);
 }
 
 /// Spins for a job for a short while if fewer than `max_spinners` threads already do.
