@@ -119,8 +119,10 @@ defmodule Snakepit do
   @doc """
   Counters of a pool: `total_requests`, `active_requests`, `queued`, `completed`, `failed`,
   `cancelled`, `rejected`, `max_workers` (its capacity), `thread_utilization` (one entry per
-  thread: `name`, `worker`, `requests`, `busy_ms`, `busy_share`), `workers`, and `python`
-  (`version`, `free_threaded`, `gil_enabled`).
+  thread: `name`, `worker`, `requests`, `busy_ms`, `busy_share`), `workers` (one entry per
+  worker: `index`, `adapter`, `requests`, `threads`, `recycles`, and what its profile adds, such
+  as a `:process` worker's `os_pid`, `restarts` and `status`), and `python` (`version`,
+  `free_threaded`, `gil_enabled`).
   """
   @spec stats(pool()) :: {:ok, map()} | {:error, Error.t()}
   def stats(pool) do

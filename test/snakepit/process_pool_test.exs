@@ -483,7 +483,7 @@ defmodule Snakepit.ProcessPoolTest do
       # Each retired process runs cleanup() on its own: wait for both markers.
       assert wait_until(fn -> File.exists?(Path.join(dir, "cleanup-#{b}")) end)
       assert wait_until(fn -> File.exists?(Path.join(dir, "cleanup-#{a}")) end)
-      assert [%{recycled: 2, restarts: 0, requests: 7}] = ProcessPool.stats(pool).workers
+      assert [%{recycles: 2, restarts: 0, requests: 7}] = ProcessPool.stats(pool).workers
       assert wait_until(fn -> not alive?(a) and not alive?(b) end)
     end
 
@@ -503,7 +503,7 @@ defmodule Snakepit.ProcessPoolTest do
              end)
 
       assert length(served_by(results)) > 2
-      assert Enum.sum(Enum.map(ProcessPool.stats(pool).workers, & &1.recycled)) >= 2
+      assert Enum.sum(Enum.map(ProcessPool.stats(pool).workers, & &1.recycles)) >= 2
     end
   end
 
@@ -512,7 +512,7 @@ defmodule Snakepit.ProcessPoolTest do
 
   defp ttl_calls(pool, deadline, acc) do
     stats = ProcessPool.stats(pool)
-    recycled = Enum.sum(Enum.map(stats.workers, & &1.recycled))
+    recycled = Enum.sum(Enum.map(stats.workers, & &1.recycles))
 
     failed? =
       Enum.any?(acc, fn {result, serving} -> not match?({:ok, _}, result) or serving < 1 end)

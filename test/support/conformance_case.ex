@@ -694,7 +694,7 @@ defmodule Snakepit.ConformanceCase do
           assert stats.queued == 0
         end
 
-        test "stats have the same keys in both profiles", ctx do
+        test "stats have the same keys in every profile", ctx do
           stats = stats(ctx.profile, ctx.pool)
 
           for key <- [
@@ -717,6 +717,12 @@ defmodule Snakepit.ConformanceCase do
           end
 
           assert stats.max_workers == 4
+
+          for w <- stats.workers,
+              key <- [:index, :adapter, :requests, :threads, :recycles] do
+            assert Map.has_key?(w, key), "a worker's stats miss #{key}"
+          end
+
           assert [%{index: 0, requests: _} | _] = stats.workers
         end
 

@@ -334,6 +334,24 @@ defmodule Snakepit.ConformanceElixirCase do
           assert results == Enum.map(1..30, &{:ok, &1})
         end
 
+        test "a worker whose last call before recycling was async def is recycled", ctx do
+          # The async call leaves its thread when it begins to await, so its reply frees no
+          # thread: the recycle must still happen then, or the due worker takes no more calls
+          # and the next call waits forever.
+          pool = start!(ctx.profile, capacity(ctx.profile, 1) ++ [worker_max_requests: 1])
+
+          for i <- 1..4 do
+            assert {:ok, ^i} =
+                     call(ctx.profile, pool, "async_sleep", %{seconds: 0.01, value: i},
+                       timeout: 30_000
+                     )
+          end
+
+          assert wait_for(fn ->
+                   stats(ctx.profile, pool).workers |> Enum.map(& &1.recycles) |> Enum.sum() >= 3
+                 end)
+        end
+
         test "await elixir.acall(...) calls Elixir", ctx do
           name = register!(fn a -> {:got, a} end)
 

@@ -403,7 +403,7 @@ defmodule Snakepit.Pool.Process do
       served: 0,
       requests: 0,
       restarts: 0,
-      recycled: 0,
+      recycles: 0,
       due: false,
       failures: 0,
       adapter: nil,
@@ -930,6 +930,17 @@ defmodule Snakepit.Pool.Process do
     end
   end
 
+  # After job `job` of worker `index` answered: its thread is free (nested: false); an async
+  # def call that left its thread when it began to await (:detached) frees none, but it may
+  # have been the last job of a worker due for recycling, which nothing else would retire; a
+  # job of an elixir.call chain (true) ends inside the call whose thread waits for it.
+  defp job_ended(state, index, %{nested: false}), do: thread_free(state, index)
+
+  defp job_ended(%{stopping: false} = state, index, %{nested: :detached}),
+    do: maybe_recycle(state, index)
+
+  defp job_ended(state, _index, _job), do: state
+
   defp saturated(state) do
     Error.new(
       :pool,
@@ -982,7 +993,7 @@ defmodule Snakepit.Pool.Process do
 
       {job, state} ->
         answer(job, if(closed == 1, do: :closed, else: :done))
-        if job.nested != false, do: state, else: thread_free(state, index)
+        job_ended(state, index, job)
     end
   end
 
@@ -1016,7 +1027,7 @@ defmodule Snakepit.Pool.Process do
 
           {job, state} ->
             answer(job, message)
-            if job.nested != false, do: state, else: thread_free(state, index)
+            job_ended(state, index, job)
         end
 
       %{status: :starting} ->
@@ -1242,7 +1253,7 @@ defmodule Snakepit.Pool.Process do
         free: Enum.reject(state.free, &(&1 == index))
     }
 
-    spawn_worker(state, index, %{w | recycled: w.recycled + 1})
+    spawn_worker(state, index, %{w | recycles: w.recycles + 1})
   end
 
   # A recycled worker's replacement is ready: the next due worker may go.
@@ -1277,7 +1288,7 @@ defmodule Snakepit.Pool.Process do
           os_pid: w.os_pid,
           requests: w.requests,
           restarts: w.restarts,
-          recycled: w.recycled,
+          recycles: w.recycles,
           status: worker_status(w),
           busy: map_size(w.jobs),
           adapter: w.adapter,
