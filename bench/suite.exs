@@ -1258,7 +1258,21 @@ defmodule Bench.Suite do
             "#{Support.fixed(h8.buffer_in, 2)}×, bytes out #{Support.fixed(h8.bytes_out, 2)}×, NDArray to NumPy " <>
             "and back #{Support.fixed(h8.nd_echo, 2)}× (a writable array out: #{Support.fixed(h8.nd_out, 2)}×); " <>
             "#{h8.stalls} long_schedule event(s) over the large-data section."
-        ]
+        ] ++
+          if h8.process do
+            pr = fn k ->
+              {warm, fresh} = Map.fetch!(h8.process, k)
+
+              "#{Support.fixed(warm, 2)}× (#{Support.fixed(fresh, 2)}× of a copy into fresh pages)"
+            end
+
+            [
+              "- 64 MB on a :process pool (shared memory): `{:buffer, _}` in #{pr.(:buffer_in)}, " <>
+                "bytes out #{pr.(:bytes_out)}, NDArray echo #{pr.(:nd_echo)}."
+            ]
+          else
+            []
+          end
       else
         []
       end ++

@@ -1,7 +1,9 @@
 # Section "6. Large data" of bench/suite.exs: {:buffer, _} arguments, bytes results and
 # %Snakepit.NDArray{} both ways, 1 KB to 256 MB, both profiles, beside `:binary.copy/1` of the
-# same size in the same run (the memcpy reference); peak RSS of 64 MB round trips; and the
-# long_schedule events of the caller over the whole section (README, "Large data").
+# same size in the same run (the memcpy reference) and a copy into fresh pages
+# (bench/python/fresh_copy.py, the floor for data that lands in new memory); peak RSS of 64 MB
+# round trips; and the long_schedule events of the caller over the whole section (README,
+# "Large data").
 
 defmodule Bench.LargeData do
   @moduledoc false
@@ -29,6 +31,7 @@ defmodule Bench.LargeData do
           bin = :binary.copy(<<0xAB>>, size)
           # The reference runs outside the stall monitor: :binary.copy/1 is one long BIF call.
           ref = median_us(calls, fn -> :binary.copy(bin) end, fn _ -> true end)
+          fresh = fresh_copy_us(size, calls)
 
           per_pool =
             for pool <- pools, pool.profile == :thread or size <= @mb64, into: %{} do
@@ -39,7 +42,7 @@ defmodule Bench.LargeData do
             end
 
           :erlang.garbage_collect()
-          %{size: size, ref: ref, pools: per_pool}
+          %{size: size, ref: ref, fresh: fresh, pools: per_pool}
         end
 
       rows = measured
@@ -116,6 +119,17 @@ defmodule Bench.LargeData do
     }
   end
 
+  # Median microseconds of a memcpy of `size` bytes into fresh (never touched) pages, in a
+  # plain Python process (bench/python/fresh_copy.py).
+  defp fresh_copy_us(size, calls) do
+    script = Path.join(Support.bench_dir(), "python/fresh_copy.py")
+
+    %{
+      us:
+        Support.number(Support.python_kv(script, [to_string(size), to_string(calls)])["fresh_us"])
+    }
+  end
+
   defp edges(bin) when byte_size(bin) <= 128, do: bin
   defp edges(bin), do: {binary_part(bin, 0, 64), binary_part(bin, byte_size(bin), -64)}
 
@@ -171,16 +185,19 @@ defmodule Bench.LargeData do
 
     mbps = fn size, us -> size / us end
     ratio = fn r, m -> if m.us, do: r.ref.us / m.us end
+    fresh_ratio = fn r, m -> if m.us && r.fresh.us, do: r.fresh.us / m.us end
 
     table =
       for r <- rows, {profile, d} <- Enum.sort(r.pools) do
         cells =
           [d.buffer_in, d.bytes_out, d.nd_in, d.nd_out, d.nd_echo]
           |> Enum.map_join(" | ", fn m ->
-            "#{Support.sig(mbps.(r.size, m.us))} (#{Support.fixed(ratio.(r, m), 2)}×)"
+            "#{Support.sig(mbps.(r.size, m.us))} (#{Support.fixed(ratio.(r, m), 2)}×; " <>
+              "#{Support.fixed(fresh_ratio.(r, m), 2)}×)"
           end)
 
-        "| #{Support.size_label(r.size)} | #{profile} | #{Support.sig(mbps.(r.size, r.ref.us))} | #{cells} |"
+        "| #{Support.size_label(r.size)} | #{profile} | #{Support.sig(mbps.(r.size, r.ref.us))} | " <>
+          "#{Support.sig(mbps.(r.size, r.fresh.us))} | #{cells} |"
       end
 
     big = Enum.find(rows, &(&1.size == @mb64))
@@ -190,6 +207,11 @@ defmodule Bench.LargeData do
         t = big.pools.thread
 
         %{
+          process:
+            Map.new([:buffer_in, :bytes_out, :nd_echo], fn k ->
+              m = Map.fetch!(big.pools.process, k)
+              {k, {ratio.(big, m), fresh_ratio.(big, m)}}
+            end),
           buffer_in: ratio.(big, t.buffer_in),
           bytes_out: ratio.(big, t.bytes_out),
           nd_echo: ratio.(big, t.nd_echo),
@@ -211,15 +233,18 @@ defmodule Bench.LargeData do
       lines:
         [
           "MB/s of payload (10^6 bytes/s = size / median time of one call, one caller), and in brackets " <>
-            "the ratio to the memcpy reference (`:binary.copy/1` of the same size, same run; ≥ 0.5× is the goal). " <>
+            "the ratio to the memcpy reference (`:binary.copy/1` of the same size, same run; ≥ 0.5× is the goal), " <>
+            "then to a memcpy into fresh pages (bench/python/fresh_copy.py: an untouched anonymous mapping, " <>
+            "so the kernel maps each page as it is written, as it must for data that lands in new memory; " <>
+            "`:binary.copy/1` often reuses memory the allocator kept from the previous copy). " <>
             "buffer in: `{:buffer, bin}` to `buffer_len` (a memoryview, not copied); bytes out: `bytes` " <>
             "cached in Python returned as a binary; NDArray in: `%Snakepit.NDArray{}` of float64 to " <>
             "`buffer_len` (a NumPy array over the binary); NDArray out: a cached (writable) float64 array " <>
             "returned with `ndarray: :struct`; NDArray echo: the array back as it came (read-only, over the " <>
             "Erlang binary). :process pools stop at 64 MB.",
           "",
-          "| size | profile | memcpy reference | buffer in | bytes out | NDArray in | NDArray out | NDArray echo |",
-          "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+          "| size | profile | memcpy reference | memcpy, fresh pages | buffer in | bytes out | NDArray in | NDArray out | NDArray echo |",
+          "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         ] ++
           table ++
           ["", "Memory:"] ++
