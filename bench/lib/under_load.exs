@@ -2,7 +2,9 @@
 # and a :process pool (2×1) beside a raw port echo to Python (bench/port_echo.py), in three
 # conditions measured in the same run: idle; two CPU-bound OS processes (`while :; do :; done`)
 # on the 2 cores; two busy Elixir processes in this VM. Conditions and pools are interleaved
-# round by round, so a change of machine load hits every column alike.
+# round by round, so a change of machine load hits every column alike. Beside them, two
+# designs without the hand-off to a pool thread, measured only (native/snakepit/src/spike.rs):
+# the call run inside the NIF on the calling scheduler, and on a dirty-CPU scheduler.
 
 defmodule Bench.UnderLoad do
   @moduledoc false
@@ -24,12 +26,17 @@ defmodule Bench.UnderLoad do
 
     process = Pools.start!(:process, name: :bench_load_p, adapter: @adapter, pool_size: 2)
     port = open_port()
+    {_pid, {Snakepit.Pool.Thread, handle}, _info} = Snakepit.Registry.entry(:bench_load_t)
 
     try do
       targets = [
         thread: fn -> Snakepit.execute(:bench_load_t, "echo", %{value: 1}) == {:ok, 1} end,
         process: fn -> Snakepit.execute(:bench_load_p, "echo", %{value: 1}) == {:ok, 1} end,
-        port: fn -> port_echo(port) end
+        port: fn -> port_echo(port) end,
+        inline: fn ->
+          Snakepit.Native.spike_inline_call(handle, "echo", %{value: 1}) == {:ok, 1}
+        end,
+        dirty: fn -> Snakepit.Native.spike_dirty_call(handle, "echo", %{value: 1}) == {:ok, 1} end
       ]
 
       samples =
@@ -135,9 +142,13 @@ defmodule Bench.UnderLoad do
         t = med.({condition, :thread})
         pr = med.({condition, :process})
         port = med.({condition, :port})
+        inline = med.({condition, :inline})
+        dirty = med.({condition, :dirty})
 
         "| #{label} | #{Support.us(t)} | #{Support.us(pr)} | #{Support.us(port)} | " <>
-          "#{Support.fixed(t / port, 2)} | #{Support.fixed(pr / port, 2)} |"
+          "#{Support.fixed(t / port, 2)} | #{Support.fixed(pr / port, 2)} | " <>
+          "#{Support.us(inline)} (#{Support.fixed(inline / port, 2)}) | " <>
+          "#{Support.us(dirty)} (#{Support.fixed(dirty / port, 2)}) |"
       end
 
     %{
@@ -152,10 +163,14 @@ defmodule Bench.UnderLoad do
           "Median round trip in µs of `echo(1)`, one caller, #{calls} calls per figure after #{div(calls, 10)} " <>
             "untimed; median of #{rounds} round(s), conditions and targets interleaved. :thread 2×8, " <>
             ":process 2×1; port echo = a raw `{:packet, 4}` port to bench/port_echo.py (no decoding). " <>
-            "Goals: under OS contention a :thread call ≤ 1/3 of the port echo, in a busy VM ≤ 2/3.",
+            "Goals: under OS contention a :thread call ≤ 1/3 of the port echo, in a busy VM ≤ 2/3. " <>
+            "The last two columns (in brackets: over the port echo) measure designs without the hand-off " <>
+            "to a pool thread, not offered: `echo` run inside the NIF on the calling normal scheduler " <>
+            "(inline) and on a dirty-CPU scheduler (dirty), native/snakepit/src/spike.rs; " <>
+            "docs/architecture.md, \"Under load\", says why neither is.",
           "",
-          "| condition | thread | process | port echo | thread / port | process / port |",
-          "| --- | ---: | ---: | ---: | ---: | ---: |"
+          "| condition | thread | process | port echo | thread / port | process / port | inline (measured only) | dirty NIF (measured only) |",
+          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         ] ++ rows
     }
   end

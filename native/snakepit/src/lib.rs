@@ -41,6 +41,8 @@ pub mod shm;
 #[cfg(feature = "nif")]
 pub mod slot;
 #[cfg(feature = "nif")]
+pub mod spike;
+#[cfg(feature = "nif")]
 pub mod stats;
 #[cfg(feature = "nif")]
 pub mod subinterp;
