@@ -35,10 +35,14 @@ defmodule Bench.LargeData do
 
           per_pool =
             for pool <- pools, pool.profile == :thread or size <= @mb64, into: %{} do
+              steal = Support.steal_ms()
+
               {events, figures} =
                 Bench.LargeData.Stalls.collect(fn -> directions(pool, bin, size, calls) end)
 
-              {pool.profile, Map.put(figures, :events, events)}
+              stolen = if steal, do: Support.steal_ms() - steal
+
+              {pool.profile, figures |> Map.put(:events, events) |> Map.put(:stolen, stolen)}
             end
 
           :erlang.garbage_collect()
@@ -52,8 +56,13 @@ defmodule Bench.LargeData do
           acc -> Map.update(acc, profile, [e], &[e | &1])
         end
 
+      stolen =
+        for r <- rows, {profile, d} <- r.pools, d.stolen, reduce: %{} do
+          acc -> Map.update(acc, profile, d.stolen, &(&1 + d.stolen))
+        end
+
       rss = if p.mode == "smoke", do: [], else: Enum.map(pools, &peak_rss(&1, @mb64))
-      render(rows, rss, events)
+      render(rows, rss, {events, stolen})
     after
       Enum.each(pools, &Pools.stop/1)
     end
@@ -174,12 +183,12 @@ defmodule Bench.LargeData do
     %{profile: pool.profile, extra: peak - before, size: size}
   end
 
-  defp render(rows, rss, events) do
+  defp render(rows, rss, {events, stolen}) do
     bad =
       for r <- rows,
           {_, d} <- r.pools,
           {k, m} <- d,
-          k != :events,
+          k not in [:events, :stolen],
           reduce: 0,
           do: (acc -> acc + m.bad)
 
@@ -259,10 +268,14 @@ defmodule Bench.LargeData do
                 longest = es |> Enum.map(& &1[:timeout]) |> Enum.max(fn -> 0 end)
 
                 "#{profile} #{length(es)}" <>
-                  if(es == [], do: "", else: " (longest #{longest} ms)")
+                  if(es == [], do: "", else: " (longest #{longest} ms)") <>
+                  case stolen[profile] do
+                    nil -> ""
+                    ms -> ", while the hypervisor took #{ms} ms of CPU from this VM (steal time)"
+                  end
               end) <>
-              ". On a machine shared with other work the OS also deschedules the BEAM now and " <>
-              "then; such events are not caused by a call."
+              ". On a machine shared with other work the OS, and on a VM the host, also " <>
+              "deschedules the BEAM now and then; such events are not caused by a call."
           ]
     }
   end

@@ -539,6 +539,22 @@ defmodule Bench.Support do
     end
   end
 
+  @doc """
+  CPU time the hypervisor gave to other guests while this VM wanted it (`steal` in
+  /proc/stat), in ms summed over all CPUs since boot; nil where unreadable. While the host
+  takes a vCPU, whatever that vCPU ran (a BEAM scheduler too) stands still.
+  """
+  def steal_ms do
+    with {:ok, text} <- File.read("/proc/stat"),
+         ["cpu" <> _ | fields] <- text |> String.split("\n") |> hd() |> String.split(),
+         steal when is_binary(steal) <- Enum.at(fields, 7) do
+      # /proc/stat counts in USER_HZ ticks, 100 per second on Linux.
+      String.to_integer(steal) * 10
+    else
+      _ -> nil
+    end
+  end
+
   defp cpu_jiffies do
     with {:ok, text} <- File.read("/proc/stat"),
          ["cpu" <> _ | fields] <- text |> String.split("\n") |> hd() |> String.split() do
