@@ -60,7 +60,7 @@ defmodule Bench.Suite do
     task_ms: 20,
     tasks: 16,
     threads: [1, 2, 4, 8],
-    scaling_repeats: 3,
+    scaling_repeats: 7,
     # 3. data
     sizes: [1024, 1_048_576, 67_108_864],
     data_calls: %{1024 => 300, 1_048_576 => 5, 67_108_864 => 1},
