@@ -505,6 +505,50 @@ defmodule Snakepit.ProcessPoolTest do
       assert length(served_by(results)) > 2
       assert Enum.sum(Enum.map(ProcessPool.stats(pool).workers, & &1.recycles)) >= 2
     end
+
+    test "while a replacement cannot start, the workers due meanwhile keep serving" do
+      marker = Path.join(System.tmp_dir!(), "snakepit_down_#{System.unique_integer([:positive])}")
+
+      on_exit(fn -> File.rm(marker) end)
+
+      pool =
+        start!(
+          adapter: "snakepit_process_adapters.FailsWhenMarked",
+          adapter_env: [{"SNAKEPIT_FAIL_MARKER", marker}],
+          pool_size: 2,
+          threads_per_worker: 2,
+          worker_max_requests: 3
+        )
+
+      File.write!(marker, "")
+      [a, b] = Enum.map(ProcessPool.stats(pool).workers, & &1.os_pid)
+
+      # Both workers pass worker_max_requests; the first one due is retired and its
+      # replacement fails (and is retried with backoff); the other, due too, serves on.
+      # Before, it took no calls and these waited for ever.
+      results =
+        1..40
+        |> Task.async_stream(fn i -> exec(pool, "echo", %{value: i}, 10_000) end,
+          max_concurrency: 4,
+          timeout: 20_000
+        )
+        |> Enum.map(fn {:ok, r} -> r end)
+
+      assert results == Enum.map(1..40, &{:ok, &1})
+      stats = ProcessPool.stats(pool)
+      assert Enum.any?(stats.workers, &(&1.status in [:down, :starting] and &1.restarts >= 1))
+      assert Enum.any?(stats.workers, &(&1.os_pid in [a, b] and &1.status in [:idle, :busy]))
+
+      # The store is back: the replacement starts, then the due worker is replaced too.
+      File.rm!(marker)
+
+      assert wait_until(fn ->
+               ws = ProcessPool.stats(pool).workers
+               Enum.all?(ws, &(&1.status == :idle and &1.os_pid not in [a, b]))
+             end)
+
+      assert {:ok, 1} = exec(pool, "echo", %{value: 1})
+    end
   end
 
   defp served_by(results),

@@ -47,7 +47,10 @@ defmodule Snakepit.Pool.Process do
 
   `:worker_ttl` and `:worker_max_requests` replace one worker process at a time: a worker due
   for recycling takes no new calls, finishes the ones it runs, gets a stop frame (its adapter's `cleanup()` runs) and a
-  fresh process takes its place; the other workers keep serving meanwhile.
+  fresh process takes its place; the other workers keep serving meanwhile. If that fresh
+  process cannot start (an exception in the adapter's `__init__`), it is retried with backoff
+  and the workers due meanwhile keep serving until it is up (`recycle_stalled?/1`): a
+  replacement that cannot start never takes the whole pool down.
 
   ## Messages from Python
 
@@ -761,14 +764,39 @@ defmodule Snakepit.Pool.Process do
   @doc false
   def watch(job), do: %{job | mon: Process.monitor(job.caller)}
 
-  # A free thread of a ready worker that is not due for recycling.
+  # A free thread of a ready worker that is not due for recycling (or is, but cannot be
+  # recycled now: recycle_stalled?/1).
   defp take_thread(%{free: []}), do: nil
 
   defp take_thread(%{free: [index | rest]} = state) do
     case state.workers[index] do
       %{status: :ready, due: false} -> {index, %{state | free: rest}}
-      _ -> take_thread(%{state | free: rest})
-    end
+      %{status: :ready} -> if recycle_stalled?(state), do: {index, %{state | free: rest}}
+      _ -> nil
+    end || take_thread(%{state | free: rest})
+  end
+
+  # Whether the worker being replaced cannot start: its replacement failed and is retried
+  # with a growing backoff (restart/3). Until it is ready the workers due meanwhile keep
+  # serving, as a :thread worker whose recycle failed keeps its old instance; otherwise a
+  # replacement that cannot start (a model store that is down) would take the whole pool
+  # down with it as the other workers reach worker_max_requests.
+  defp recycle_stalled?(%{recycling: nil}), do: false
+  defp recycle_stalled?(state), do: state.workers[state.recycling].failures > 0
+
+  # A replacement failed to start: the due workers' idle threads, which take_thread/1 dropped
+  # from `free`, serve again (their pinned jobs first).
+  defp serve_due(state) do
+    idle =
+      for {i, %{status: :ready, due: due} = w} <- state.workers,
+          due != false,
+          # Threads that run a job: an async call that left its thread holds none.
+          running =
+            Enum.count(w.jobs, fn {_, tag} -> match?(%{nested: false}, state.jobs[tag]) end),
+          _ <- 1..(state.threads - running - Enum.count(state.free, &(&1 == i)))//1,
+          do: i
+
+    Enum.reduce(idle, state, &thread_free(&2, &1))
   end
 
   @doc false
@@ -924,7 +952,7 @@ defmodule Snakepit.Pool.Process do
         start_job(state, index, job)
 
       nil ->
-        if state.workers[index].due != false,
+        if state.workers[index].due != false and not recycle_stalled?(state),
           do: maybe_recycle(state, index),
           else: dispatch_queued(%{state | free: [index | state.free]})
     end
@@ -1209,7 +1237,7 @@ defmodule Snakepit.Pool.Process do
 
     if failures > 0 do
       Process.send_after(self(), {:restart, index}, min(@restart_backoff * failures, 30_000))
-      state
+      if state.recycling == index, do: serve_due(state), else: state
     else
       spawn_worker(state, index, w)
     end

@@ -122,3 +122,14 @@ class SlowInit(TestAdapter):
 
         time.sleep(float(os.environ.get("SNAKEPIT_SLOW_INIT", "30")))
         super().__init__()
+
+
+class FailsWhenMarked(ProcessAdapter):
+    """Construction fails while the file named by SNAKEPIT_FAIL_MARKER exists: a replacement
+    worker that cannot start (a model store that is down)."""
+
+    def __init__(self):
+        marker = os.environ.get("SNAKEPIT_FAIL_MARKER")
+        if marker and os.path.exists(marker):
+            raise RuntimeError("model store unavailable")
+        super().__init__()
