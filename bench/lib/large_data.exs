@@ -1,4 +1,4 @@
-# Section "6. Large data" of bench/suite.exs: {:buffer, _} arguments, bytes results and
+# Section "8. Large data" of bench/suite.exs: {:buffer, _} arguments, bytes results and
 # %Snakepit.NDArray{} both ways, 1 KB to 256 MB, both profiles, beside `:binary.copy/1` of the
 # same size in the same run (the memcpy reference) and a copy into fresh pages
 # (bench/python/fresh_copy.py, the floor for data that lands in new memory); peak RSS of 64 MB

@@ -1,4 +1,4 @@
-# Section "7. Under load" of bench/suite.exs: the `echo` round trip of a :thread pool (2×8)
+# Section "9. Under load" of bench/suite.exs: the `echo` round trip of a :thread pool (2×8)
 # and a :process pool (2×1) beside a raw port echo to Python (bench/port_echo.py), in three
 # conditions measured in the same run: idle; two CPU-bound OS processes (`while :; do :; done`)
 # on the 2 cores; two busy Elixir processes in this VM. Conditions and pools are interleaved
