@@ -545,22 +545,28 @@ defmodule Bench.Support do
   takes a vCPU, whatever that vCPU ran (a BEAM scheduler too) stands still.
   """
   def steal_ms do
-    with {:ok, text} <- File.read("/proc/stat"),
-         ["cpu" <> _ | fields] <- text |> String.split("\n") |> hd() |> String.split(),
-         steal when is_binary(steal) <- Enum.at(fields, 7) do
+    case cpu_ticks() do
       # /proc/stat counts in USER_HZ ticks, 100 per second on Linux.
-      String.to_integer(steal) * 10
-    else
+      {:ok, [_, _, _, _, _, _, _, steal | _]} -> steal * 10
       _ -> nil
     end
   end
 
   defp cpu_jiffies do
-    with {:ok, text} <- File.read("/proc/stat"),
-         ["cpu" <> _ | fields] <- text |> String.split("\n") |> hd() |> String.split() do
-      values = fields |> Enum.take(8) |> Enum.map(&String.to_integer/1)
+    with {:ok, ticks} <- cpu_ticks(), values = Enum.take(ticks, 8), 8 <- length(values) do
       idle = Enum.at(values, 3) + Enum.at(values, 4)
       {:ok, %{busy: Enum.sum(values) - idle, total: Enum.sum(values)}}
+    else
+      _ -> :error
+    end
+  end
+
+  # The machine-wide "cpu" line of /proc/stat: user, nice, system, idle, iowait, irq,
+  # softirq, steal, ... in ticks.
+  defp cpu_ticks do
+    with {:ok, text} <- File.read("/proc/stat"),
+         ["cpu" <> _ | fields] <- text |> String.split("\n") |> hd() |> String.split() do
+      {:ok, Enum.map(fields, &String.to_integer/1)}
     else
       _ -> :error
     end
