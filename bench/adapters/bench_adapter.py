@@ -209,6 +209,11 @@ class BenchAdapter(ThreadSafeAdapter):
         return value
 
     @thread_safe_method
+    @tool(description="Return the argument unchanged; short, may run inline", inline=True)
+    def echo_inline(self, value: Any) -> Any:
+        return value
+
+    @thread_safe_method
     @tool(description="Take the argument, return its length")
     def sink(self, value: Any) -> int:
         return len(value)

@@ -83,6 +83,9 @@ defmodule Snakepit.Caller do
             end
         end
 
+      {:done, reply} ->
+        result(reply)
+
       {:error, %Error{}} = error ->
         error
     end

@@ -51,9 +51,4 @@ defmodule Snakepit.Native do
 
   def submit_nested(_pool, _chain, _ref, _command, _args, _window),
     do: :erlang.nif_error(:nif_not_loaded)
-
-  # Measurement only (native/snakepit/src/spike.rs, bench/lib/under_load.exs): a call on the
-  # calling scheduler or a dirty-CPU scheduler, no pool thread. Not safe to use elsewhere.
-  def spike_inline_call(_pool, _command, _args), do: :erlang.nif_error(:nif_not_loaded)
-  def spike_dirty_call(_pool, _command, _args), do: :erlang.nif_error(:nif_not_loaded)
 end

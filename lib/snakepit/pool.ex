@@ -62,10 +62,12 @@ defmodule Snakepit.Pool do
 
   @doc """
   Queues a call of `command` with `args` (`window` nil), or a stream with `window` chunks in
-  flight. Never blocks. Returns the tag its messages carry.
+  flight. Never blocks. Returns the tag its messages carry, or, for a call the profile ran at
+  once (a short command the `:thread` profile runs on the caller's scheduler: "Inline calls"
+  in docs/architecture.md), `{:done, reply}` with the reply no message will bring.
   """
   @callback submit(handle(), String.t(), term(), pos_integer() | nil) ::
-              {:ok, reference(), job()} | {:error, Error.t()}
+              {:ok, reference(), job()} | {:done, term()} | {:error, Error.t()}
 
   @doc """
   Cancels a job: `:cancelled` (a call: no reply will come; a stream: its last message will),

@@ -341,6 +341,52 @@ def test_tool_metadata_kept_with_tool_outside():
     assert adapter.get_stats()["total_requests"] == 1
 
 
+def test_tool_inline_marks_short_commands_and_keeps_the_mark_through_wrappers():
+    class A(ThreadSafeAdapter):
+        __thread_safe__ = True
+
+        @thread_safe_method
+        @tool(description="Short", inline=True)
+        def short(self, x: int) -> int:
+            return x
+
+        @tool(inline=True)
+        @thread_safe_method
+        def short_too(self) -> int:
+            return 1
+
+        @tool(inline=False)
+        def not_short(self) -> int:
+            return 2
+
+        @tool
+        def plain(self) -> int:
+            return 3
+
+    assert A.short.__snakepit_inline__ is True
+    assert A.short.__snakepit_tool__["extra"] == {"inline": True}
+    assert A().short_too.__snakepit_inline__ is True
+    assert not hasattr(A.not_short, "__snakepit_inline__")
+    assert not hasattr(A.plain, "__snakepit_inline__")
+    assert A().short(5) == 5
+
+
+@pytest.mark.parametrize("kind", ["async", "generator", "async generator"])
+def test_tool_inline_refuses_work_that_outlives_the_call(kind):
+    async def coro(self):
+        return 1
+
+    def gen(self):
+        yield 1
+
+    async def agen(self):
+        yield 1
+
+    fn = {"async": coro, "generator": gen, "async generator": agen}[kind]
+    with pytest.raises(TypeError, match=r"@tool\(inline=True\) needs a plain function"):
+        tool(inline=True)(fn)
+
+
 def test_tool_parameters_types_required_defaults():
     @tool(description="Fit a model", name="fit_model", supports_streaming=False)
     def fit(

@@ -40,6 +40,8 @@ defmodule Snakepit.Pool.Thread do
 
     case submitted do
       {:ok, job} -> {:ok, tag, job}
+      # A command declared `@tool(inline=True)`, run on this scheduler (native/snakepit/src/inline.rs).
+      {:done, _reply} = done -> done
       {:error, map} -> {:error, Error.from_native(map)}
     end
   end

@@ -34,6 +34,11 @@ fn in_flight() -> &'static Mutex<HashMap<u64, Py<PyAny>>> {
     MAP.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// How many async jobs are in flight (inline.rs runs no call while their loop may run Python).
+pub fn in_flight_count() -> usize {
+    in_flight().lock().len()
+}
+
 /// Whether a command's result is a coroutine to await (a cheap type check: it runs on every
 /// call's result).
 #[inline]
@@ -157,7 +162,7 @@ fn canceller() -> &'static Sender<Py<PyAny>> {
             .name("snakepit-aio".into())
             .spawn(move || {
                 for fut in rx {
-                    Python::attach(|py| {
+                    crate::gil_gate::attach(|py| {
                         if let Err(e) = fut.bind(py).call_method0("cancel") {
                             e.print(py);
                         }

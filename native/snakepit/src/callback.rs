@@ -142,6 +142,17 @@ pub fn elixir_call<'py>(
 ) -> PyResult<Bound<'py, PyTuple>> {
     let status =
         |s: &str, v: Bound<'py, PyAny>| PyTuple::new(py, [s.into_pyobject(py)?.into_any(), v]);
+    if crate::inline::running() {
+        return status(
+            "inline",
+            format!(
+                "elixir.call({name:?}) cannot run in a command declared @tool(inline=True): \
+                 it runs on a BEAM scheduler, which must not wait; drop inline=True"
+            )
+            .into_pyobject(py)?
+            .into_any(),
+        );
+    }
     let depth = CONTEXT.with(|c| c.borrow().as_ref().map_or(0, |c| c.depth));
     if depth >= MAX_DEPTH {
         return status("depth", MAX_DEPTH.into_pyobject(py)?.into_any());

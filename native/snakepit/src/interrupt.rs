@@ -107,7 +107,7 @@ fn run_interrupter(rx: Receiver<Request>) {
         match received {
             Ok((slot, job)) => {
                 test_delay();
-                Python::attach(|py| {
+                crate::gil_gate::attach(|py| {
                     let module = safe_points.get_or_insert_with(|| install(py));
                     if let Some(at) = deliver(py, module.as_ref(), &slot, job) {
                         armed.push((at, slot, job));
@@ -121,7 +121,7 @@ fn run_interrupter(rx: Receiver<Request>) {
         if armed.iter().any(|a| a.0 <= now) {
             let (due, rest): (Vec<_>, Vec<_>) = armed.drain(..).partition(|a| a.0 <= now);
             armed = rest;
-            Python::attach(|py| {
+            crate::gil_gate::attach(|py| {
                 for (_, slot, job) in due {
                     fall_back(py, &slot, job);
                 }

@@ -15,7 +15,10 @@ pub mod convert;
 #[cfg(feature = "nif")]
 pub mod dispatch;
 pub mod error;
+pub mod gil_gate;
 pub mod idle;
+#[cfg(feature = "nif")]
+pub mod inline;
 #[cfg(feature = "nif")]
 pub mod interrupt;
 pub mod job;
@@ -40,8 +43,6 @@ pub mod runtime;
 pub mod shm;
 #[cfg(feature = "nif")]
 pub mod slot;
-#[cfg(feature = "nif")]
-pub mod spike;
 #[cfg(feature = "nif")]
 pub mod stats;
 #[cfg(feature = "nif")]

@@ -62,6 +62,12 @@ fn submit<'a>(
     command: Term<'a>,
     arguments: Term<'a>,
 ) -> Term<'a> {
+    // A short command may run right here (inline.rs): `{:done, reply}`.
+    if let Ok(p) = pool.decode::<ResourceArc<PoolRef>>() {
+        if let Some(done) = crate::inline::try_call(env, &p.0, command, arguments) {
+            return done;
+        }
+    }
     submit_or_offload(env, &[pool, reference, command, arguments])
 }
 

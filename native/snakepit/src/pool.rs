@@ -122,6 +122,8 @@ pub struct PoolInner {
     /// The :subinterpreter profile's interpreters (None in the :thread profile): its threads
     /// clean their workers up themselves, and cancellations go to its own interrupter.
     pub(crate) interps: Option<Arc<crate::subinterp::Interps>>,
+    /// Calls run on the caller's scheduler (inline.rs).
+    pub(crate) inline: crate::inline::Inline,
 }
 
 impl Drop for PoolInner {
@@ -194,7 +196,7 @@ impl PoolInner {
     ) -> Result<Arc<PoolInner>> {
         check_sizes(&config)?;
         runtime::ensure_started(&config.runtime)?;
-        let workers = Python::attach(|py| -> Result<Vec<Worker>> {
+        let workers = crate::gil_gate::attach(|py| -> Result<Vec<Worker>> {
             dispatch::apply_env(py, &config.adapter_env)?;
             (0..config.pool_size)
                 .map(|i| config.create_worker(py, i))
@@ -257,6 +259,10 @@ impl PoolInner {
                 .map(|_| AtomicBool::new(false))
                 .collect(),
             stop_done: AtomicBool::new(false),
+            inline: crate::inline::Inline::new(
+                interps.is_none() && policy.max_requests.is_none() && policy.ttl.is_none(),
+                config_pool_size,
+            ),
             interps,
         });
         let (started_tx, started_rx) = crossbeam_channel::bounded::<()>(capacity);
@@ -398,7 +404,7 @@ impl PoolInner {
         });
         self.stop_done.store(true, Ordering::SeqCst);
         if stragglers.is_empty() {
-            Python::attach(|py| self.cleanup_left_workers(py));
+            crate::gil_gate::attach(|py| self.cleanup_left_workers(py));
         } else {
             // The cleanups attach on a thread of their own: a straggler may hold the GIL.
             let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
@@ -406,7 +412,7 @@ impl PoolInner {
             let spawned = std::thread::Builder::new()
                 .name("snakepit-stop".into())
                 .spawn(move || {
-                    Python::attach(|py| pool.cleanup_left_workers(py));
+                    crate::gil_gate::attach(|py| pool.cleanup_left_workers(py));
                     let _ = done_tx.send(());
                 });
             if spawned.is_ok() {

@@ -106,7 +106,12 @@ thread_local! {
 
 /// Called by each pool thread as it starts.
 pub fn set_thread_pool(name: &str) {
-    POOL.with(|p| *p.borrow_mut() = Some(name.to_string()));
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.as_deref() != Some(name) {
+            *p = Some(name.to_string());
+        }
+    });
 }
 
 /// `snakepit_bridge._refs.Ref`, the marker of a value that crosses as a ref.

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use crossbeam_channel::{Receiver, Sender};
-use pyo3::Python;
 
 /// Drops per attach at most: a flood never holds the GIL for long.
 const BATCH: usize = 4096;
@@ -77,7 +76,7 @@ fn run(rx: Receiver<Item>) {
             drop_item(first);
             continue;
         }
-        Python::attach(|_py| {
+        crate::gil_gate::attach(|_py| {
             drop_item(first);
             // What else queued up meanwhile, Python objects or not, while attached.
             for _ in 1..BATCH {

@@ -35,7 +35,7 @@ pub fn reload(pool: &Arc<PoolInner>, roots: Vec<String>) -> Result<Vec<String>> 
             pool.config.name
         )));
     }
-    let (modules, old) = Python::attach(|py| -> Result<_> {
+    let (modules, old) = crate::gil_gate::attach(|py| -> Result<_> {
         let modules: Vec<String> = py
             .import("snakepit_bridge._reload")
             .and_then(|m| {
@@ -67,7 +67,7 @@ pub fn reload(pool: &Arc<PoolInner>, roots: Vec<String>) -> Result<Vec<String>> 
     let _ = std::thread::Builder::new()
         .name("snakepit-reload".into())
         .spawn(move || {
-            Python::attach(|py| {
+            crate::gil_gate::attach(|py| {
                 for w in old {
                     worker::retire(py, w, dispatch::cleanup);
                 }

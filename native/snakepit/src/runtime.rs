@@ -47,7 +47,7 @@ pub fn ensure_started(config: &RuntimeConfig) -> Result<()> {
         let _guard = START_LOCK.lock();
         STARTED.get_or_init(|| unsafe { start(config) }).clone()?;
     }
-    Python::attach(|py| add_paths(py, &config.python_path, &config.site_packages))
+    crate::gil_gate::attach(|py| add_paths(py, &config.python_path, &config.site_packages))
 }
 
 pub fn is_started() -> bool {
@@ -82,7 +82,9 @@ unsafe fn start(config: &RuntimeConfig) -> Result<()> {
     // Release the thread state this (dirty scheduler) thread got from initialisation.
     ffi::PyEval_SaveThread();
 
-    Python::attach(|py| -> Result<()> { bootstrap(py, config).map_err(|e| Error::from_py(py, e)) })
+    crate::gil_gate::attach(|py| -> Result<()> {
+        bootstrap(py, config).map_err(|e| Error::from_py(py, e))
+    })
 }
 
 unsafe fn check_status(status: ffi::PyStatus, cfg: &mut ffi::PyConfig) -> Result<()> {
@@ -238,7 +240,7 @@ pub fn info() -> Result<PythonInfo> {
             "the Python interpreter has not been started".into(),
         ));
     }
-    Python::attach(|py| {
+    crate::gil_gate::attach(|py| {
         (|| -> PyResult<PythonInfo> {
             let sys = py.import("sys")?;
             let gil_enabled = match sys.getattr("_is_gil_enabled") {

@@ -4,7 +4,6 @@
 
 use std::sync::atomic::Ordering;
 
-use pyo3::prelude::*;
 use rustler::{Env, NifMap, Term};
 
 use crate::dispatch;
@@ -31,6 +30,9 @@ pub struct Stats {
     /// Wake-ups of parked threads, and parks (see idle.rs).
     pub wakeups: usize,
     pub parks: usize,
+    /// Calls run on the caller's scheduler, and the back-offs that stopped them (inline.rs).
+    pub inline_calls: u64,
+    pub inline_backoffs: u64,
 }
 
 /// One pool thread, in `thread_utilization`.
@@ -89,7 +91,8 @@ pub fn stats(pool: &PoolInner) -> Stats {
                     .iter()
                     .filter(|s| s.worker == i)
                     .map(|s| s.requests.load(Ordering::Relaxed))
-                    .sum(),
+                    .sum::<u64>()
+                    + pool.inline.per_worker[i].load(Ordering::Relaxed),
                 threads: pool.config.threads_per_worker,
                 recycles: slot.recycles.load(Ordering::Relaxed),
                 instance_id: w.instance_id,
@@ -113,6 +116,8 @@ pub fn stats(pool: &PoolInner) -> Stats {
         uptime_ms: uptime.as_millis() as u64,
         wakeups: pool.idle.wakeups.load(Ordering::Relaxed),
         parks: pool.idle.parks.load(Ordering::Relaxed),
+        inline_calls: pool.inline.calls.load(Ordering::Relaxed),
+        inline_backoffs: pool.inline.backoffs.load(Ordering::Relaxed),
     }
 }
 
@@ -121,5 +126,5 @@ pub fn tools<'a>(env: Env<'a>, pool: &PoolInner) -> Result<Term<'a>> {
     if let Some(interps) = &pool.interps {
         return interps.tools(env); // made in the worker's own interpreter (subinterp/)
     }
-    Python::attach(|py| dispatch::tools(py, env, &pool.workers[0].get()))
+    crate::gil_gate::attach(|py| dispatch::tools(py, env, &pool.workers[0].get()))
 }

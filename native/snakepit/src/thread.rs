@@ -34,7 +34,8 @@ use crate::worker::{Reason, Worker, WorkerSlot};
 /// The body of pool thread `index` (`pool::ThreadMain`): signals `started` once it is ready,
 /// serves jobs until the pool stops.
 pub fn thread_main(pool: Arc<PoolInner>, index: usize, started: crossbeam_channel::Sender<()>) {
-    Python::attach(|py| {
+    // Counted (gil_gate.rs) for as long as it lives, except while parked.
+    crate::gil_gate::attach(|py| {
         serve(py, &pool, index, started);
         // The last thread of its worker to leave after `stop` returned cleans the worker up
         // (`stop` does it for the workers whose threads all left before).
@@ -100,6 +101,7 @@ pub(crate) fn serve(
                 }
             }
             None => py.detach(|| {
+                let _parked = crate::gil_gate::parked();
                 pool.idle
                     .park(|| !pool.rx.is_empty() || pool.shutdown.load(Ordering::SeqCst));
                 // Until it holds the GIL again this thread will look at the queue soon.

@@ -23,6 +23,8 @@ pub struct Worker {
     pub adapter: Py<PyAny>,
     pub commands: HashMap<String, Py<PyAny>>,
     pub names: Vec<String>,
+    /// The commands declared `@tool(inline=True)` (inline.rs).
+    pub inline: Vec<String>,
     pub class_name: String,
     /// `id()` of the instance, to tell generations apart.
     pub instance_id: u64,
@@ -79,6 +81,7 @@ impl WorkerSlot {
             adapter: py.None(),
             commands: HashMap::new(),
             names: Vec::new(),
+            inline: Vec::new(),
             class_name: String::new(),
             instance_id: 0,
         };
@@ -178,8 +181,16 @@ pub fn from_adapter(
 ) -> PyResult<Worker> {
     let dict = commands.cast_into::<PyDict>()?;
     let mut map = HashMap::with_capacity(dict.len());
+    let mut inline = Vec::new();
     for (k, v) in dict.iter() {
-        map.insert(k.extract::<String>()?, v.unbind());
+        let name = k.extract::<String>()?;
+        // Set by `@tool(inline=True)` (snakepit_bridge/_tooling.py).
+        if v.getattr("__snakepit_inline__")
+            .is_ok_and(|f| f.is_truthy().unwrap_or(false))
+        {
+            inline.push(name.clone());
+        }
+        map.insert(name, v.unbind());
     }
     // Built-in commands (`__snakepit_*__`, snakepit_bridge._builtins) are not listed.
     let mut names: Vec<String> = map
@@ -198,6 +209,7 @@ pub fn from_adapter(
         adapter: adapter.unbind(),
         commands: map,
         names,
+        inline,
         class_name,
         instance_id,
     })

@@ -27,6 +27,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 TOOL_ATTR = "__snakepit_tool__"
 #: Attribute marking a function as a command.
 COMMAND_ATTR = "__snakepit_command__"
+#: Attribute marking a command short enough to run on the calling BEAM scheduler.
+INLINE_ATTR = "__snakepit_inline__"
 
 _UNION_TYPES: tuple = (typing.Union,)
 if sys.version_info >= (3, 10):
@@ -202,7 +204,15 @@ def tool(
         description: what the command does; defaults to the first line of the docstring.
         name: the command name seen from Elixir; defaults to the method name.
         **extra: further metadata (for example ``supports_streaming=True``), listed by
-            ``tools()`` beside the name, description and parameters.
+            ``tools()`` beside the name, description and parameters. ``inline=True`` also
+            declares the command *short*: a plain function that returns within microseconds
+            and never blocks (no sleep, I/O, locks or ``elixir.call``). In a ``:thread`` pool
+            such a call may run on the calling BEAM scheduler instead of being handed to a
+            pool thread, which is several times faster on a busy machine. Snakepit checks
+            each inline call and stops running them inline for a while (``inline_backoffs``
+            in ``Snakepit.stats/1``) when one blocked or used more than 1 ms of CPU. Other
+            profiles ignore it. ``async def`` and generator functions cannot be inline
+            (``TypeError``).
 
     The parameters (name, type as a string such as ``"list[float]"``, required, default) are
     derived from the signature and type hints when the decorator runs. The decorated function
@@ -229,6 +239,17 @@ def _apply_tool(fn: F, description: Optional[str], name: Optional[str], extra: D
         "parameters": describe_parameters(fn),
         "extra": dict(extra),
     }
+    if extra.get("inline", False) is True:
+        if (
+            inspect.iscoroutinefunction(fn)
+            or inspect.isgeneratorfunction(fn)
+            or inspect.isasyncgenfunction(fn)
+        ):
+            raise TypeError(
+                f"@tool(inline=True) needs a plain function: {fn.__name__} is async or a "
+                "generator, whose work does not end when it returns; drop inline=True"
+            )
+        setattr(fn, INLINE_ATTR, True)
     setattr(fn, TOOL_ATTR, spec)
     setattr(fn, COMMAND_ATTR, True)
     return fn

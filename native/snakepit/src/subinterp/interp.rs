@@ -52,7 +52,7 @@ unsafe impl Send for Made {}
 pub fn start(config: PoolConfig, owner: LocalPid) -> Result<Arc<PoolInner>> {
     pool::check_sizes(&config)?;
     runtime::ensure_started(&config.runtime)?;
-    Python::attach(|py| {
+    crate::gil_gate::attach(|py| {
         // pyo3 caches this type process-wide and compares against it when it fetches any
         // error: make it here, in the main interpreter, never in a worker's.
         let _ = py.get_type::<pyo3::panic::PanicException>();
