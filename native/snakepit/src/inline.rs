@@ -27,7 +27,7 @@
 //! call has no timeout or cancellation: it is over before either could act.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use pyo3::{ffi, Python};
@@ -37,6 +37,7 @@ use crate::atoms;
 use crate::dispatch;
 use crate::error::Result;
 use crate::pool::PoolInner;
+use crate::worker::Worker;
 
 /// An inline call that took longer was slow.
 const SLOW: Duration = Duration::from_millis(1);
@@ -47,8 +48,10 @@ const QUIET: Duration = Duration::from_secs(600);
 
 /// A pool's inline calls.
 pub struct Inline {
-    /// Whether this pool may run calls inline at all.
+    /// Whether this pool may run calls inline at all, and whether its adapter declares any
+    /// command inline (so other pools pay one load per call).
     enabled: bool,
+    has_commands: AtomicBool,
     /// Round robin over the workers.
     next: AtomicU64,
     /// Calls run inline, in all and per worker (for stats).
@@ -66,12 +69,13 @@ pub struct Inline {
 }
 
 impl Inline {
-    pub fn new(enabled: bool, workers: usize) -> Inline {
+    pub fn new(enabled: bool, workers: &[Worker]) -> Inline {
         Inline {
             enabled,
+            has_commands: AtomicBool::new(false),
             next: AtomicU64::new(0),
             calls: AtomicU64::new(0),
-            per_worker: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            per_worker: workers.iter().map(|_| AtomicU64::new(0)).collect(),
             slow_in_a_row: AtomicU32::new(0),
             backoffs: AtomicU64::new(0),
             strikes: AtomicU32::new(0),
@@ -82,6 +86,18 @@ impl Inline {
                 .and_then(|v| v.parse().ok())
                 .map_or(Duration::from_secs(1), Duration::from_millis),
         }
+        .with_commands(workers)
+    }
+
+    /// Notes whether the instances (new ones after a reload) declare inline commands.
+    pub fn with_commands(self, workers: &[Worker]) -> Inline {
+        self.set_commands(workers);
+        self
+    }
+
+    pub fn set_commands(&self, workers: &[Worker]) {
+        let any = workers.iter().any(|w| !w.inline.is_empty());
+        self.has_commands.store(any, Ordering::Relaxed);
     }
 
     fn backing_off(&self, pool: &PoolInner) -> bool {
@@ -170,7 +186,10 @@ pub fn try_call<'a>(
     args: Term<'a>,
 ) -> Option<Term<'a>> {
     let state = &pool.inline;
-    if !state.enabled || pool.shutdown.load(Ordering::Relaxed) {
+    if !state.enabled
+        || !state.has_commands.load(Ordering::Relaxed)
+        || pool.shutdown.load(Ordering::Relaxed)
+    {
         return None;
     }
     let name = Binary::from_term(command).ok()?;

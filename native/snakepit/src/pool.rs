@@ -216,6 +216,10 @@ impl PoolInner {
         interps: Option<Arc<crate::subinterp::Interps>>,
         max_spinners: usize,
     ) -> Result<Arc<PoolInner>> {
+        let inline = crate::inline::Inline::new(
+            interps.is_none() && config.worker_max_requests == 0 && config.worker_ttl_ms == 0,
+            &workers,
+        );
         let workers = workers
             .into_iter()
             .enumerate()
@@ -259,10 +263,7 @@ impl PoolInner {
                 .map(|_| AtomicBool::new(false))
                 .collect(),
             stop_done: AtomicBool::new(false),
-            inline: crate::inline::Inline::new(
-                interps.is_none() && policy.max_requests.is_none() && policy.ttl.is_none(),
-                config_pool_size,
-            ),
+            inline,
             interps,
         });
         let (started_tx, started_rx) = crossbeam_channel::bounded::<()>(capacity);

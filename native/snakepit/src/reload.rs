@@ -56,6 +56,7 @@ pub fn reload(pool: &Arc<PoolInner>, roots: Vec<String>) -> Result<Vec<String>> 
                 }
             }
         }
+        pool.inline.set_commands(&fresh);
         let old: Vec<Arc<Worker>> = pool
             .workers
             .iter()
