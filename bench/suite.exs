@@ -26,7 +26,8 @@
 #      profile beside a memcpy (`:binary.copy/1`) of the same size, peak RSS, long schedules
 #      (bench/lib/large_data.exs);
 #   9. under load — `echo` idle, beside two CPU-bound OS processes and in a busy VM, each
-#      profile beside a raw port echo (bench/lib/under_load.exs).
+#      profile (and a :thread call declared inline) beside a raw port echo
+#      (bench/lib/under_load.exs).
 #
 # Every reply is checked; any wrong one makes the run exit with status 1 (after the report).
 
@@ -1277,7 +1278,10 @@ defmodule Bench.Suite do
         []
       end ++
       if h9 do
-        ratio = fn {t, port} -> "#{Support.us(t)} µs vs #{Support.us(port)} µs port echo" end
+        ratio = fn {t, inline, port} ->
+          "#{Support.us(t)} µs handed off, #{Support.us(inline)} µs inline, vs " <>
+            "#{Support.us(port)} µs port echo (#{Support.fixed(inline / port, 2)}×)"
+        end
 
         [
           "- `echo` on a :thread 2×8 pool under load: idle #{ratio.(h9.idle)}; two CPU-bound OS " <>

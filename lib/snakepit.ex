@@ -122,7 +122,10 @@ defmodule Snakepit do
   thread: `name`, `worker`, `requests`, `busy_ms`, `busy_share`), `workers` (one entry per
   worker: `index`, `adapter`, `requests`, `threads`, `recycles`, and what its profile adds, such
   as a `:process` worker's `os_pid`, `restarts` and `status`), and `python` (`version`,
-  `free_threaded`, `gil_enabled`).
+  `free_threaded`, `gil_enabled`). A `:thread` pool adds `wakeups` and `parks` (of its idle
+  threads), `inline_calls` (calls of commands declared `@tool(inline=True)` that ran on the
+  caller's scheduler; counted in `total_requests` and the workers' `requests`, not in
+  `thread_utilization`) and `inline_backoffs` (times slow inline calls stopped them for a while).
   """
   @spec stats(pool()) :: {:ok, map()} | {:error, Error.t()}
   def stats(pool) do

@@ -2,9 +2,10 @@
 # and a :process pool (2×1) beside a raw port echo to Python (bench/port_echo.py), in three
 # conditions measured in the same run: idle; two CPU-bound OS processes (`while :; do :; done`)
 # on the 2 cores; two busy Elixir processes in this VM. Conditions and pools are interleaved
-# round by round, so a change of machine load hits every column alike. Beside them, two
-# designs without the hand-off to a pool thread, measured only (native/snakepit/src/spike.rs):
-# the call run inside the NIF on the calling scheduler, and on a dirty-CPU scheduler.
+# round by round, so a change of machine load hits every column alike. The :thread pool is
+# measured twice: `echo`, handed to a pool thread, and `echo_inline`, the same method declared
+# `@tool(inline=True)`, which runs on the calling scheduler when the pool's threads are parked
+# (native/snakepit/src/inline.rs).
 
 defmodule Bench.UnderLoad do
   @moduledoc false
@@ -26,17 +27,13 @@ defmodule Bench.UnderLoad do
 
     process = Pools.start!(:process, name: :bench_load_p, adapter: @adapter, pool_size: 2)
     port = open_port()
-    {_pid, {Snakepit.Pool.Thread, handle}, _info} = Snakepit.Registry.entry(:bench_load_t)
 
     try do
       targets = [
         thread: fn -> Snakepit.execute(:bench_load_t, "echo", %{value: 1}) == {:ok, 1} end,
+        inline: fn -> Snakepit.execute(:bench_load_t, "echo_inline", %{value: 1}) == {:ok, 1} end,
         process: fn -> Snakepit.execute(:bench_load_p, "echo", %{value: 1}) == {:ok, 1} end,
-        port: fn -> port_echo(port) end,
-        inline: fn ->
-          Snakepit.Native.spike_inline_call(handle, "echo", %{value: 1}) == {:ok, 1}
-        end,
-        dirty: fn -> Snakepit.Native.spike_dirty_call(handle, "echo", %{value: 1}) == {:ok, 1} end
+        port: fn -> port_echo(port) end
       ]
 
       samples =
@@ -52,7 +49,8 @@ defmodule Bench.UnderLoad do
             end)
         end
 
-      render(samples, calls, rounds)
+      {:ok, %{inline_calls: inline_calls}} = Snakepit.stats(:bench_load_t)
+      render(samples, calls, rounds, inline_calls)
     after
       Port.close(port)
       Pools.stop(thread)
@@ -126,7 +124,7 @@ defmodule Bench.UnderLoad do
 
   defp spin(n), do: spin(n + 1)
 
-  defp render(samples, calls, rounds) do
+  defp render(samples, calls, rounds, inline_calls) do
     med = fn key ->
       samples |> Map.fetch!(key) |> Enum.map(& &1.median_us) |> Support.median()
     end
@@ -143,20 +141,21 @@ defmodule Bench.UnderLoad do
         pr = med.({condition, :process})
         port = med.({condition, :port})
         inline = med.({condition, :inline})
-        dirty = med.({condition, :dirty})
 
-        "| #{label} | #{Support.us(t)} | #{Support.us(pr)} | #{Support.us(port)} | " <>
-          "#{Support.fixed(t / port, 2)} | #{Support.fixed(pr / port, 2)} | " <>
-          "#{Support.us(inline)} (#{Support.fixed(inline / port, 2)}) | " <>
-          "#{Support.us(dirty)} (#{Support.fixed(dirty / port, 2)}) |"
+        "| #{label} | #{Support.us(t)} | #{Support.us(inline)} | #{Support.us(pr)} | " <>
+          "#{Support.us(port)} | #{Support.fixed(t / port, 2)} | " <>
+          "#{Support.fixed(inline / port, 2)} | #{Support.fixed(pr / port, 2)} |"
       end
+
+    # Calls made of `echo_inline`, warm-ups included, and how many of them ran inline.
+    inline_made = 3 * rounds * (calls + div(calls, 10))
 
     %{
       bad: bad,
       headline: %{
-        idle: {med.({:idle, :thread}), med.({:idle, :port})},
-        os: {med.({:os, :thread}), med.({:os, :port})},
-        vm: {med.({:vm, :thread}), med.({:vm, :port})}
+        idle: {med.({:idle, :thread}), med.({:idle, :inline}), med.({:idle, :port})},
+        os: {med.({:os, :thread}), med.({:os, :inline}), med.({:os, :port})},
+        vm: {med.({:vm, :thread}), med.({:vm, :inline}), med.({:vm, :port})}
       },
       lines:
         [
@@ -164,12 +163,11 @@ defmodule Bench.UnderLoad do
             "untimed; median of #{rounds} round(s), conditions and targets interleaved. :thread 2×8, " <>
             ":process 2×1; port echo = a raw `{:packet, 4}` port to bench/port_echo.py (no decoding). " <>
             "Goals: under OS contention a :thread call ≤ 1/3 of the port echo, in a busy VM ≤ 2/3. " <>
-            "The last two columns (in brackets: over the port echo) measure designs without the hand-off " <>
-            "to a pool thread, not offered: `echo` run inside the NIF on the calling normal scheduler " <>
-            "(inline) and on a dirty-CPU scheduler (dirty), native/snakepit/src/spike.rs; " <>
-            "docs/architecture.md, \"Under load\", says why neither is.",
+            "thread = `echo` handed to a pool thread; thread inline = `echo_inline`, declared " <>
+            "`@tool(inline=True)`, run on the calling scheduler while the pool's threads are parked " <>
+            "(#{inline_calls} of its #{inline_made} calls ran inline; docs/architecture.md, \"Inline calls\").",
           "",
-          "| condition | thread | process | port echo | thread / port | process / port | inline (measured only) | dirty NIF (measured only) |",
+          "| condition | thread | thread inline | process | port echo | thread / port | inline / port | process / port |",
           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         ] ++ rows
     }

@@ -1,6 +1,7 @@
 //! What `Snakepit.stats/1` and `Snakepit.tools/1` show of a `:thread` pool. The keys of
 //! `Stats` are those of the `:process` profile (test/snakepit/conformance_test.exs, "stats have
-//! the same keys in both profiles"), plus `wakeups` and `parks`.
+//! the same keys in both profiles"), plus `wakeups`, `parks`, `inline_calls` and
+//! `inline_backoffs` (inline.rs).
 
 use std::sync::atomic::Ordering;
 
