@@ -660,6 +660,38 @@ defmodule Snakepit.ConformanceCase do
           assert_receive {:mailbox, {:messages, []}}, 30_000
         end
 
+        test "a command declared @tool(inline=True) answers alike, alone and from 200 callers",
+             ctx do
+          pool = start!(ctx.profile, capacity(ctx.profile, 4))
+          # Whether a call runs inline (:thread, threads parked) or not changes nothing seen.
+          assert call(ctx.profile, pool, "echo_inline", %{value: [1, "a", 2.5]}) ==
+                   {:ok, [1, "a", 2.5]}
+
+          assert {:error, %Snakepit.Error{category: :python_error, python_type: "ValueError"} = e} =
+                   call(ctx.profile, pool, "fail_inline", %{message: "short and wrong"})
+
+          assert e.message =~ "short and wrong"
+          assert e.python_traceback =~ "fail_inline"
+
+          results =
+            1..200
+            |> Task.async_stream(
+              fn i -> {i, call(ctx.profile, pool, "echo_inline", %{value: %{"i" => i}})} end,
+              max_concurrency: 200,
+              timeout: 60_000
+            )
+            |> Enum.map(fn {:ok, r} -> r end)
+
+          for {i, result} <- results, do: assert(result == {:ok, %{"i" => i}})
+
+          stats = stats(ctx.profile, pool)
+          assert stats.total_requests == 202
+          assert stats.completed == 201
+          assert stats.failed == 1
+          assert stats.workers |> Enum.map(& &1.requests) |> Enum.sum() == 202
+          assert Map.get(stats, :inline_calls, 0) <= 202
+        end
+
         test "500 concurrent callers: every reply reaches its caller, none lost", ctx do
           pool = start!(ctx.profile, capacity(ctx.profile, 4))
           parent = self()

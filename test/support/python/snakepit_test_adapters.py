@@ -32,6 +32,14 @@ class TestAdapter(ThreadSafeAdapter):
     def echo(self, value=None):
         return value
 
+    @tool(description="Return the value unchanged; declared short.", inline=True)
+    def echo_inline(self, value=None):
+        return value
+
+    @tool(description="Raise ValueError; declared short.", inline=True)
+    def fail_inline(self, message="inline failure"):
+        raise ValueError(message)
+
     def not_a_command(self):
         """A public method without @tool: not callable from Elixir."""
         return "unreachable"
