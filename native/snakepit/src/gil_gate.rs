@@ -143,6 +143,12 @@ pub fn parked() -> Parked<'static> {
     GATE.parked()
 }
 
+/// Whether a Snakepit thread counts, or an inline call runs, on the main interpreter now (a
+/// load: the cheap test before [`inline_turn`]).
+pub fn in_use() -> bool {
+    GATE.users.load(Ordering::Relaxed) != 0
+}
+
 /// The turn of an inline call on the main interpreter, if nobody else counts.
 pub fn inline_turn() -> Option<InlineTurn<'static>> {
     GATE.inline_turn()

@@ -186,9 +186,13 @@ pub fn try_call<'a>(
     args: Term<'a>,
 ) -> Option<Term<'a>> {
     let state = &pool.inline;
+    // Cheapest first: with many callers the pool's threads are busy and this ends at the
+    // count, having written nothing shared.
     if !state.enabled
         || !state.has_commands.load(Ordering::Relaxed)
+        || crate::gil_gate::in_use()
         || pool.shutdown.load(Ordering::Relaxed)
+        || state.backing_off(pool)
     {
         return None;
     }
@@ -199,7 +203,6 @@ pub fn try_call<'a>(
         .inline
         .iter()
         .any(|n| n.as_bytes() == name.as_slice())
-        || state.backing_off(pool)
         || crate::offload::is_large(args)
     {
         return None;
