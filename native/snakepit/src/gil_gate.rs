@@ -26,10 +26,13 @@ pub const INLINE: usize = 1 << (usize::BITS - 1);
 /// Snakepit threads attached to the main interpreter or about to be, plus [`INLINE`].
 pub struct Gate {
     users: AtomicUsize,
+    /// Whether a thread joining while an inline call runs waits for it (free-threaded builds;
+    /// with a GIL, the GIL makes it wait).
+    waits: bool,
 }
 
 /// The main interpreter's.
-static GATE: Gate = Gate::new();
+static GATE: Gate = Gate::new(crate::runtime::FREE_THREADED);
 
 thread_local! {
     /// How many times this thread is in the count (nested attaches).
@@ -37,15 +40,16 @@ thread_local! {
 }
 
 impl Gate {
-    pub const fn new() -> Gate {
+    pub const fn new(waits: bool) -> Gate {
         Gate {
             users: AtomicUsize::new(0),
+            waits,
         }
     }
 
     fn join(&self, n: usize) {
         let before = self.users.fetch_add(n, Ordering::SeqCst);
-        if crate::runtime::FREE_THREADED && before & INLINE != 0 {
+        if self.waits && before & INLINE != 0 {
             self.wait_for_inline();
         }
     }
@@ -93,12 +97,6 @@ impl Gate {
     /// The count now, without the mark.
     pub fn users(&self) -> usize {
         self.users.load(Ordering::SeqCst) & !INLINE
-    }
-}
-
-impl Default for Gate {
-    fn default() -> Self {
-        Gate::new()
     }
 }
 
@@ -162,7 +160,7 @@ mod tests {
     fn the_turn_is_taken_only_when_nobody_counts() {
         // A gate of its own, on a thread of its own (the depth is per thread).
         std::thread::spawn(|| {
-            let gate = Gate::new();
+            let gate = Gate::new(false);
             let turn = gate.inline_turn().expect("nobody counts yet");
             assert!(gate.inline_turn().is_none(), "one inline call at a time");
             drop(turn);
@@ -188,12 +186,41 @@ mod tests {
 
         // A thread never counted: parking it changes nothing.
         std::thread::spawn(|| {
-            let gate = Gate::new();
+            let gate = Gate::new(false);
             let _parked = gate.parked();
             assert_eq!(gate.users(), 0);
             assert!(gate.inline_turn().is_some());
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn on_a_free_threaded_build_a_joining_thread_waits_for_the_inline_call() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+
+        let gate = Arc::new(Gate::new(true));
+        let over = Arc::new(AtomicBool::new(false));
+        let turn = gate.inline_turn().unwrap();
+        let joiner = {
+            let (gate, over) = (Arc::clone(&gate), Arc::clone(&over));
+            std::thread::spawn(move || {
+                let _counted = gate.counted();
+                // Only once the inline call is over.
+                assert!(
+                    over.load(Ordering::SeqCst),
+                    "joined while the inline call ran"
+                );
+            })
+        };
+        // The joiner is in the count, so it is past fetch_add and waiting.
+        while gate.users() == 0 {
+            std::hint::spin_loop();
+        }
+        over.store(true, Ordering::SeqCst);
+        drop(turn);
+        joiner.join().unwrap();
+        assert_eq!(gate.users(), 0);
     }
 }
