@@ -67,9 +67,13 @@ class ThreadedShowcaseAdapter(ThreadSafeAdapter):
         self.request_count = 0
 
     @thread_safe_method
-    @tool(description="Echo a message (latency check)")
+    @tool(description="Echo a message (latency check)", inline=True)
     def ping(self, message: str = "pong") -> str:
-        """Return ``message`` unchanged."""
+        """Return ``message`` unchanged.
+
+        Declared short (``inline=True``): it returns at once and never blocks, so a
+        ``:thread`` pool may run it on the calling BEAM scheduler.
+        """
         return message
 
     @thread_safe_method
