@@ -223,6 +223,46 @@ defmodule Snakepit.InlineTest do
     assert stats(pool).inline_calls == 0
   end
 
+  test "a reload that declares a command short makes it inline" do
+    dir = Path.join(System.tmp_dir!(), "snakepit_inline_#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    module = "inline_reload_#{System.unique_integer([:positive])}"
+    before = Application.get_env(:snakepit, :python_path)
+    Application.put_env(:snakepit, :python_path, List.wrap(before) ++ [dir])
+
+    on_exit(fn ->
+      Application.put_env(:snakepit, :python_path, before)
+      File.rm_rf!(dir)
+    end)
+
+    write = fn inline ->
+      File.write!(Path.join(dir, "#{module}.py"), """
+      import threading
+
+      from snakepit_bridge import ThreadSafeAdapter, tool
+
+
+      class Adapter(ThreadSafeAdapter):
+          __thread_safe__ = True
+
+          @tool(inline=#{inline})
+          def where(self):
+              return threading.current_thread().name
+      """)
+    end
+
+    write.("False")
+    pool = start!(adapter: "#{module}.Adapter")
+    wait_until(fn -> stats(pool).parks >= 4 end)
+    assert Enum.all?(for(_ <- 1..10, do: where(pool)), &pool_thread?/1)
+    assert stats(pool).inline_calls == 0
+
+    write.("True")
+    assert :ok = Snakepit.reload(pool)
+    await_inline(pool)
+    assert stats(pool).inline_calls > 0
+  end
+
   test "the :process profile ignores the declaration" do
     pool = start!(worker_profile: :process, pool_size: 1)
     assert Snakepit.execute(pool, "echo", %{value: 7}) == {:ok, 7}
