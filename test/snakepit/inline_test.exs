@@ -9,7 +9,7 @@ defmodule Snakepit.InlineTest do
   # running inline.
   use ExUnit.Case, async: false
 
-  import Snakepit.PoolCase, only: [wait_until: 1]
+  import Snakepit.PoolCase, only: [wait_until: 1, python_dir!: 1]
 
   alias Snakepit.Error
 
@@ -224,16 +224,8 @@ defmodule Snakepit.InlineTest do
   end
 
   test "a reload that declares a command short makes it inline" do
-    dir = Path.join(System.tmp_dir!(), "snakepit_inline_#{System.unique_integer([:positive])}")
-    File.mkdir_p!(dir)
+    dir = python_dir!("inline")
     module = "inline_reload_#{System.unique_integer([:positive])}"
-    before = Application.get_env(:snakepit, :python_path)
-    Application.put_env(:snakepit, :python_path, List.wrap(before) ++ [dir])
-
-    on_exit(fn ->
-      Application.put_env(:snakepit, :python_path, before)
-      File.rm_rf!(dir)
-    end)
 
     write = fn inline ->
       File.write!(Path.join(dir, "#{module}.py"), """

@@ -11,17 +11,7 @@ defmodule Snakepit.ReloadTest do
   alias Snakepit.Error
 
   setup_all do
-    dir = Path.join(System.tmp_dir!(), "snakepit_reload_#{System.unique_integer([:positive])}")
-    File.mkdir_p!(dir)
-    before = Application.get_env(:snakepit, :python_path)
-    Application.put_env(:snakepit, :python_path, List.wrap(before) ++ [dir])
-
-    on_exit(fn ->
-      Application.put_env(:snakepit, :python_path, before)
-      File.rm_rf!(dir)
-    end)
-
-    %{dir: dir}
+    %{dir: Snakepit.PoolCase.python_dir!("reload")}
   end
 
   # The adapter module `name` (importing helper module `helper`) at `version`; `init` is extra

@@ -28,6 +28,24 @@ defmodule Snakepit.PoolCase do
   end
 
   @doc """
+  A fresh temporary directory put on the `:python_path` config (global: for tests that are not
+  async); both are undone when the test (or, from `setup_all`, the module) ends.
+  """
+  def python_dir!(tag) do
+    dir = Path.join(System.tmp_dir!(), "snakepit_#{tag}_#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    before = Application.get_env(:snakepit, :python_path)
+    Application.put_env(:snakepit, :python_path, List.wrap(before) ++ [dir])
+
+    ExUnit.Callbacks.on_exit(fn ->
+      Application.put_env(:snakepit, :python_path, before)
+      File.rm_rf!(dir)
+    end)
+
+    dir
+  end
+
+  @doc """
   Polls `fun` every 5 ms until it returns true; fails the test after `timeout` ms.
 
   The timeout only bounds a failure (the condition must come true eventually): it is generous
