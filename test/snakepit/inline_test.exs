@@ -215,6 +215,42 @@ defmodule Snakepit.InlineTest do
   defp args(map, "where"), do: Map.delete(map, :value)
   defp args(%{value: {c, i}}, "echo"), do: %{value: [c, i]}
 
+  test "stopping a pool while short calls run: each ends in a result or an error" do
+    pool = start!()
+    await_inline(pool)
+    test = self()
+
+    callers =
+      for c <- 1..100 do
+        spawn_link(fn ->
+          results =
+            Stream.repeatedly(fn -> Snakepit.execute(pool, "echo", %{value: c}) end)
+            |> Enum.reduce_while([], fn
+              {:ok, ^c} = ok, acc ->
+                if length(acc) == 20, do: send(test, {:warm, c})
+                {:cont, [ok | acc]}
+
+              other, acc ->
+                {:halt, [other | acc]}
+            end)
+
+          send(test, {:ended, c, hd(results), length(results)})
+        end)
+      end
+
+    # Stop once every caller got 20 answers (they keep calling meanwhile).
+    for c <- 1..100, do: assert_receive({:warm, ^c}, 60_000)
+    assert :ok = Snakepit.stop_pool(pool)
+
+    for c <- 1..100 do
+      assert_receive {:ended, ^c, last, n}, 60_000
+      assert n > 20
+      assert {:error, %Error{}} = last
+    end
+
+    assert length(callers) == 100
+  end
+
   test "a pool that recycles its workers runs every call on its threads" do
     pool = start!(worker_max_requests: 1_000)
     wait_until(fn -> stats(pool).parks >= 4 end)
