@@ -27,7 +27,7 @@
 //! call has no timeout or cancellation: it is over before either could act.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use pyo3::{ffi, Python};
@@ -48,10 +48,11 @@ const QUIET: Duration = Duration::from_secs(600);
 
 /// A pool's inline calls.
 pub struct Inline {
-    /// Whether this pool may run calls inline at all, and whether its adapter declares any
-    /// command inline (so other pools pay one load per call).
+    /// Whether this pool may run calls inline at all, and a filter of the commands its
+    /// adapter declares inline (bit `name_bit(name)` set for each; 0: none, so other pools pay
+    /// one load per call, and other commands rarely more).
     enabled: bool,
-    has_commands: AtomicBool,
+    names: AtomicU64,
     /// Round robin over the workers.
     next: AtomicU64,
     /// Calls run inline, in all and per worker (for stats).
@@ -72,7 +73,7 @@ impl Inline {
     pub fn new(enabled: bool, workers: &[Worker]) -> Inline {
         Inline {
             enabled,
-            has_commands: AtomicBool::new(false),
+            names: AtomicU64::new(0),
             next: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             per_worker: workers.iter().map(|_| AtomicU64::new(0)).collect(),
@@ -96,8 +97,11 @@ impl Inline {
     }
 
     pub fn set_commands(&self, workers: &[Worker]) {
-        let any = workers.iter().any(|w| !w.inline.is_empty());
-        self.has_commands.store(any, Ordering::Relaxed);
+        let mask = workers
+            .iter()
+            .flat_map(|w| w.inline.iter())
+            .fold(0, |m, n| m | name_bit(n.as_bytes()));
+        self.names.store(mask, Ordering::Relaxed);
     }
 
     fn backing_off(&self, pool: &PoolInner) -> bool {
@@ -134,6 +138,14 @@ impl Inline {
         self.resume_at_us.store(at, Ordering::Relaxed);
         self.backoffs.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// A command name's bit in [`Inline::names`] (FNV-1a, folded to 0..64).
+fn name_bit(name: &[u8]) -> u64 {
+    let hash = name.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    1 << (hash % 64)
 }
 
 thread_local! {
@@ -188,8 +200,9 @@ pub fn try_call<'a>(
     let state = &pool.inline;
     // Cheapest first: with many callers the pool's threads are busy and this ends at the
     // count, having written nothing shared.
+    let names = state.names.load(Ordering::Relaxed);
     if !state.enabled
-        || !state.has_commands.load(Ordering::Relaxed)
+        || names == 0
         || crate::gil_gate::in_use()
         || pool.shutdown.load(Ordering::Relaxed)
         || state.backing_off(pool)
@@ -197,6 +210,9 @@ pub fn try_call<'a>(
         return None;
     }
     let name = Binary::from_term(command).ok()?;
+    if names & name_bit(name.as_slice()) == 0 {
+        return None;
+    }
     let w = (state.next.fetch_add(1, Ordering::Relaxed) % pool.workers.len() as u64) as usize;
     let worker = pool.workers[w].get();
     if !worker
