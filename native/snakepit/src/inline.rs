@@ -1,5 +1,5 @@
 //! Inline calls: a short command run by `submit` itself, on the calling BEAM scheduler, with
-//! no hand-off to a pool thread (docs/architecture.md, "Under load: inline calls").
+//! no hand-off to a pool thread (docs/architecture.md, "Under load", "Inline calls").
 //!
 //! On a machine whose cores are all taken, handing a call to a pool thread waits for the
 //! kernel to schedule that thread: ~8 µs where a raw port echo takes ~13 µs. A call run on the
@@ -255,5 +255,10 @@ pub fn try_call<'a>(
     .fetch_add(1, Ordering::Relaxed);
     state.calls.fetch_add(1, Ordering::Relaxed);
     state.per_worker[w].fetch_add(1, Ordering::Relaxed);
+    // An instance a reload replaced meanwhile, last held here: its Python objects go to the
+    // release thread, not dropped on a scheduler (release.rs).
+    if std::sync::Arc::strong_count(&worker) == 1 {
+        crate::release::python(worker, None);
+    }
     Some((atoms::done(), result).encode(env))
 }
