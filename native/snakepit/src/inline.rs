@@ -255,8 +255,9 @@ pub fn try_call<'a>(
     .fetch_add(1, Ordering::Relaxed);
     state.calls.fetch_add(1, Ordering::Relaxed);
     state.per_worker[w].fetch_add(1, Ordering::Relaxed);
-    // An instance a reload replaced meanwhile, last held here: its Python objects go to the
-    // release thread, not dropped on a scheduler (release.rs).
+    // Never the last holder of an instance today (a reload's `worker::retire` holds the old
+    // one until its calls end); should it be, the instance's Python objects go to the release
+    // thread instead of being dropped on a scheduler (release.rs).
     if std::sync::Arc::strong_count(&worker) == 1 {
         crate::release::python(worker, None);
     }
