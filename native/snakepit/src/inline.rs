@@ -71,7 +71,7 @@ pub struct Inline {
 
 impl Inline {
     pub fn new(enabled: bool, workers: &[Worker]) -> Inline {
-        Inline {
+        let inline = Inline {
             enabled,
             names: AtomicU64::new(0),
             next: AtomicU64::new(0),
@@ -86,16 +86,12 @@ impl Inline {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .map_or(Duration::from_secs(1), Duration::from_millis),
-        }
-        .with_commands(workers)
+        };
+        inline.set_commands(workers);
+        inline
     }
 
-    /// Notes whether the instances (new ones after a reload) declare inline commands.
-    pub fn with_commands(self, workers: &[Worker]) -> Inline {
-        self.set_commands(workers);
-        self
-    }
-
+    /// Notes which commands the instances (new ones after a reload) declare inline.
     pub fn set_commands(&self, workers: &[Worker]) {
         let mask = workers
             .iter()

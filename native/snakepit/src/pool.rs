@@ -216,8 +216,13 @@ impl PoolInner {
         interps: Option<Arc<crate::subinterp::Interps>>,
         max_spinners: usize,
     ) -> Result<Arc<PoolInner>> {
+        let policy = RecyclePolicy {
+            max_requests: (config.worker_max_requests > 0).then_some(config.worker_max_requests),
+            ttl: (config.worker_ttl_ms > 0).then(|| Duration::from_millis(config.worker_ttl_ms)),
+        };
+        // Inline calls need the main interpreter and no recycling (inline.rs).
         let inline = crate::inline::Inline::new(
-            interps.is_none() && config.worker_max_requests == 0 && config.worker_ttl_ms == 0,
+            interps.is_none() && policy.max_requests.is_none() && policy.ttl.is_none(),
             &workers,
         );
         let workers = workers
@@ -225,10 +230,6 @@ impl PoolInner {
             .enumerate()
             .map(|(i, w)| WorkerSlot::new(i, w))
             .collect();
-        let policy = RecyclePolicy {
-            max_requests: (config.worker_max_requests > 0).then_some(config.worker_max_requests),
-            ttl: (config.worker_ttl_ms > 0).then(|| Duration::from_millis(config.worker_ttl_ms)),
-        };
         let capacity = config.pool_size * config.threads_per_worker;
         let (tx, rx) = crossbeam_channel::bounded(config.max_queue);
         let spin_us = std::env::var("SNAKEPIT_SPIN_US")
