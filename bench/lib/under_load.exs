@@ -13,6 +13,7 @@ defmodule Bench.UnderLoad do
   import Support, only: [progress: 1]
 
   @adapter "bench_adapter.BenchAdapter"
+  @conditions [:idle, :os, :vm]
 
   def run(p, _ctx) do
     {calls, rounds} = if p.mode == "smoke", do: {200, 1}, else: {3_000, 3}
@@ -37,7 +38,7 @@ defmodule Bench.UnderLoad do
       ]
 
       samples =
-        for _round <- 1..rounds, condition <- [:idle, :os, :vm], reduce: %{} do
+        for _round <- 1..rounds, condition <- @conditions, reduce: %{} do
           acc ->
             progress("  #{condition}")
 
@@ -148,7 +149,7 @@ defmodule Bench.UnderLoad do
       end
 
     # Calls made of `echo_inline`, warm-ups included, and how many of them ran inline.
-    inline_made = 3 * rounds * (calls + div(calls, 10))
+    inline_made = length(@conditions) * rounds * (calls + div(calls, 10))
 
     %{
       bad: bad,

@@ -208,10 +208,10 @@ def tool(
             declares the command *short*: a plain function that returns within microseconds
             and never blocks (no sleep, I/O, locks or ``elixir.call``). In a ``:thread`` pool
             such a call may run on the calling BEAM scheduler instead of being handed to a
-            pool thread, which is several times faster on a busy machine. Snakepit checks
-            each inline call and stops running them inline for a while (``inline_backoffs``
-            in ``Snakepit.stats/1``) when one blocked or used more than 1 ms of CPU. Other
-            profiles ignore it. ``async def`` and generator functions cannot be inline
+            pool thread, which is several times faster on a busy machine. Snakepit times
+            each inline call and stops running them inline in that pool for a while
+            (``inline_backoffs`` in ``Snakepit.stats/1``) when two in a row took over 1 ms.
+            Other profiles ignore it. ``async def`` and generator functions cannot be inline
             (``TypeError``).
 
     The parameters (name, type as a string such as ``"list[float]"``, required, default) are
