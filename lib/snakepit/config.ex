@@ -19,6 +19,7 @@ defmodule Snakepit.Config do
     profile:
       {":thread, :process or :subinterpreter", quote(do: :thread | :process | :subinterpreter)},
     pos_integer: {"a positive integer", quote(do: pos_integer())},
+    non_neg_integer: {"a non-negative integer", quote(do: non_neg_integer())},
     boolean: {"true or false", quote(do: boolean())},
     ndarray_mode: {":list, :struct or :nx", quote(do: :list | :struct | :nx)},
     adapter_module:
@@ -313,6 +314,25 @@ defmodule Snakepit.Config do
       default: "/dev/shm",
       doc: "where those files are made (a tmpfs); without it everything goes through the port."
     ],
+    large_data_arena: [
+      type: :non_neg_integer,
+      default: 1_073_741_824,
+      doc: """
+      the size in bytes of the shared-memory arenas through which `:process` pools move
+      binaries of `:large_data_shm_min` bytes and more at memory speed: one per pool for
+      arguments, one per worker for results (docs/architecture.md, "Large data"). The size is
+      virtual: pages are allocated as they are used. A binary that does not fit goes through
+      a fresh shared-memory file; `0` turns the arenas off.
+      """
+    ],
+    large_data_arena_retain: [
+      type: :non_neg_integer,
+      default: 134_217_728,
+      doc: """
+      how many bytes of an arena's freed space keep their pages, so that the next large call
+      does not pay for new ones; freed space above that goes back to the kernel.
+      """
+    ],
     functions: [
       type: :functions,
       default: [],
@@ -583,6 +603,13 @@ defmodule Snakepit.Config do
   def large_data_shm,
     do: {global!(:large_data_shm), global!(:large_data_shm_min), global!(:large_data_shm_dir)}
 
+  @doc """
+  `config :snakepit, large_data_arena: ..., large_data_arena_retain: ...`: `{bytes, retain}`
+  (`bytes` 0: no arenas). Raises `Snakepit.Error` (`:validation`) on a bad value.
+  """
+  @spec large_data_arena() :: {non_neg_integer(), non_neg_integer()}
+  def large_data_arena, do: {global!(:large_data_arena), global!(:large_data_arena_retain)}
+
   @doc "`config :snakepit, reload: ..., reload_interval: ...`: the mode and the poll interval."
   @spec reload() :: {:manual | :auto, pos_integer()}
   def reload, do: {global!(:reload), global!(:reload_interval)}
@@ -749,6 +776,7 @@ defmodule Snakepit.Config do
   defp cast(:profile, :subinterpreter), do: Snakepit.Pool.Subinterpreter.check_python()
   defp cast(:profile, profile) when profile in @profiles, do: {:ok, profile}
   defp cast(:pos_integer, n) when is_integer(n) and n > 0, do: {:ok, n}
+  defp cast(:non_neg_integer, n) when is_integer(n) and n >= 0, do: {:ok, n}
   defp cast(:reload_mode, mode) when mode in [:manual, :auto], do: {:ok, mode}
   defp cast(:boolean, bool) when is_boolean(bool), do: {:ok, bool}
   defp cast(:ndarray_mode, mode) when mode in [:list, :struct, :nx], do: {:ok, mode}

@@ -45,6 +45,14 @@ defmodule Snakepit.Native do
   # Large results of :process workers (native/snakepit/src/shm.rs).
   def shm_map(_path), do: :erlang.nif_error(:nif_not_loaded)
 
+  # Shared-memory arenas of :process pools (native/snakepit/src/arena.rs).
+  def arena_new(_bytes, _retain, _result), do: :erlang.nif_error(:nif_not_loaded)
+  def arena_put(_arena, _binary), do: :erlang.nif_error(:nif_not_loaded)
+  def arena_release(_lease), do: :erlang.nif_error(:nif_not_loaded)
+  def arena_trim(_arena), do: :erlang.nif_error(:nif_not_loaded)
+  def arena_binary(_arena, _offset, _length), do: :erlang.nif_error(:nif_not_loaded)
+  def arena_usage(_arena), do: :erlang.nif_error(:nif_not_loaded)
+
   # Python calling Elixir (native/snakepit/src/callback.rs).
   def set_function_dispatcher(_pid), do: :erlang.nif_error(:nif_not_loaded)
   def function_reply(_id, _reply), do: :erlang.nif_error(:nif_not_loaded)

@@ -35,9 +35,17 @@ defmodule Snakepit.Registry do
   Makes the caller's claimed `name` visible to `lookup/1` and to other nodes; `ndarray` is the
   pool's `ndarray:` option (`lookup_call/1`).
   """
-  @spec publish(atom(), handle(), map(), atom()) :: :ok | {:error, Error.t()}
-  def publish(name, handle, info, ndarray \\ :list),
-    do: GenServer.call(__MODULE__, {:publish, name, handle, info, ndarray}, :infinity)
+  @spec publish(atom(), handle(), map(), atom(), term()) :: :ok | {:error, Error.t()}
+  def publish(name, handle, info, ndarray \\ :list, extra \\ nil),
+    do: GenServer.call(__MODULE__, {:publish, name, handle, info, ndarray, extra}, :infinity)
+
+  @doc """
+  The `extra` term the live pool process `pid` published (the `:process` profile's argument
+  arena: Snakepit.Pool.Process.Shm), or nil; one `:persistent_term` read, erased with the
+  pool's name.
+  """
+  @spec extra(pid()) :: term()
+  def extra(pid), do: :persistent_term.get({__MODULE__, {:extra, pid}}, nil)
 
   @doc """
   Gives up the caller's `name` (a pool that stops: new calls then find no pool). Harmless when
@@ -147,9 +155,10 @@ defmodule Snakepit.Registry do
     end
   end
 
-  def handle_call({:publish, name, handle, info, ndarray}, {pid, _}, state) do
+  def handle_call({:publish, name, handle, info, ndarray, extra}, {pid, _}, state) do
     case state.names do
       %{^name => {^pid, _mon}} ->
+        if extra != nil, do: :persistent_term.put({__MODULE__, {:extra, pid}}, extra)
         :persistent_term.put({__MODULE__, name}, {pid, handle, info, ndarray})
         Snakepit.Cluster.join(name, pid)
         {:reply, :ok, state}
@@ -191,6 +200,7 @@ defmodule Snakepit.Registry do
   end
 
   defp forget(state, name, mon) do
+    with {pid, _mon} <- state.names[name], do: :persistent_term.erase({__MODULE__, {:extra, pid}})
     :persistent_term.erase({__MODULE__, name})
     %{state | names: Map.delete(state.names, name), monitors: Map.delete(state.monitors, mon)}
   end

@@ -793,7 +793,8 @@ defmodule Snakepit.ConfigEnvTest do
                "config :snakepit: unknown key :pyhton_path; did you mean :python_path? " <>
                  "(valid keys: :pools, :default_pool, :python_path, :python, :venv, " <>
                  ":python_deps, :python_requirements, :reload, :reload_interval, :large_data_shm, " <>
-                 ":large_data_shm_min, :large_data_shm_dir, :functions)"
+                 ":large_data_shm_min, :large_data_shm_dir, :large_data_arena, " <>
+                 ":large_data_arena_retain, :functions)"
 
       assert error.details == %{
                key: :pyhton_path,
@@ -813,6 +814,8 @@ defmodule Snakepit.ConfigEnvTest do
                  :large_data_shm,
                  :large_data_shm_min,
                  :large_data_shm_dir,
+                 :large_data_arena,
+                 :large_data_arena_retain,
                  :functions
                ]
              }
@@ -847,6 +850,8 @@ defmodule Snakepit.ConfigEnvTest do
             {:large_data_shm, "yes", "expected true or false"},
             {:large_data_shm_min, 0, "expected a positive integer"},
             {:large_data_shm_dir, 5, "expected a path"},
+            {:large_data_arena, -1, "expected a non-negative integer"},
+            {:large_data_arena_retain, :all, "expected a non-negative integer"},
             {:pools, %{name: :a}, "expected a list of pool configs"}
           ] do
         Application.put_env(:snakepit, key, value)

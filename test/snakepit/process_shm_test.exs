@@ -1,7 +1,9 @@
-# Large data of the process profiles through shared-memory files (Snakepit.Pool.Process.Shm,
-# priv/python/snakepit_bridge/_shm.py; docs/architecture.md, "Large data"): the bytes and the
-# Python-side types are those of the port path, the threshold is where it switches, and no
-# file is left behind when a worker dies or a queued call times out.
+# Large data of the process profiles through shared memory (Snakepit.Pool.Process.Shm,
+# priv/python/snakepit_bridge/_shm.py, native/snakepit/src/arena.rs; docs/architecture.md,
+# "Large data"), through the arenas (the default) and through files (`large_data_arena: 0`):
+# the bytes and the Python-side types are those of the port path, the threshold is where it
+# switches, and no file or arena region is left behind when a worker dies, a queued call
+# times out or Python lets go of a view it kept.
 
 defmodule Snakepit.ProcessShmCase do
   @moduledoc false
@@ -9,6 +11,7 @@ defmodule Snakepit.ProcessShmCase do
 
   using opts do
     profile = Keyword.fetch!(opts, :profile)
+    arena = Keyword.get(opts, :arena, true)
 
     quote do
       import Snakepit.ConformanceCase,
@@ -21,7 +24,14 @@ defmodule Snakepit.ProcessShmCase do
       @adapter "snakepit_shm_adapters.ShmAdapter"
       @min 1_048_576
 
+      @arena unquote(arena)
+
       setup do
+        unless @arena do
+          Application.put_env(:snakepit, :large_data_arena, 0)
+          on_exit(fn -> Application.delete_env(:snakepit, :large_data_arena) end)
+        end
+
         profile = unquote(profile)
         pool = start!(profile, [adapter: @adapter] ++ capacity(profile, 2))
         {pid, _, _} = Snakepit.Registry.entry(pool)
@@ -32,8 +42,10 @@ defmodule Snakepit.ProcessShmCase do
         big = pattern(3 * @min)
         n = byte_size(big)
 
-        assert {:ok, %{"type" => "memoryview", "base" => "mmap", "readonly" => true, "len" => ^n}} =
+        assert {:ok, %{"type" => "memoryview", "base" => base, "readonly" => true, "len" => ^n}} =
                  call(ctx.profile, ctx.pool, "kind_of", %{value: {:buffer, big}})
+
+        assert shared?(base, @arena)
 
         assert {:ok, ^big} = call(ctx.profile, ctx.pool, "same", %{buf: {:buffer, big}})
 
@@ -116,9 +128,11 @@ defmodule Snakepit.ProcessShmCase do
       end
 
       test "the threshold: just under goes through the port, from it through a file", ctx do
-        for {size, base, mapped} <- [{@min - 1, "bytes", false}, {@min, "mmap", true}] do
-          assert {:ok, %{"base" => ^base, "len" => ^size}} =
+        for {size, mapped} <- [{@min - 1, false}, {@min, true}] do
+          assert {:ok, %{"base" => base, "len" => ^size}} =
                    call(ctx.profile, ctx.pool, "kind_of", %{value: {:buffer, pattern(size)}})
+
+          assert if(mapped, do: shared?(base, @arena), else: base == "bytes")
 
           assert {:ok, bin} = call(ctx.profile, ctx.pool, "make_bytes", %{n: size})
           assert bin == made_bytes(size)
@@ -152,54 +166,141 @@ defmodule Snakepit.ProcessShmCase do
         assert Shm.files(ctx.pid) == []
       end
 
-      test "a worker killed after it wrote a large result leaves no file", ctx do
-        gate = gate()
+      if unquote(arena) do
+        test "a queued call that times out frees its arena region", ctx do
+          gate = gate()
 
-        task =
-          Task.async(fn ->
-            call(ctx.profile, ctx.pool, "stuck_reply", %{n: 2 * @min, gate: gate})
-          end)
+          blocked =
+            for _ <- 1..2 do
+              Task.async(fn ->
+                call(ctx.profile, ctx.pool, "blocked_len", %{buf: "x", gate: gate})
+              end)
+            end
 
-        # The reply's bytes are in a file; its encoding is stuck after them.
-        assert wait_for(fn -> Shm.files(ctx.pid) != [] end)
-        [os_pid | _] = for w <- workers(ctx.pool), w.busy == 1, do: w.os_pid
-        assert Shm.files(ctx.pid, os_pid) != []
-        {_, 0} = System.cmd("kill", ["-9", to_string(os_pid)])
+          assert wait_for(fn -> busy(ctx.pool) == 2 end)
+          arg = {:buffer, pattern(2 * @min)}
 
-        assert {:error, %Snakepit.Error{category: :worker}} = Task.await(task, 30_000)
-        assert wait_for(fn -> Shm.files(ctx.pid) == [] end)
-      end
-
-      test "a queued call that times out leaves no file", ctx do
-        # Every thread blocked, so the next call waits in the pool's queue.
-        gate = gate()
-
-        blocked =
-          for _ <- 1..2 do
+          queued =
             Task.async(fn ->
-              call(ctx.profile, ctx.pool, "blocked_len", %{buf: "x", gate: gate})
+              call(ctx.profile, ctx.pool, "kind_of", %{value: arg}, timeout: 2_000)
             end)
+
+          # Its argument is in the arena while it waits.
+          assert wait_for(fn -> Shm.arena_usage(ctx.pid) == {1, 2 * @min} end)
+          assert {:error, %Snakepit.Error{category: :timeout}} = Task.await(queued, 30_000)
+          assert wait_for(fn -> Shm.arena_usage(ctx.pid) == {0, 0} end)
+
+          File.write!(gate, "")
+          for t <- blocked, do: assert({:ok, 1} = Task.await(t, 30_000))
+          assert Shm.files(ctx.pid) == []
+        end
+
+        test "a view Python keeps holds its region, unchanged, until Python lets go", ctx do
+          kept = pattern(2 * @min)
+          assert {:ok, _} = call(ctx.profile, ctx.pool, "keep", %{buf: {:buffer, kept}})
+          assert Shm.arena_usage(ctx.pid) == {1, 2 * @min}
+
+          # Other large arguments meanwhile go elsewhere in the arena.
+          for i <- 1..5 do
+            other = :binary.copy(<<i>>, 2 * @min)
+            assert {:ok, ^other} = call(ctx.profile, ctx.pool, "same", %{buf: {:buffer, other}})
           end
 
-        assert wait_for(fn -> busy(ctx.pool) == 2 end)
+          assert {:ok, head} = call(ctx.profile, ctx.pool, "kept_head", %{})
+          assert head == binary_part(kept, 1, 64)
+          assert Shm.arena_usage(ctx.pid) == {1, 2 * @min}
 
-        queued =
-          Task.async(fn ->
-            call(ctx.profile, ctx.pool, "kind_of", %{value: {:buffer, pattern(2 * @min)}},
-              timeout: 2_000
-            )
-          end)
+          assert {:ok, true} = call(ctx.profile, ctx.pool, "drop_kept", %{})
+          assert Shm.arena_usage(ctx.pid) == {0, 0}
+        end
 
-        # Its argument is in a file while it waits.
-        assert wait_for(fn -> Shm.files(ctx.pid) != [] end)
-        assert {:error, %Snakepit.Error{category: :timeout}} = Task.await(queued, 30_000)
-        assert Shm.files(ctx.pid) == []
+        test "a killed worker's kept views free their regions", ctx do
+          assert {:ok, _} =
+                   call(ctx.profile, ctx.pool, "keep", %{buf: {:buffer, pattern(2 * @min)}})
 
-        File.write!(gate, "")
-        for t <- blocked, do: assert({:ok, 1} = Task.await(t, 30_000))
+          assert Shm.arena_usage(ctx.pid) == {1, 2 * @min}
+          # Whichever worker holds it.
+          for w <- workers(ctx.pool), do: {_, 0} = System.cmd("kill", ["-9", "#{w.os_pid}"])
+          assert wait_for(fn -> Shm.arena_usage(ctx.pid) == {0, 0} end)
+        end
+
+        test "result regions are reused once the BEAM frees their binaries", ctx do
+          # The binaries live in a task: they are freed when it ends.
+          holder =
+            Task.async(fn ->
+              results =
+                for _ <- 1..8 do
+                  {:ok, bin} = call(ctx.profile, ctx.pool, "make_bytes", %{n: 2 * @min})
+                  bin
+                end
+
+              assert Enum.all?(results, &(mapped?(&1) and &1 == made_bytes(2 * @min)))
+              # Sequential calls go to the worker that was free last: it holds them all.
+              assert {:ok, 8} = call(ctx.profile, ctx.pool, "result_regions", %{})
+              receive do: (:done -> length(results))
+            end)
+
+          send(holder.pid, :done)
+          assert Task.await(holder, 60_000) == 8
+
+          assert wait_for(fn -> call(ctx.profile, ctx.pool, "result_regions", %{}) == {:ok, 0} end)
+        end
+      end
+
+      unless unquote(arena) do
+        test "a worker killed after it wrote a large result leaves no file", ctx do
+          gate = gate()
+
+          task =
+            Task.async(fn ->
+              call(ctx.profile, ctx.pool, "stuck_reply", %{n: 2 * @min, gate: gate})
+            end)
+
+          # The reply's bytes are in a file; its encoding is stuck after them.
+          assert wait_for(fn -> Shm.files(ctx.pid) != [] end)
+          [os_pid | _] = for w <- workers(ctx.pool), w.busy == 1, do: w.os_pid
+          assert Shm.files(ctx.pid, os_pid) != []
+          {_, 0} = System.cmd("kill", ["-9", to_string(os_pid)])
+
+          assert {:error, %Snakepit.Error{category: :worker}} = Task.await(task, 30_000)
+          assert wait_for(fn -> Shm.files(ctx.pid) == [] end)
+        end
+
+        test "a queued call that times out leaves no file", ctx do
+          # Every thread blocked, so the next call waits in the pool's queue.
+          gate = gate()
+
+          blocked =
+            for _ <- 1..2 do
+              Task.async(fn ->
+                call(ctx.profile, ctx.pool, "blocked_len", %{buf: "x", gate: gate})
+              end)
+            end
+
+          assert wait_for(fn -> busy(ctx.pool) == 2 end)
+
+          queued =
+            Task.async(fn ->
+              call(ctx.profile, ctx.pool, "kind_of", %{value: {:buffer, pattern(2 * @min)}},
+                timeout: 2_000
+              )
+            end)
+
+          # Its argument is in a file while it waits.
+          assert wait_for(fn -> Shm.files(ctx.pid) != [] end)
+          assert {:error, %Snakepit.Error{category: :timeout}} = Task.await(queued, 30_000)
+          assert Shm.files(ctx.pid) == []
+
+          File.write!(gate, "")
+          for t <- blocked, do: assert({:ok, 1} = Task.await(t, 30_000))
+        end
       end
     end
   end
+
+  @doc "Its argument view's base: an arena region's exporter, or a file's mapping."
+  def shared?(base, true), do: String.starts_with?(base, "c_char_Array_")
+  def shared?(base, false), do: base == "mmap"
 
   @doc "`n` bytes that are not UTF-8."
   def pattern(n), do: binary_part(:binary.copy(<<1, 2, 3, 255>>, div(n, 4) + 1), 0, n)
@@ -233,4 +334,9 @@ end
 
 defmodule Snakepit.ProcessThreadedShmTest do
   use Snakepit.ProcessShmCase, profile: :process_threaded, async: true
+end
+
+defmodule Snakepit.ProcessFileShmTest do
+  # Through files: the configuration is global, so these run alone.
+  use Snakepit.ProcessShmCase, profile: :process, arena: false, async: false
 end

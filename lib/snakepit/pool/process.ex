@@ -105,6 +105,9 @@ defmodule Snakepit.Pool.Process do
   @detached 10
   # A reply whose large binaries are in shared-memory files (Snakepit.Pool.Process.Shm).
   @reply_shm 11
+  # Views of argument-arena regions that Python still holds after its call ended, and those
+  # it has let go of since (Snakepit.Pool.Process.Shm; _shm.py).
+  @arena_kept 12
 
   # Every atom a worker may send. binary_to_term(bin, [:safe]) refuses atoms that do not exist
   # yet; these exist as soon as this module is loaded (see worker_atoms/0).
@@ -145,8 +148,9 @@ defmodule Snakepit.Pool.Process do
     :type,
     :repr,
     :id,
-    # Large binaries in shared-memory files (Snakepit.Pool.Process.Shm).
-    :"$snakepit_shm"
+    # Large binaries in shared-memory files and arenas (Snakepit.Pool.Process.Shm).
+    :"$snakepit_shm",
+    :"$snakepit_arena"
   ]
 
   @shutdown_grace 5_000
@@ -165,14 +169,18 @@ defmodule Snakepit.Pool.Process do
 
   @impl Snakepit.Pool
   def submit(server, command, args, window) do
-    {args, files} = shm_args(server, args, window)
-    shm_handle(request(server, call_body(command, args, window), kind(window)), files)
+    {args, files, leases} = shm_args(server, args, window, true)
+    body = call_body(command, args, window)
+    shm_handle(request(server, body, kind(window), nil, leases), files)
   end
 
-  # Large binaries of a call's arguments go through shared-memory files (Shm); the call's
-  # handle then lists them, so that finished/3 and cancel/3 remove what a worker never mapped.
-  defp shm_args(server, args, nil), do: Shm.export_args(server, args)
-  defp shm_args(_server, args, _window), do: {args, []}
+  # Large binaries of a call's arguments go through the pool's argument arena (`leases`,
+  # which the pool keeps with the job: a plain call) or shared-memory files (Shm); the call's
+  # handle lists the files, so that finished/3 and cancel/3 remove what a worker never mapped.
+  defp shm_args(server, args, nil, arena?),
+    do: Shm.export_args(server, args, arena? and Process.get(:"$snakepit_chain") == nil)
+
+  defp shm_args(_server, args, _window, _arena?), do: {args, [], []}
 
   defp shm_handle(result, []), do: result
   defp shm_handle({:ok, tag, {server, :call}}, files), do: {:ok, tag, {server, :call, files}}
@@ -195,7 +203,7 @@ defmodule Snakepit.Pool.Process do
 
   @impl Snakepit.Pool
   def submit_to(server, worker, command, args, window) do
-    {args, files} = shm_args(server, args, window)
+    {args, files, []} = shm_args(server, args, window, false)
     shm_handle(request(server, call_body(command, args, window), kind(window), worker), files)
   end
 
@@ -203,7 +211,7 @@ defmodule Snakepit.Pool.Process do
   # goes to the worker thread that waits for that function (re-entrancy; see
   # priv/python/snakepit_bridge/_worker_elixir.py). A call pinned to a worker (it passes a
   # ref) goes to that worker as usual.
-  defp request(server, body, kind, worker \\ nil) do
+  defp request(server, body, kind, worker, leases \\ []) do
     server = GenServer.whereis(server) || server
 
     case Process.get(:"$snakepit_chain") do
@@ -213,7 +221,7 @@ defmodule Snakepit.Pool.Process do
         {:ok, tag, {server, kind}}
 
       _ ->
-        plain_request(server, body, kind, worker)
+        plain_request(server, body, kind, worker, leases)
     end
   end
 
@@ -222,13 +230,15 @@ defmodule Snakepit.Pool.Process do
   # runtime and never reaches the caller's mailbox, and a pool that dies (or a name that is
   # not registered) gives :DOWN.
   # A `worker` ({pool, index, os_pid}) pins the job to that worker (submit_to/5).
-  defp plain_request(server, body, kind, worker) do
+  defp plain_request(server, body, kind, worker, leases) do
     tag = :erlang.monitor(:process, server, [{:alias, :demonitor}])
 
     if is_pid(server) do
-      if worker,
-        do: send(server, {:"$snakepit_call_to", tag, self(), body, kind, worker}),
-        else: send(server, {:"$snakepit_call", tag, self(), body, kind})
+      cond do
+        worker -> send(server, {:"$snakepit_call_to", tag, self(), body, kind, worker})
+        leases == [] -> send(server, {:"$snakepit_call", tag, self(), body, kind})
+        true -> send(server, {:"$snakepit_call", tag, self(), body, kind, leases})
+      end
     end
 
     {:ok, tag, {server, kind}}
@@ -309,7 +319,7 @@ defmodule Snakepit.Pool.Process do
 
   @impl Snakepit.Pool
   def tools(server) do
-    {:ok, tag, job} = request(server, "", :tools)
+    {:ok, tag, job} = request(server, "", :tools, nil)
 
     receive do
       {^tag, reply} ->
@@ -335,12 +345,19 @@ defmodule Snakepit.Pool.Process do
     # Claim the name before any worker starts: a second pool of the same name stops here.
     with :ok <- Snakepit.Registry.claim(config.name),
          {:ok, python} <- OS.python_executable(config) do
+      # The argument arena callers copy large binaries into (Shm; arena.rs), or nil.
+      arena = Shm.new_arena(false)
+      if arena, do: Shm.own_arena(elem(arena, 0))
+
       state = %{
         config: config,
         name: config.name,
         threads: config.threads_per_worker,
         python: python,
         env: OS.worker_env(config) ++ Shm.worker_env(self()),
+        arena: arena,
+        # worker OS pid => %{offset => lease}: argument-arena regions its Python still holds
+        kept: %{},
         workers: %{},
         ports: %{},
         # One entry per free thread: the index of its worker.
@@ -381,7 +398,8 @@ defmodule Snakepit.Pool.Process do
               config.name,
               {__MODULE__, self()},
               python_info(state),
-              config.ndarray
+              config.ndarray,
+              if(arena, do: elem(arena, 0))
             )
 
           {:ok, state}
@@ -410,7 +428,9 @@ defmodule Snakepit.Pool.Process do
       due: false,
       failures: 0,
       adapter: nil,
-      start_error: nil
+      start_error: nil,
+      # Its result arena (Shm), or nil.
+      arena: nil
     }
   end
 
@@ -420,7 +440,8 @@ defmodule Snakepit.Pool.Process do
     state = Snakepit.Pool.Process.Pinned.fail(state, index)
     config = state.config
 
-    {port, os_pid} = OS.open(state.python, state.env)
+    results = Shm.new_arena(true)
+    {port, os_pid} = OS.open(state.python, state.env ++ Shm.arena_env(state.arena, results))
     OS.send(port, [@init | :erlang.term_to_binary(init_term(state, index))])
     Process.send_after(self(), {:startup_timeout, port}, config.startup_timeout)
 
@@ -429,6 +450,7 @@ defmodule Snakepit.Pool.Process do
       | port: port,
         os_pid: os_pid,
         status: :starting,
+        arena: results && elem(results, 0),
         jobs: %{},
         served: 0,
         due: false,
@@ -532,38 +554,12 @@ defmodule Snakepit.Pool.Process do
   defp python_info(%{info: info}), do: info
 
   @impl true
-  def handle_info({:"$snakepit_call", tag, caller, body, kind}, state) do
-    state = if kind != :tools, do: %{state | submitted: state.submitted + 1}, else: state
+  def handle_info({:"$snakepit_call", tag, caller, body, kind}, state),
+    do: accept(state, new_job(tag, caller, body, kind))
 
-    job = new_job(tag, caller, body, kind)
-
-    case take_thread(state) do
-      {index, state} ->
-        {:noreply, start_job(state, index, watch(job))}
-
-      nil when state.queued >= state.config.max_queue ->
-        reply(tag, {:error, saturated(state)})
-
-        state =
-          if kind != :tools,
-            do: %{state | rejected: state.rejected + 1, submitted: state.submitted - 1},
-            else: state
-
-        {:noreply, state}
-
-      nil ->
-        job = watch(job)
-
-        {:noreply,
-         %{
-           state
-           | queue: :queue.in(tag, state.queue),
-             queued: state.queued + 1,
-             jobs: Map.put(state.jobs, tag, job),
-             callers: Map.put(state.callers, job.mon, tag)
-         }}
-    end
-  end
+  # A call whose large binaries are in the argument arena: the job holds their leases.
+  def handle_info({:"$snakepit_call", tag, caller, body, kind, leases}, state),
+    do: accept(state, %{new_job(tag, caller, body, kind) | leases: leases})
 
   def handle_info({:"$snakepit_call_to", tag, caller, body, kind, worker}, state) do
     {:noreply, Snakepit.Pool.Process.Pinned.submit(state, tag, caller, body, kind, worker)}
@@ -699,7 +695,7 @@ defmodule Snakepit.Pool.Process do
       {os_pid, retiring} ->
         OS.close_port(port)
         OS.kill_os_pid(os_pid)
-        {:noreply, %{state | retiring: retiring}}
+        {:noreply, drop_kept(%{state | retiring: retiring}, os_pid)}
     end
   end
 
@@ -742,6 +738,49 @@ defmodule Snakepit.Pool.Process do
 
   ## Jobs
 
+  # A submitted job: to a free thread, into the queue, or refused when the queue is full.
+  defp accept(state, %{tag: tag, kind: kind} = job) do
+    state = if kind != :tools, do: %{state | submitted: state.submitted + 1}, else: state
+
+    case take_thread(state) do
+      {index, state} ->
+        {:noreply, start_job(state, index, watch(job))}
+
+      nil when state.queued >= state.config.max_queue ->
+        reply(tag, {:error, saturated(state)})
+        release_leases(job.leases)
+
+        state =
+          if kind != :tools,
+            do: %{state | rejected: state.rejected + 1, submitted: state.submitted - 1},
+            else: state
+
+        {:noreply, state}
+
+      nil ->
+        job = watch(job)
+
+        {:noreply,
+         %{
+           state
+           | queue: :queue.in(tag, state.queue),
+             queued: state.queued + 1,
+             jobs: Map.put(state.jobs, tag, job),
+             callers: Map.put(state.callers, job.mon, tag)
+         }}
+    end
+  end
+
+  defp release_leases(leases),
+    do: Enum.each(leases, fn {_off, lease} -> Shm.release_lease(lease) end)
+
+  # The worker process `os_pid` has gone: the regions its Python held are free.
+  defp drop_kept(state, os_pid) do
+    {held, kept} = Map.pop(state.kept, os_pid, %{})
+    release_leases(Map.to_list(held))
+    %{state | kept: kept}
+  end
+
   @doc false
   # A job as the pool keeps it, queued or running (Snakepit.Pool.Process.Pinned makes them too).
   def new_job(tag, caller, body, kind) do
@@ -754,6 +793,8 @@ defmodule Snakepit.Pool.Process do
       index: nil,
       id: nil,
       cancelled: false,
+      # {offset, lease} of its large binaries in the argument arena (Shm), freed when it ends.
+      leases: [],
       # Whether the job's end frees a thread of its worker: false (it does), true (a job of
       # an elixir.call chain, run by the waiting thread) or :detached (an async def call that
       # left its thread when it began to await).
@@ -881,6 +922,7 @@ defmodule Snakepit.Pool.Process do
         # Queued: dropped. A stream's consumer waits for its last message; a call's caller
         # waits for nothing.
         Process.demonitor(job.mon, [:flush])
+        release_leases(job.leases)
         if job.kind == :stream, do: reply(tag, :closed)
 
         %{
@@ -917,6 +959,7 @@ defmodule Snakepit.Pool.Process do
       {tag, jobs} ->
         {job, all} = Map.pop(state.jobs, tag)
         Process.demonitor(job.mon, [:flush])
+        release_leases(job.leases)
         counted = job.kind != :tools and not job.cancelled
 
         state =
@@ -995,14 +1038,42 @@ defmodule Snakepit.Pool.Process do
 
   # Its files are mapped (and unlinked) here, whoever gets the reply (Shm.take_reply/1).
   defp worker_frame(state, index, @reply_shm, bin) do
-    case Shm.take_reply(bin) do
+    case Shm.take_reply(bin, state.workers[index].arena) do
       {id, etf, blobs} ->
-        reply_frame(state, index, @reply_ok, id, {:etf, etf, blobs})
+        state = reply_frame(state, index, @reply_ok, id, {:etf, etf, blobs})
+        # Forget the binaries now (a small heap), not at some later collection: a region of
+        # the worker's result arena is reused only once every process lets go of it.
+        :erlang.garbage_collect()
+        state
 
       {id, :error} ->
         error = Error.new(:worker, "a large result could not be read from shared memory")
         reply_frame(state, index, @reply_error, id, {:error, error})
     end
+  end
+
+  # Before a job's terminal frame: which of its argument-arena regions Python still holds
+  # (they stay leased to the worker), and which it has let go of since.
+  defp worker_frame(state, index, @arena_kept, <<id::32, n::32, rest::binary>>) do
+    <<kept::binary-size(n * 8), released::binary>> = rest
+    kept = for <<off::64 <- kept>>, do: off
+    released = for <<off::64 <- released>>, do: off
+    w = state.workers[index]
+    held = Map.get(state.kept, w.os_pid, %{})
+
+    {state, held} =
+      with tag when tag != nil <- w.jobs[id],
+           %{leases: [_ | _] = leases} = job <- state.jobs[tag] do
+        {now, rest} = Enum.split_with(leases, fn {off, _} -> off in kept end)
+        job = %{job | leases: rest}
+        {%{state | jobs: Map.put(state.jobs, tag, job)}, Map.merge(held, Map.new(now))}
+      else
+        _ -> {state, held}
+      end
+
+    {gone, held} = Map.split(held, released)
+    release_leases(Map.to_list(gone))
+    %{state | kept: Map.put(state.kept, w.os_pid, held)}
   end
 
   defp worker_frame(state, index, @chunk, <<id::32, bin::binary>>) do
@@ -1171,7 +1242,7 @@ defmodule Snakepit.Pool.Process do
       {nil, _} ->
         case Map.pop(state.retiring, port) do
           {nil, _} -> state
-          {_os_pid, retiring} -> %{state | retiring: retiring}
+          {os_pid, retiring} -> drop_kept(%{state | retiring: retiring}, os_pid)
         end
 
       {index, ports} ->
@@ -1224,6 +1295,7 @@ defmodule Snakepit.Pool.Process do
 
   defp restart(state, index, why) do
     w = state.workers[index]
+    state = drop_kept(state, w.os_pid)
     # Result files the dead worker wrote for replies it never sent.
     if w.os_pid, do: Shm.remove_files(self(), w.os_pid)
     failures = if why == :failed_start, do: w.failures + 1, else: 0

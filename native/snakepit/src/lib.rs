@@ -6,6 +6,8 @@
 #[cfg(feature = "nif")]
 pub mod aio;
 #[cfg(feature = "nif")]
+pub mod arena;
+#[cfg(feature = "nif")]
 pub mod buffer;
 #[cfg(feature = "nif")]
 pub mod callback;
@@ -34,6 +36,7 @@ pub mod offload;
 pub mod pool;
 #[cfg(feature = "nif")]
 pub mod refs;
+pub mod regions;
 #[cfg(feature = "nif")]
 pub mod release;
 #[cfg(feature = "nif")]
@@ -63,6 +66,7 @@ mod atoms {
         snakepit_log, snakepit_recycled, snakepit_recycle_failed, max_requests, ttl,
         saturated, python_logger_process = "Elixir.Snakepit.PythonLogger",
         resource, type_ = "type", repr, id, ref_module = "Elixir.Snakepit.Ref",
+        full, trim,
     }
 }
 

@@ -10,18 +10,33 @@ Results: while :func:`capture` builds a reply frame, :func:`export` writes each 
 the frame becomes kind :data:`REPLY_SHM` with the file list, and the pool process maps the
 files (and unlinks them). If building the frame fails, the files are removed here.
 
+Arenas (native/snakepit/src/arena.rs): when the pool gives ``SNAKEPIT_ARENA``
+(``args_path|results_path|retain``), the same binaries go through two memfds mapped for good
+instead of fresh files, so that their pages are allocated and mapped once, not per call:
+
+- the pool's argument arena: a large argument crosses as ``{:"$snakepit_arena", offset,
+  size}`` and :func:`arena_view` gives a read-only view of it in place. When a job ends,
+  :func:`settle` says which of its views Python still holds; the pool keeps those regions
+  until :func:`released` reports them let go of.
+- this worker's result arena: :func:`export` copies a large result into a region of it, and
+  the reply lists ``@offset:size``; the BEAM's binary over the region clears the region's
+  byte of the page table at the arena's start when it is freed, and the region is reused.
+
 Configured from ``SNAKEPIT_SHM`` (``dir|prefix|min_bytes``, set by the pool); without it
 everything goes through the port.
 """
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import mmap
 import os
 import struct
+import sys
 import threading
-from typing import Any, Callable, List, Optional
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 #: Frame kind of a reply whose large binaries are in files: ``<<11, id::32, n::32,
 #: paths (NUL-separated)::n, term>>``.
@@ -79,12 +94,17 @@ def open_view(path: str, size: int) -> memoryview:
 
 
 def export(data: Any) -> Optional[int]:
-    """Writes ``data`` (bytes-like, 1-D bytes) into a fresh file for the reply being built on
-    this thread; its index in the reply's file list, or None (no reply being built here, or
-    the file could not be written: the bytes then go through the port)."""
+    """Writes ``data`` (bytes-like, 1-D bytes) into the result arena, or else a fresh file, for
+    the reply being built on this thread; its index in the reply's list, or None (no reply
+    being built here, or nowhere to write it: the bytes then go through the port)."""
     paths: Optional[List[str]] = getattr(_local, "paths", None)
     if paths is None:
         return None
+    if _RESULTS is not None:
+        region = _RESULTS.put(data)
+        if region is not None:
+            paths.append(region)
+            return len(paths) - 1
     with _counter_lock:  # next() of a count is not atomic on a free-threaded build
         n = next(_counter)
     path = f"{_DIR}/{_PREFIX}w{os.getpid()}-{n}"
@@ -135,10 +155,211 @@ def capture(build: Callable[[], bytearray]) -> bytearray:
 
 def _remove(paths: List[str]) -> None:
     for path in paths:
+        if path.startswith("@"):
+            if _RESULTS is not None:
+                _RESULTS.free(int(path[1:].split(":")[0]))
+            continue
         try:
             os.unlink(path)
         except OSError:
             pass
 
 
+# -- arenas ----------------------------------------------------------------------------------
+
+PAGE = 4096
+_ARGS: Optional[mmap.mmap] = None
+_RESULTS: Optional["_ResultArena"] = None
+#: Argument-arena offsets whose views Python let go of after their job ended (finalizers).
+_released: List[int] = []
+_released_lock = threading.Lock()
+
+
+def _open(path: str) -> Optional[mmap.mmap]:
+    try:
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        return mmap.mmap(fd, os.fstat(fd).st_size)
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def configure_arena(spec: Optional[str]) -> None:
+    """Reads ``args_path|results_path|retain`` (``SNAKEPIT_ARENA``); a path that is empty or
+    cannot be opened leaves that arena off (files are used instead)."""
+    global _ARGS, _RESULTS
+    _ARGS, _RESULTS = None, None
+    if not spec:
+        return
+    try:
+        args_path, results_path, retain = spec.split("|")
+        retain_bytes = int(retain)
+    except ValueError:
+        return
+    if args_path:
+        _ARGS = _open(args_path)
+    if results_path:
+        mapping = _open(results_path)
+        if mapping is not None:
+            _RESULTS = _ResultArena(mapping, retain_bytes)
+
+
+def _array_type(size: int) -> Any:
+    """A ctypes char array type of at least ``size`` bytes: sizes are rounded up to a 16th of
+    their power of two, so that few types are made (ctypes keeps each for good)."""
+    step = max(PAGE, 1 << max(size.bit_length() - 5, 0))
+    return ctypes.c_char * (-(-size // step) * step)
+
+
+def arena_view(offset: int, size: int) -> memoryview:
+    """A read-only memoryview of ``size`` bytes at ``offset`` of the argument arena (no copy),
+    recorded for the job being decoded on this thread (:func:`collect`).
+
+    The view's exporter is a ctypes array of its own, so :func:`settle` can tell from its
+    reference count whether Python still holds the view (or a slice, or a NumPy array over
+    it) when the job ends.
+
+    Raises:
+        ValueError: no argument arena, or the region lies outside it.
+    """
+    if _ARGS is None:
+        raise ValueError("this worker has no argument arena (SNAKEPIT_ARENA)")
+    if offset < 0 or size < 0 or offset % PAGE or offset + size > len(_ARGS):
+        raise ValueError(f"region {offset}+{size} lies outside the argument arena")
+    if size == 0:
+        return memoryview(b"")
+    kind = _array_type(size)
+    if offset + ctypes.sizeof(kind) > len(_ARGS):
+        kind = ctypes.c_char * size
+    array = kind.from_buffer(_ARGS, offset)
+    views = getattr(_local, "views", None)
+    if views is not None:
+        views.append((offset, array))
+    return memoryview(array).cast("B")[:size].toreadonly()
+
+
+class collect:
+    """``with collect(views):`` records the argument-arena views decoded on this thread in the
+    list ``views`` (a job's), for :func:`settle`."""
+
+    def __init__(self, views: List[Tuple[int, Any]]) -> None:
+        self.views = views
+
+    def __enter__(self) -> None:
+        self.outer = getattr(_local, "views", None)
+        _local.views = self.views
+
+    def __exit__(self, *exc: Any) -> None:
+        _local.views = self.outer
+
+
+def _let_go(offset: int) -> None:
+    with _released_lock:
+        _released.append(offset)
+
+
+def settle(views: List[Tuple[int, Any]]) -> List[int]:
+    """The offsets of a finished job's argument-arena views that Python still holds (each
+    reported to :func:`released` once it lets go). Empties ``views``."""
+    kept = []
+    while views:
+        offset, array = views.pop()
+        # Our own two references: ``array`` and getrefcount's argument.
+        if sys.getrefcount(array) > 2:
+            weakref.finalize(array, _let_go, offset)
+            kept.append(offset)
+        del array
+    return kept
+
+
+def released() -> List[int]:
+    """The kept argument-arena offsets let go of since the last call (then forgotten)."""
+    global _released
+    if not _released:
+        return []
+    with _released_lock:
+        out, _released = _released, []
+    return out
+
+
+class _ResultArena:
+    """The worker's result arena: first-fit regions after the page table (one byte per page:
+    1 while the BEAM holds the region that starts there)."""
+
+    def __init__(self, mapping: mmap.mmap, retain: int) -> None:
+        self.map = mapping
+        self.table = -(-(len(mapping) // PAGE) // PAGE) * PAGE
+        self.retain = max(retain, self.table)
+        self.regions: Dict[int, int] = {}
+        self.high = self.table
+        self.lock = threading.Lock()
+
+    def put(self, data: Any) -> Optional[str]:
+        """Copies ``data`` into a free region; ``"@offset:size"``, or None when it is full."""
+        view = memoryview(data)
+        if view.ndim != 1 or view.format not in ("B", "b", "c"):
+            view = view.cast("B")
+        size = view.nbytes
+        with self.lock:
+            self._reclaim()
+            offset = self._take(max(size, 1))
+            if offset is None:
+                return None
+            self.map[offset // PAGE] = 1
+        self.map[offset : offset + size] = view
+        return f"@{offset}:{size}"
+
+    def free(self, offset: int) -> None:
+        """Gives back a region whose reply was never sent."""
+        with self.lock:
+            if self.regions.pop(offset, None) is not None:
+                self.map[offset // PAGE] = 0
+
+    def tidy(self) -> None:
+        """Reclaims what the BEAM freed; space above ``retain`` goes back to the kernel."""
+        if self.high > self.retain:
+            with self.lock:
+                self._reclaim()
+
+    def _take(self, size: int) -> Optional[int]:
+        size = -(-size // PAGE) * PAGE
+        at = self.table
+        for offset in sorted(self.regions):
+            if offset >= at + size:
+                break
+            at = max(at, offset + self.regions[offset])
+        if at + size > len(self.map):
+            return None
+        self.regions[at] = size
+        self.high = max(self.high, at + size)
+        return at
+
+    def _reclaim(self) -> None:
+        table = self.map
+        for offset in [o for o in self.regions if table[o // PAGE] == 0]:
+            del self.regions[offset]
+        if self.high <= self.retain:
+            return
+        at = self.retain
+        for offset in sorted(self.regions):
+            end = offset + self.regions[offset]
+            if offset > at:
+                self._punch(at, offset)
+            at = max(at, end)
+        if self.high > at:
+            self._punch(at, self.high)
+        self.high = at
+
+    def _punch(self, start: int, end: int) -> None:
+        try:
+            self.map.madvise(mmap.MADV_REMOVE, start, end - start)
+        except (AttributeError, OSError, ValueError):
+            pass
+
+
 configure(os.environ.get("SNAKEPIT_SHM"))
+configure_arena(os.environ.get("SNAKEPIT_ARENA"))

@@ -362,22 +362,30 @@ def _decode_run(buf: memoryview, pos: int, n: int) -> Any:
 
 
 _SHM_ATOM = "$snakepit_shm"
+_ARENA_ATOM = "$snakepit_arena"
 
 
 def _is_shm(buf: memoryview, pos: int) -> bool:
-    """Whether ``{:"$snakepit_shm", path, size}`` (a large binary in a file) is at ``pos``."""
-    return buf[pos] == SMALL_TUPLE_EXT and buf[pos + 1] == 3 and _is_atom(buf, pos + 2, _SHM_ATOM)
+    """Whether ``{:"$snakepit_shm", path, size}`` (a large binary in a file) or
+    ``{:"$snakepit_arena", offset, size}`` (in the pool's argument arena) is at ``pos``."""
+    if buf[pos] != SMALL_TUPLE_EXT or buf[pos + 1] != 3 or buf[pos + 2] not in _ATOM_TAGS:
+        return False
+    return _atom_text(buf, pos + 2)[0] in (_SHM_ATOM, _ARENA_ATOM)
 
 
 def _shm_view(buf: memoryview, pos: int) -> Tuple[memoryview, int]:
-    """The read-only view of the file of the marker at ``pos``; the position after it."""
-    _, after = _atom_text(buf, pos + 2)
-    path, after = _decode(buf, after, 1)
+    """The read-only view of the file or arena region of the marker at ``pos``; the position
+    after it."""
+    atom, after = _atom_text(buf, pos + 2)
+    where, after = _decode(buf, after, 1)
     size, after = _decode(buf, after, 1)
-    if not isinstance(path, str) or not isinstance(size, int):
+    arena = atom == _ARENA_ATOM
+    if not isinstance(where, int if arena else str) or not isinstance(size, int):
         raise ConversionError("malformed shared-memory reference")
     try:
-        return _shm.open_view(path, size), after
+        if arena:
+            return _shm.arena_view(where, size), after
+        return _shm.open_view(where, size), after
     except ValueError as exc:
         raise ConversionError(str(exc)) from None
 

@@ -60,6 +60,10 @@ kind   payload after the kind byte                  meaning
                                                     comes later (``_async.detach``)
 11     ``<<id::32, n::32, paths::n>>`` ``{:ok, v}`` as 0, the large binaries of ``v`` in shm
                                                     files (``paths`` NUL-separated; ``_shm.py``)
+                                                    or the result arena (``@offset:size``)
+12     ``<<id::32, n::32, kept::n*8,                 before job ``id``'s terminal frame: the
+       released::binary>>`` (64-bit offsets)        argument-arena regions of its views Python
+                                                    still holds, and those it let go of since
 =====  ===========================================  ==============================================
 
 Every job ends with exactly one reply, error or done frame, a cancelled one too (Elixir frees
@@ -110,6 +114,7 @@ __all__ = ["main"]
 CALL, TOOLS, STOP, INIT, STREAM, DEMAND, CANCEL, DROP_REF = 0, 1, 2, 3, 4, 5, 6, 8
 # Frame kinds, worker -> Elixir.
 REPLY_OK, REPLY_ERROR, READY, SEND, LOG, CHUNK, DONE = 0, 1, 2, 3, 4, 5, 6
+ARENA_KEPT = 12
 
 _OK = Atom("ok")
 _ERROR = Atom("error")
@@ -174,7 +179,7 @@ class Job:
     """One call, stream or tools request, from its frame to its one terminal frame."""
 
     __slots__ = ("id", "kind", "frame", "lock", "credit", "credits", "cancelled", "thread",
-                 "interruptible", "pending", "async_exc", "command", "future")
+                 "interruptible", "pending", "async_exc", "command", "future", "views")
 
     def __init__(self, job_id: int, kind: int, frame: memoryview) -> None:
         self.id = job_id
@@ -195,6 +200,8 @@ class Job:
         self.command = ""
         #: An ``async def`` call awaited on the worker's loop (``_async.detach``): its future.
         self.future: Any = None
+        #: ``(offset, exporter)`` of its argument-arena views (``_shm.arena_view``).
+        self.views: list = []
 
 
 class Worker:
@@ -272,7 +279,22 @@ class Worker:
 
     def _forget(self, job_id: int) -> None:
         with self._jobs_lock:
-            self._jobs.pop(job_id, None)
+            job = self._jobs.pop(job_id, None)
+        # Before the job's terminal frame: its argument-arena views Python still holds, and
+        # those let go of since (frame 12; snakepit_bridge._shm).
+        kept = _shm.settle(job.views) if job is not None and job.views else []
+        gone = _shm.released()
+        if kept or gone:
+            self._write(
+                bytearray(
+                    _u32.pack(9 + 8 * (len(kept) + len(gone)))
+                    + bytes((ARENA_KEPT,))
+                    + _u32x2.pack(job_id, len(kept))
+                    + b"".join(_u64.pack(offset) for offset in kept + gone)
+                )
+            )
+        if _shm._RESULTS is not None:
+            _shm._RESULTS.tidy()
 
     def send(self, pid: Any, term: Any) -> None:
         """``snakepit_bridge.send`` inside a worker: a send frame Elixir delivers."""
@@ -446,7 +468,8 @@ class Worker:
             )
             return False, None
         try:
-            args = etf.decode(frame[start + size :])
+            with _shm.collect(job.views):
+                args = etf.decode(frame[start + size :])
         except ConversionError as exc:
             self.reply_error(job.id, error_map("conversion", str(exc)))
             return False, None
@@ -476,9 +499,13 @@ class Worker:
         except Cancelled:
             raise
         except BaseException as exc:  # noqa: BLE001 - SystemExit too: a value, not an exit
-            self.reply_error(job.id, python_error(exc))
-            return False, None
-        return True, result
+            error = python_error(exc)
+        else:
+            return True, result
+        # Replied to once the arguments (and the traceback, which refers to them) are gone.
+        del args, func
+        self.reply_error(job.id, error)
+        return False, None
 
     def stream(self, job: Job) -> None:
         """Runs a stream job: ``<<id::32, window::32>>`` then as :meth:`invoke`.

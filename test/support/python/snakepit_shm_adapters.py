@@ -50,3 +50,26 @@ class ShmAdapter(DataAdapter):
     @tool(description="A reply whose first n bytes are exported, then whose encoding blocks.")
     def stuck_reply(self, n, gate):
         return {"a": b"\x01" * n, "b": _Blocker(gate)}
+
+    @tool(description="Keeps a slice of the buffer after the call (a view of the arena).")
+    def keep(self, buf):
+        self._kept = buf[1:]
+        return len(self._kept)
+
+    @tool(description="The first 64 bytes of the kept slice, read now.")
+    def kept_head(self):
+        return bytes(self._kept[:64])
+
+    @tool(description="Lets go of the kept slice.")
+    def drop_kept(self):
+        self._kept = None
+        return True
+
+    @tool(description="How many result-arena regions the BEAM still holds.")
+    def result_regions(self):
+        from snakepit_bridge import _shm
+
+        arena = _shm._RESULTS
+        with arena.lock:
+            arena._reclaim()
+            return len(arena.regions)

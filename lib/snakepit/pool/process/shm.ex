@@ -25,6 +25,7 @@ defmodule Snakepit.Pool.Process.Shm do
   # through a file is `config :snakepit, large_data_shm_min: bytes` (1 MiB by default).
 
   @marker :"$snakepit_shm"
+  @arena_marker :"$snakepit_arena"
 
   @doc false
   def marker, do: @marker
@@ -97,31 +98,34 @@ defmodule Snakepit.Pool.Process.Shm do
   @budget 1_000
 
   @doc false
-  # `{args, paths}`: the large binaries among the first @budget terms of `args` written to
-  # files of the (local) pool `server`, `paths` those files. Terms without one are returned
-  # as they are (not rebuilt).
-  def export_args(server, args) do
+  # `{args, paths, leases}`: the large binaries among the first @budget terms of `args` moved
+  # out of the port for the (local) pool `server`: into its argument arena when it has one
+  # and `arena?` (`{offset, lease}` in `leases`, which the pool keeps with the job), else
+  # into files (`paths`). Terms without one are returned as they are (not rebuilt).
+  def export_args(server, args, arena?) do
     with {dir, min} <- config(),
          pid when is_pid(pid) <- GenServer.whereis(server),
          true <- node(pid) == node() do
-      base = Path.join(dir, prefix(pid) <> "a")
+      arena = if arena?, do: Snakepit.Registry.extra(pid)
+      ctx = {min, Path.join(dir, prefix(pid) <> "a"), arena}
 
       try do
-        {args, paths, _budget} = walk(args, {min, base}, [], @budget)
-        {args, paths}
+        {args, moved, _budget} = walk(args, ctx, [], @budget)
+        {paths, leases} = Enum.split_with(moved, &is_binary/1)
+        {args, paths, leases}
       catch
-        {:shm_failed, paths} ->
-          remove(paths)
-          {args, []}
+        {:shm_failed, moved} ->
+          release(moved)
+          {args, [], []}
       end
     else
-      _ -> {args, []}
+      _ -> {args, [], []}
     end
   end
 
-  defp walk(bin, {min, base}, acc, budget) when is_binary(bin) do
+  defp walk(bin, {min, _, _} = ctx, acc, budget) when is_binary(bin) do
     if byte_size(bin) >= min do
-      {ref, acc} = write(bin, base, acc)
+      {ref, acc} = write(bin, ctx, acc)
       {ref, acc, budget - 1}
     else
       {bin, acc, budget - 1}
@@ -156,7 +160,16 @@ defmodule Snakepit.Pool.Process.Shm do
 
   defp walk_list(rest, _ctx, acc, budget), do: {rest, acc, budget}
 
-  defp write(bin, base, acc) do
+  # Into the arena (`{:"$snakepit_arena", offset, size}` crosses), or, when there is none or
+  # it is full, into a file.
+  defp write(bin, {_min, _base, arena} = ctx, acc) when arena != nil do
+    case Snakepit.Native.arena_put(arena, bin) do
+      {:ok, offset, lease} -> {{@arena_marker, offset, byte_size(bin)}, [{offset, lease} | acc]}
+      :full -> write(bin, put_elem(ctx, 2, nil), acc)
+    end
+  end
+
+  defp write(bin, {_min, base, nil}, acc) do
     path = base <> Integer.to_string(:erlang.unique_integer([:positive]))
 
     case :file.write_file(path, bin, [:raw]) do
@@ -169,21 +182,100 @@ defmodule Snakepit.Pool.Process.Shm do
     end
   end
 
+  # Files removed, leases freed.
+  defp release(moved) do
+    Enum.each(moved, fn
+      path when is_binary(path) -> :file.delete(path)
+      {_offset, lease} -> release_lease(lease)
+    end)
+  end
+
+  ## Arenas (native/snakepit/src/arena.rs)
+
+  @doc false
+  # A new arena (`result?`: a worker's result arena) and the path a worker opens it at, or
+  # nil (arenas off, no NIF, no /proc).
+  def new_arena(result?) do
+    with {_dir, _min} <- config(),
+         {bytes, retain} when bytes > 0 <- Snakepit.Config.large_data_arena(),
+         {:ok, arena, path} <- Snakepit.Native.arena_new(bytes, retain, result?),
+         {:ok, fd} <- :file.open(path, [:read, :raw]) do
+      :file.close(fd)
+      {arena, path}
+    else
+      _ -> nil
+    end
+  rescue
+    _ in [ErlangError, UndefinedFunctionError] -> nil
+  end
+
+  @doc false
+  # The environment of a worker whose pool has the argument arena `args` and which gets the
+  # result arena `results` (each `{arena, path}` or nil): SNAKEPIT_ARENA=in|out|retain.
+  def arena_env(nil, nil), do: []
+
+  def arena_env(args, results) do
+    {_bytes, retain} = Snakepit.Config.large_data_arena()
+    path = fn a -> if a, do: elem(a, 1), else: "" end
+    [{~c"SNAKEPIT_ARENA", String.to_charlist("#{path.(args)}|#{path.(results)}|#{retain}")}]
+  end
+
+  @doc false
+  # Frees a lease of the pool's argument arena, and gives the arena's surplus pages back to
+  # the kernel when that left any (a dirty NIF: punching holes in tens of MB takes ms).
+  def release_lease(lease) do
+    case Snakepit.Native.arena_release(lease) do
+      :trim ->
+        case :erlang.get(:"$snakepit_arena") do
+          nil -> :ok
+          arena -> Snakepit.Native.arena_trim(arena)
+        end
+
+      :ok ->
+        :ok
+    end
+  end
+
+  @doc false
+  # `{regions, bytes}` in use in the argument arena of the pool process `pid`, or nil.
+  def arena_usage(pid) do
+    case Snakepit.Registry.extra(pid) do
+      nil -> nil
+      arena -> Snakepit.Native.arena_usage(arena)
+    end
+  end
+
+  @doc false
+  # Remembered in the pool process, for release_lease/1.
+  def own_arena(arena), do: :erlang.put(:"$snakepit_arena", arena)
+
   ## Results
 
   @doc false
   # A reply frame of kind 11 after its kind byte: `<<id::32, n::32, header::n, etf>>`, the
   # header the paths separated by NUL. Maps (and unlinks) every file; `{id, etf, blobs}`, or
   # `{id, :error}` when a file could not be mapped (the others are unlinked too).
-  def take_reply(<<id::32, n::32, header::binary-size(n), etf::binary>>) do
-    mapped = header |> :binary.split(<<0>>, [:global]) |> Enum.map(&map_file/1)
+  def take_reply(<<id::32, n::32, header::binary-size(n), etf::binary>>, arena \\ nil) do
+    mapped = header |> :binary.split(<<0>>, [:global]) |> Enum.map(&map_file(&1, arena))
 
     if Enum.all?(mapped, &match?({:ok, _}, &1)),
       do: {id, etf, List.to_tuple(Enum.map(mapped, &elem(&1, 1)))},
       else: {id, :error}
   end
 
-  defp map_file(path) do
+  # "@offset:length": a region of the worker's result arena.
+  defp map_file("@" <> region, arena) do
+    with {:ok, [off, len]} <- parse_region(region),
+         {:ok, _} = ok <- Snakepit.Native.arena_binary(arena, off, len) do
+      ok
+    else
+      _ -> :error
+    end
+  rescue
+    _ in [ArgumentError, ErlangError, UndefinedFunctionError] -> :error
+  end
+
+  defp map_file(path, _arena) do
     Snakepit.Native.shm_map(path)
   rescue
     # No NIF (it could not be loaded): read the file (a copy) instead.
@@ -191,6 +283,13 @@ defmodule Snakepit.Pool.Process.Shm do
       result = File.read(path)
       :file.delete(path)
       result
+  end
+
+  defp parse_region(region) do
+    case :binary.split(region, ":") do
+      [a, b] -> {:ok, [String.to_integer(a), String.to_integer(b)]}
+      _ -> :error
+    end
   end
 
   @doc false
