@@ -164,8 +164,12 @@ defmodule Bench.LargeData do
     pids = [System.pid() |> String.to_integer() | Pools.os_pids(pool)]
     :erlang.garbage_collect()
     Snakepit.execute(pool.name, "settle", %{})
-    before = Enum.sum(Enum.map(pids, &(Support.vm_rss(&1) || 0)))
+    # Memory the release thread still gives back (the larger sizes before) must not count
+    # against the peak: wait until the resident size holds still, then start the peak there.
+    rss = fn -> Enum.sum(Enum.map(pids, &(Support.vm_rss(&1) || 0))) end
+    steady(rss, rss.(), 40)
     Enum.each(pids, &File.write("/proc/#{&1}/clear_refs", "5"))
+    before = rss.()
     floats = div(size, 8)
 
     array =
@@ -181,6 +185,15 @@ defmodule Bench.LargeData do
     peak = Enum.sum(Enum.map(pids, &(Support.status_kb(&1, "VmHWM") || 0)))
     true = byte_size(out.data) == size
     %{profile: pool.profile, extra: peak - before, size: size}
+  end
+
+  # Polls `rss` every 50 ms (at most `tries` times) until it returns the same twice.
+  defp steady(_rss, _last, 0), do: :ok
+
+  defp steady(rss, last, tries) do
+    Process.sleep(50)
+    now = rss.()
+    if now == last, do: :ok, else: steady(rss, now, tries - 1)
   end
 
   defp render(rows, rss, {events, stolen}) do

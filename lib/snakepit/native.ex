@@ -52,6 +52,7 @@ defmodule Snakepit.Native do
   def arena_trim(_arena), do: :erlang.nif_error(:nif_not_loaded)
   def arena_binary(_arena, _offset, _length), do: :erlang.nif_error(:nif_not_loaded)
   def arena_usage(_arena), do: :erlang.nif_error(:nif_not_loaded)
+  def arena_lease_binary(_lease, _at, _length), do: :erlang.nif_error(:nif_not_loaded)
 
   # Python calling Elixir (native/snakepit/src/callback.rs).
   def set_function_dispatcher(_pid), do: :erlang.nif_error(:nif_not_loaded)

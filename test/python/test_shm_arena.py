@@ -57,6 +57,17 @@ def test_settle_reports_views_python_still_holds_and_then_their_release(arenas):
     assert _shm.released() == []
 
 
+def test_a_read_only_view_inside_the_argument_arena_is_returned_as_its_region(arenas):
+    view = _shm.arena_view(_shm.PAGE, 100)
+    assert _shm._argument_region(view) == f"&{_shm.PAGE}:100"
+    assert _shm._argument_region(view[10:20]) == f"&{_shm.PAGE + 10}:10"
+    # Copies, writable buffers and other memory are not.
+    assert _shm._argument_region(bytes(view)) is None
+    assert _shm._argument_region(bytearray(100)) is None
+    assert _shm._argument_region(memoryview(_shm._ARGS)[0:10]) is None
+    assert _shm._argument_region(42) is None
+
+
 def test_bad_regions_are_refused(arenas):
     for offset, size in [(-_shm.PAGE, 1), (1, 1), (0, CAP + 1)]:
         with pytest.raises(ValueError):

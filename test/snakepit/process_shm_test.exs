@@ -202,8 +202,12 @@ defmodule Snakepit.ProcessShmCase do
 
           # Other large arguments meanwhile go elsewhere in the arena.
           for i <- 1..5 do
-            other = :binary.copy(<<i>>, 2 * @min)
-            assert {:ok, ^other} = call(ctx.profile, ctx.pool, "same", %{buf: {:buffer, other}})
+            other = {:buffer, :binary.copy(<<i>>, 2 * @min)}
+
+            assert {:ok, %{"len" => len}} =
+                     call(ctx.profile, ctx.pool, "kind_of", %{value: other})
+
+            assert len == 2 * @min
           end
 
           assert {:ok, head} = call(ctx.profile, ctx.pool, "kept_head", %{})
@@ -212,6 +216,38 @@ defmodule Snakepit.ProcessShmCase do
 
           assert {:ok, true} = call(ctx.profile, ctx.pool, "drop_kept", %{})
           assert Shm.arena_usage(ctx.pid) == {0, 0}
+        end
+
+        test "an argument returned as it came is a binary over its region, no copy", ctx do
+          big = pattern(2 * @min)
+
+          holder =
+            Task.async(fn ->
+              assert {:ok, back} = call(ctx.profile, ctx.pool, "same", %{buf: {:buffer, big}})
+              assert back == big and mapped?(back)
+
+              floats = 300_000
+              array = Snakepit.NDArray.new(ones(floats), {:f, 64}, {floats})
+
+              assert {:ok, %Snakepit.NDArray{data: data}} =
+                       call(ctx.profile, ctx.pool, "same", %{buf: array}, ndarray: :struct)
+
+              assert data == array.data and mapped?(data)
+              # Both regions stay while the binaries live, whatever else crosses meanwhile.
+              assert {:ok, %{"len" => @min}} =
+                       call(ctx.profile, ctx.pool, "kind_of", %{value: {:buffer, pattern(@min)}})
+
+              assert {2, _} = Shm.arena_usage(ctx.pid)
+              receive do: (:done -> byte_size(back) + byte_size(data))
+            end)
+
+          send(holder.pid, :done)
+          assert Task.await(holder, 60_000) == 2 * @min + 2_400_000
+          # The holder is gone: the next call's end frees them (the pool drops its references).
+          assert wait_for(fn ->
+                   {:ok, _} = call(ctx.profile, ctx.pool, "kind_of", %{value: "abc"})
+                   Shm.arena_usage(ctx.pid) == {0, 0}
+                 end)
         end
 
         test "a killed worker's kept views free their regions", ctx do

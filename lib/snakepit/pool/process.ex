@@ -774,6 +774,13 @@ defmodule Snakepit.Pool.Process do
   defp release_leases(leases),
     do: Enum.each(leases, fn {_off, lease} -> Shm.release_lease(lease) end)
 
+  defp job_leases(state, w, id) do
+    case state.jobs[w.jobs[id]] do
+      %{leases: leases} -> leases
+      nil -> []
+    end
+  end
+
   # The worker process `os_pid` has gone: the regions its Python held are free.
   defp drop_kept(state, os_pid) do
     {held, kept} = Map.pop(state.kept, os_pid, %{})
@@ -1036,9 +1043,13 @@ defmodule Snakepit.Pool.Process do
        when kind in [@reply_ok, @reply_error],
        do: reply_frame(state, index, kind, id, {:etf, bin})
 
-  # Its files are mapped (and unlinked) here, whoever gets the reply (Shm.take_reply/1).
-  defp worker_frame(state, index, @reply_shm, bin) do
-    case Shm.take_reply(bin, state.workers[index].arena) do
+  # Its files are mapped (and unlinked) here, whoever gets the reply (Shm.take_reply/3).
+  defp worker_frame(state, index, @reply_shm, <<id::32, _::binary>> = bin) do
+    w = state.workers[index]
+    # Its argument-arena regions, the job's and those Python kept (frame 12 came first).
+    leases = Map.to_list(Map.get(state.kept, w.os_pid, %{})) ++ job_leases(state, w, id)
+
+    case Shm.take_reply(bin, w.arena, leases) do
       {id, etf, blobs} ->
         state = reply_frame(state, index, @reply_ok, id, {:etf, etf, blobs})
         # Forget the binaries now (a small heap), not at some later collection: a region of
@@ -1073,6 +1084,9 @@ defmodule Snakepit.Pool.Process do
 
     {gone, held} = Map.split(held, released)
     release_leases(Map.to_list(gone))
+    # A lease a binary holds (a view of an argument returned) is freed with its last
+    # reference: drop this process's now.
+    if map_size(gone) > 0, do: :erlang.garbage_collect()
     %{state | kept: Map.put(state.kept, w.os_pid, held)}
   end
 
@@ -1186,7 +1200,7 @@ defmodule Snakepit.Pool.Process do
 
   defp retiring_frame(state, @reply_shm, bin) do
     # Nobody waits for it: its files are mapped only to be unlinked.
-    Shm.take_reply(bin)
+    Shm.take_reply(bin, nil, [])
     state
   end
 

@@ -121,20 +121,25 @@ impl Arena {
 }
 
 /// A region of an argument arena, held while the pool keeps it; freed by `arena_release`
-/// or, failing that, when the BEAM drops the last reference.
+/// or, failing that, when the BEAM drops the last reference. Once a binary is made over it
+/// (`arena_lease_binary`: Python returned a view of its argument), only the last reference
+/// frees it.
 pub struct Lease {
     arena: ResourceArc<Arena>,
     off: usize,
-    released: AtomicBool,
+    len: usize,
+    freed: AtomicBool,
+    bound: AtomicBool,
 }
 
 #[rustler::resource_impl]
 impl rustler::Resource for Lease {}
 
 impl Lease {
-    /// Frees the region (once); whether space above the retained size is now free.
+    /// Frees the region (once, and not while a binary refers to it); whether space above
+    /// the retained size is now free.
     fn release(&self) -> bool {
-        if self.released.swap(true, Ordering::AcqRel) {
+        if self.bound.load(Ordering::Acquire) || self.freed.swap(true, Ordering::AcqRel) {
             return false;
         }
         let mut alloc = self.arena.alloc.lock();
@@ -145,6 +150,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        self.bound.store(false, Ordering::Release);
         self.release();
     }
 }
@@ -201,7 +207,9 @@ fn arena_put<'a>(env: Env<'a>, arena: ResourceArc<Arena>, bin: Binary<'a>) -> Te
     let lease = ResourceArc::new(Lease {
         arena,
         off,
-        released: AtomicBool::new(false),
+        len,
+        freed: AtomicBool::new(false),
+        bound: AtomicBool::new(false),
     });
     (atoms::ok(), off, lease).encode(env)
 }
@@ -228,6 +236,25 @@ fn arena_trim(arena: ResourceArc<Arena>) -> rustler::Atom {
     let end = alloc.regions.iter().next_back().map_or(0, |(o, l)| o + l);
     alloc.high = end.max(alloc.high.min(arena.retain));
     atoms::ok()
+}
+
+/// `{:ok, binary}` over `len` bytes at `at` of a lease's region (no copy): a result that is a
+/// view of an argument. The region then stays until the binary and the lease are both gone.
+/// `:error` outside the region or after the lease was freed.
+#[rustler::nif]
+fn arena_lease_binary(env: Env<'_>, lease: ResourceArc<Lease>, at: usize, len: usize) -> Term<'_> {
+    if len > lease.len || at > lease.len - len || lease.freed.load(Ordering::Acquire) {
+        return rustler::types::atom::error().encode(env);
+    }
+    lease.bound.store(true, Ordering::Release);
+    // Freed meanwhile (a release that ran before `bound` was seen): no binary.
+    if lease.freed.load(Ordering::Acquire) {
+        return rustler::types::atom::error().encode(env);
+    }
+    let bin = lease.make_binary(env, |l| unsafe {
+        std::slice::from_raw_parts((l.arena.ptr + l.off + at) as *const u8, len)
+    });
+    (atoms::ok(), bin).encode(env)
 }
 
 /// `{:ok, binary}` over `len` bytes at `off` of a result arena (no copy), or `:error` for a

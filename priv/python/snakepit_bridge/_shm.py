@@ -100,6 +100,12 @@ def export(data: Any) -> Optional[int]:
     paths: Optional[List[str]] = getattr(_local, "paths", None)
     if paths is None:
         return None
+    within = _argument_region(data)
+    if within is not None:
+        # A view of an argument (an NDArray returned as it came): the BEAM makes its binary
+        # over the argument's region, no copy.
+        paths.append(within)
+        return len(paths) - 1
     if _RESULTS is not None:
         region = _RESULTS.put(data)
         if region is not None:
@@ -191,8 +197,8 @@ def _open(path: str) -> Optional[mmap.mmap]:
 def configure_arena(spec: Optional[str]) -> None:
     """Reads ``args_path|results_path|retain`` (``SNAKEPIT_ARENA``); a path that is empty or
     cannot be opened leaves that arena off (files are used instead)."""
-    global _ARGS, _RESULTS
-    _ARGS, _RESULTS = None, None
+    global _ARGS, _RESULTS, _ARGS_BASE
+    _ARGS, _RESULTS, _ARGS_BASE = None, None, None
     if not spec:
         return
     try:
@@ -202,10 +208,60 @@ def configure_arena(spec: Optional[str]) -> None:
         return
     if args_path:
         _ARGS = _open(args_path)
+        if _ARGS is not None:
+            _ARGS_BASE = ctypes.c_char.from_buffer(_ARGS)
     if results_path:
         mapping = _open(results_path)
         if mapping is not None:
             _RESULTS = _ResultArena(mapping, retain_bytes)
+
+
+class _PyBuffer(ctypes.Structure):
+    """CPython's ``Py_buffer`` (the stable buffer ABI)."""
+
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.c_void_p),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    ]
+
+
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+_get_buffer.restype = ctypes.c_int
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
+_release_buffer.restype = None
+#: The argument arena's address (a ctypes object over it, kept while the mapping lives).
+_ARGS_BASE: Any = None
+
+
+def _argument_region(data: Any) -> Optional[str]:
+    """``"&position:size"`` when ``data`` is a read-only contiguous buffer inside the argument
+    arena, else None."""
+    if _ARGS_BASE is None:
+        return None
+    view = _PyBuffer()
+    try:
+        if _get_buffer(data, ctypes.byref(view), 0) != 0:  # PyBUF_SIMPLE: contiguous bytes
+            return None
+    except (BufferError, TypeError, ValueError):
+        return None
+    try:
+        start = (view.buf or 0) - ctypes.addressof(_ARGS_BASE)
+        if not view.readonly or start < 0 or start + view.len > len(_ARGS):
+            return None
+        return f"&{start}:{view.len}"
+    finally:
+        _release_buffer(ctypes.byref(view))
 
 
 def _array_type(size: int) -> Any:

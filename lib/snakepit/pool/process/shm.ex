@@ -12,7 +12,7 @@ defmodule Snakepit.Pool.Process.Shm do
   # them); the pool removes what is left of its files when it stops.
   #
   # Results: a worker writes a large `bytes`/buffer of a reply into a fresh file and sends a
-  # reply frame of kind 11 listing the files (`take_reply/1`); the pool process maps each
+  # reply frame of kind 11 listing the files (`take_reply/3`); the pool process maps each
   # (Snakepit.Native.shm_map/1: mmap, unlink; the binary is a resource binary over the
   # mapping, unmapped when the BEAM frees it) and the reply goes to the caller as
   # `{:etf, bin, blobs}`, whose `{:"$snakepit_shm", i}` terms `resolve/2` replaces by the
@@ -21,8 +21,15 @@ defmodule Snakepit.Pool.Process.Shm do
   # File names: `snakepit-<BEAM os pid>-<pool pid>-a<n>` (arguments) and
   # `...-w<worker os pid>-<n>` (results), so a pool's and a worker's files can be found.
   #
+  # Arenas (native/snakepit/src/arena.rs; docs/architecture.md, "Arenas"): when the pool has
+  # an argument arena, a plain call's large binaries are copied into it instead (`{offset,
+  # lease}` go to the pool with the call, which frees them when the job ends or, for views
+  # Python kept, later: frame 12), and a worker's large results are in its result arena
+  # ("@offset:size" in the kind-11 list) or views of an argument ("&position:size"). Files
+  # remain for what does not fit, pinned and nested calls, and `large_data_arena: 0`.
+  #
   # Off with `config :snakepit, large_data_shm: false`; the size from which a binary goes
-  # through a file is `config :snakepit, large_data_shm_min: bytes` (1 MiB by default).
+  # through shared memory is `config :snakepit, large_data_shm_min: bytes` (1 MiB by default).
 
   @marker :"$snakepit_shm"
   @arena_marker :"$snakepit_arena"
@@ -255,16 +262,32 @@ defmodule Snakepit.Pool.Process.Shm do
   # A reply frame of kind 11 after its kind byte: `<<id::32, n::32, header::n, etf>>`, the
   # header the paths separated by NUL. Maps (and unlinks) every file; `{id, etf, blobs}`, or
   # `{id, :error}` when a file could not be mapped (the others are unlinked too).
-  def take_reply(<<id::32, n::32, header::binary-size(n), etf::binary>>, arena \\ nil) do
-    mapped = header |> :binary.split(<<0>>, [:global]) |> Enum.map(&map_file(&1, arena))
+  # `arena` is the worker's result arena, `leases` the `{offset, lease}` of the argument-arena
+  # regions the job may return a view of (nil and [] for a worker that is retiring).
+  def take_reply(<<id::32, n::32, header::binary-size(n), etf::binary>>, arena, leases) do
+    mapped = header |> :binary.split(<<0>>, [:global]) |> Enum.map(&map_file(&1, arena, leases))
 
     if Enum.all?(mapped, &match?({:ok, _}, &1)),
       do: {id, etf, List.to_tuple(Enum.map(mapped, &elem(&1, 1)))},
       else: {id, :error}
   end
 
+  # "&position:length": a view of an argument, in the argument arena at `position`: a binary
+  # over the lease whose region holds it (no copy).
+  defp map_file("&" <> region, _arena, leases) do
+    with {:ok, [pos, len]} <- parse_region(region),
+         {off, lease} <- Enum.find(Enum.sort(leases, :desc), fn {off, _} -> off <= pos end),
+         {:ok, _} = ok <- Snakepit.Native.arena_lease_binary(lease, pos - off, len) do
+      ok
+    else
+      _ -> :error
+    end
+  rescue
+    _ in [ArgumentError, ErlangError, UndefinedFunctionError] -> :error
+  end
+
   # "@offset:length": a region of the worker's result arena.
-  defp map_file("@" <> region, arena) do
+  defp map_file("@" <> region, arena, _leases) do
     with {:ok, [off, len]} <- parse_region(region),
          {:ok, _} = ok <- Snakepit.Native.arena_binary(arena, off, len) do
       ok
@@ -275,7 +298,7 @@ defmodule Snakepit.Pool.Process.Shm do
     _ in [ArgumentError, ErlangError, UndefinedFunctionError] -> :error
   end
 
-  defp map_file(path, _arena) do
+  defp map_file(path, _arena, _leases) do
     Snakepit.Native.shm_map(path)
   rescue
     # No NIF (it could not be loaded): read the file (a copy) instead.
