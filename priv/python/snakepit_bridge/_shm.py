@@ -318,14 +318,24 @@ def _let_go(offset: int) -> None:
         _released.append(offset)
 
 
+def _pop_counted(views: List[Tuple[int, Any]]) -> Tuple[int, Any, int]:
+    """The last ``(offset, exporter)`` of ``views``, and the exporter's reference count."""
+    offset, array = views.pop()
+    return offset, array, sys.getrefcount(array)
+
+
+#: What :func:`_pop_counted` counts for an exporter nothing else refers to, measured here
+#: rather than assumed: interpreters differ in the references their own frames hold.
+_UNHELD = _pop_counted([(0, (ctypes.c_char * 1)())])[2]
+
+
 def settle(views: List[Tuple[int, Any]]) -> List[int]:
     """The offsets of a finished job's argument-arena views that Python still holds (each
     reported to :func:`released` once it lets go). Empties ``views``."""
     kept = []
     while views:
-        offset, array = views.pop()
-        # Our own two references: ``array`` and getrefcount's argument.
-        if sys.getrefcount(array) > 2:
+        offset, array, count = _pop_counted(views)
+        if count > _UNHELD:
             weakref.finalize(array, _let_go, offset)
             kept.append(offset)
         del array
@@ -356,9 +366,12 @@ class _ResultArena:
 
     def put(self, data: Any) -> Optional[str]:
         """Copies ``data`` into a free region; ``"@offset:size"``, or None when it is full."""
-        view = memoryview(data)
-        if view.ndim != 1 or view.format not in ("B", "b", "c"):
-            view = view.cast("B")
+        try:
+            view = memoryview(data)
+            if view.ndim != 1 or view.format not in ("B", "b", "c"):
+                view = view.cast("B")  # contiguous buffers only: others raise
+        except (TypeError, ValueError):
+            return None
         size = view.nbytes
         with self.lock:
             self._reclaim()
