@@ -245,6 +245,12 @@ class BenchAdapter(ThreadSafeAdapter):
             self._cache.clear()
         return True
 
+    @tool(description="Bytes of pages the :process profile's arenas hold (snakepit_bridge._shm).")
+    def arena_pages(self) -> int:
+        from snakepit_bridge import _shm
+
+        return _shm.resident()
+
     @thread_safe_method
     @tool(description="gc.collect() and malloc_trim(0): let RSS show live memory only")
     def settle(self) -> bool:

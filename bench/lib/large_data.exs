@@ -184,8 +184,22 @@ defmodule Bench.LargeData do
 
     peak = Enum.sum(Enum.map(pids, &(Support.status_kb(&1, "VmHWM") || 0)))
     true = byte_size(out.data) == size
-    %{profile: pool.profile, extra: peak - before, size: size}
+
+    arenas =
+      if pool.profile == :process,
+        do: with({:ok, n} <- Snakepit.execute(pool.name, "arena_pages", %{}), do: n)
+
+    %{profile: pool.profile, extra: peak - before, size: size, arenas: arenas}
   end
+
+  # The pages the :process arenas hold after the round trip: resident before it too (earlier
+  # sizes), so the peak above does not show them.
+  defp arena_note(%{arenas: n, size: size}) when is_integer(n),
+    do:
+      "; the pool's arenas then held #{Support.fixed(n / size, 2)}× the payload in shared pages, " <>
+        "kept for the next large call (`large_data_arena_retain`, README \"Large data\")"
+
+  defp arena_note(_), do: ""
 
   # Polls `rss` every 50 ms (at most `tries` times) until it returns the same twice.
   defp steady(_rss, _last, 0), do: :ok
@@ -246,7 +260,8 @@ defmodule Bench.LargeData do
       for m <- rss do
         "- #{m.profile}: peak resident memory during a #{Support.size_label(m.size)} NDArray round trip " <>
           "(Python returns `a * 2`, a new array) = #{Support.fixed(m.extra / m.size, 2)}× the payload " <>
-          "(BEAM#{if m.profile == :process, do: " + worker", else: ""}, VmHWM above the RSS before the payload was built)."
+          "(BEAM#{if m.profile == :process, do: " + worker", else: ""}, VmHWM above the RSS before the payload was built)" <>
+          arena_note(m) <> "."
       end
 
     %{

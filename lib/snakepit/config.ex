@@ -333,6 +333,14 @@ defmodule Snakepit.Config do
       does not pay for new ones; freed space above that goes back to the kernel.
       """
     ],
+    large_data_arena_idle: [
+      type: :pos_integer,
+      default: 10_000,
+      doc: """
+      after how many milliseconds without a large argument or result a pool gives all the
+      free pages of its arenas back to the kernel.
+      """
+    ],
     functions: [
       type: :functions,
       default: [],
@@ -604,11 +612,15 @@ defmodule Snakepit.Config do
     do: {global!(:large_data_shm), global!(:large_data_shm_min), global!(:large_data_shm_dir)}
 
   @doc """
-  `config :snakepit, large_data_arena: ..., large_data_arena_retain: ...`: `{bytes, retain}`
-  (`bytes` 0: no arenas). Raises `Snakepit.Error` (`:validation`) on a bad value.
+  `config :snakepit, large_data_arena: ..., large_data_arena_retain: ...,
+  large_data_arena_idle: ...`: `{bytes, retain, idle_ms}` (`bytes` 0: no arenas). Raises
+  `Snakepit.Error` (`:validation`) on a bad value.
   """
-  @spec large_data_arena() :: {non_neg_integer(), non_neg_integer()}
-  def large_data_arena, do: {global!(:large_data_arena), global!(:large_data_arena_retain)}
+  @spec large_data_arena() :: {non_neg_integer(), non_neg_integer(), pos_integer()}
+  def large_data_arena,
+    do:
+      {global!(:large_data_arena), global!(:large_data_arena_retain),
+       global!(:large_data_arena_idle)}
 
   @doc "`config :snakepit, reload: ..., reload_interval: ...`: the mode and the poll interval."
   @spec reload() :: {:manual | :auto, pos_integer()}

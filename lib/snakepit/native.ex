@@ -49,7 +49,7 @@ defmodule Snakepit.Native do
   def arena_new(_bytes, _retain, _result), do: :erlang.nif_error(:nif_not_loaded)
   def arena_put(_arena, _binary), do: :erlang.nif_error(:nif_not_loaded)
   def arena_release(_lease), do: :erlang.nif_error(:nif_not_loaded)
-  def arena_trim(_arena), do: :erlang.nif_error(:nif_not_loaded)
+  def arena_trim(_arena, _all), do: :erlang.nif_error(:nif_not_loaded)
   def arena_binary(_arena, _offset, _length), do: :erlang.nif_error(:nif_not_loaded)
   def arena_usage(_arena), do: :erlang.nif_error(:nif_not_loaded)
   def arena_lease_binary(_lease, _at, _length), do: :erlang.nif_error(:nif_not_loaded)

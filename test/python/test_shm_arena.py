@@ -107,3 +107,18 @@ def test_no_arena_without_its_path(tmp_path):
             _shm.arena_view(0, 1)
     finally:
         _shm.configure_arena(None)
+
+
+def test_trim_reclaims_what_the_beam_freed_and_resets_the_high_mark(arenas):
+    arena = _shm._RESULTS
+    offsets = [int(arena.put(b"r" * 300_000)[1:].split(":")[0]) for _ in range(3)]
+    assert arena.high > offsets[-1]
+    arena.map[offsets[0] // _shm.PAGE] = 0  # the BEAM freed the first only
+    _shm.trim()
+    assert sorted(arena.regions) == offsets[1:]
+    assert arena.high == offsets[-1] + arena.regions[offsets[-1]]
+    for offset in offsets[1:]:
+        arena.map[offset // _shm.PAGE] = 0
+    _shm.trim()
+    assert arena.regions == {} and arena.high == arena.table
+    assert arena.retain == 1 << 20  # only for the trim

@@ -794,7 +794,7 @@ defmodule Snakepit.ConfigEnvTest do
                  "(valid keys: :pools, :default_pool, :python_path, :python, :venv, " <>
                  ":python_deps, :python_requirements, :reload, :reload_interval, :large_data_shm, " <>
                  ":large_data_shm_min, :large_data_shm_dir, :large_data_arena, " <>
-                 ":large_data_arena_retain, :functions)"
+                 ":large_data_arena_retain, :large_data_arena_idle, :functions)"
 
       assert error.details == %{
                key: :pyhton_path,
@@ -816,6 +816,7 @@ defmodule Snakepit.ConfigEnvTest do
                  :large_data_shm_dir,
                  :large_data_arena,
                  :large_data_arena_retain,
+                 :large_data_arena_idle,
                  :functions
                ]
              }
@@ -852,6 +853,7 @@ defmodule Snakepit.ConfigEnvTest do
             {:large_data_shm_dir, 5, "expected a path"},
             {:large_data_arena, -1, "expected a non-negative integer"},
             {:large_data_arena_retain, :all, "expected a non-negative integer"},
+            {:large_data_arena_idle, 0, "expected a positive integer"},
             {:pools, %{name: :a}, "expected a list of pool configs"}
           ] do
         Application.put_env(:snakepit, key, value)

@@ -250,6 +250,27 @@ defmodule Snakepit.ProcessShmCase do
                  end)
         end
 
+        test "after large_data_arena_idle without large data, the arenas give their pages back",
+             ctx do
+          # Read when a pool starts: other pools starting meanwhile merely trim sooner.
+          Application.put_env(:snakepit, :large_data_arena_idle, 300)
+          pool = start!(ctx.profile, [adapter: @adapter] ++ capacity(ctx.profile, 1))
+          Application.delete_env(:snakepit, :large_data_arena_idle)
+
+          in_task = fn ->
+            arg = {:buffer, pattern(4 * @min)}
+            assert {:ok, %{"len" => len}} = call(ctx.profile, pool, "kind_of", %{value: arg})
+            assert {:ok, bin} = call(ctx.profile, pool, "make_bytes", %{n: 4 * @min})
+            assert len == 4 * @min and mapped?(bin)
+            assert {:ok, pages} = call(ctx.profile, pool, "arena_pages", %{})
+            pages
+          end
+
+          assert Task.await(Task.async(in_task), 60_000) >= 8 * @min
+          # All but the result arena's page table (a byte per page: its first page here).
+          assert wait_for(fn -> call(ctx.profile, pool, "arena_pages", %{}) == {:ok, 4096} end)
+        end
+
         test "a killed worker's kept views free their regions", ctx do
           assert {:ok, _} =
                    call(ctx.profile, ctx.pool, "keep", %{buf: {:buffer, pattern(2 * @min)}})

@@ -87,6 +87,7 @@ defmodule Snakepit.Pool.Process do
   @demand 5
   @cancel 6
   @drop_ref 8
+  @trim 11
   # Frame kinds, worker -> Elixir.
   @reply_ok 0
   @reply_error 1
@@ -356,6 +357,11 @@ defmodule Snakepit.Pool.Process do
         python: python,
         env: OS.worker_env(config) ++ Shm.worker_env(self()),
         arena: arena,
+        # Large data moved lately (note_large/1): monotonic ms of the last, whether the idle
+        # check (:arena_idle) is armed, and after how long the arenas' free pages go back.
+        large_at: 0,
+        idle_armed: false,
+        idle_ms: if(arena, do: elem(Snakepit.Config.large_data_arena(), 2)),
         # worker OS pid => %{offset => lease}: argument-arena regions its Python still holds
         kept: %{},
         workers: %{},
@@ -559,10 +565,28 @@ defmodule Snakepit.Pool.Process do
 
   # A call whose large binaries are in the argument arena: the job holds their leases.
   def handle_info({:"$snakepit_call", tag, caller, body, kind, leases}, state),
-    do: accept(state, %{new_job(tag, caller, body, kind) | leases: leases})
+    do: accept(note_large(state), %{new_job(tag, caller, body, kind) | leases: leases})
 
   def handle_info({:"$snakepit_call_to", tag, caller, body, kind, worker}, state) do
     {:noreply, Snakepit.Pool.Process.Pinned.submit(state, tag, caller, body, kind, worker)}
+  end
+
+  # No large data for idle_ms: every free page of the arenas goes back to the kernel.
+  def handle_info(:arena_idle, state) do
+    quiet = System.monotonic_time(:millisecond) - state.large_at
+
+    if quiet < state.idle_ms do
+      Process.send_after(self(), :arena_idle, state.idle_ms - quiet)
+      {:noreply, state}
+    else
+      Snakepit.Native.arena_trim(elem(state.arena, 0), true)
+
+      for {_, %{port: port, status: :ready}} <- state.workers,
+          port != nil,
+          do: OS.send(port, <<@trim>>)
+
+      {:noreply, %{state | idle_armed: false}}
+    end
   end
 
   def handle_info({:"$snakepit_drop_ref", index, os_pid, id}, state) do
@@ -769,6 +793,14 @@ defmodule Snakepit.Pool.Process do
              callers: Map.put(state.callers, job.mon, tag)
          }}
     end
+  end
+
+  # Large data crossed: the idle check is (still) armed.
+  defp note_large(%{arena: nil} = state), do: state
+
+  defp note_large(state) do
+    unless state.idle_armed, do: Process.send_after(self(), :arena_idle, state.idle_ms)
+    %{state | large_at: System.monotonic_time(:millisecond), idle_armed: true}
   end
 
   defp release_leases(leases),
@@ -1051,7 +1083,7 @@ defmodule Snakepit.Pool.Process do
 
     case Shm.take_reply(bin, w.arena, leases) do
       {id, etf, blobs} ->
-        state = reply_frame(state, index, @reply_ok, id, {:etf, etf, blobs})
+        state = reply_frame(note_large(state), index, @reply_ok, id, {:etf, etf, blobs})
         # Forget the binaries now (a small heap), not at some later collection: a region of
         # the worker's result arena is reused only once every process lets go of it.
         :erlang.garbage_collect()

@@ -215,7 +215,7 @@ fn arena_put<'a>(env: Env<'a>, arena: ResourceArc<Arena>, bin: Binary<'a>) -> Te
 }
 
 /// Frees a lease's region (again: nothing). `:trim` when freed space above the retained size
-/// can go back to the kernel (`arena_trim/1`, on a dirty scheduler), else `:ok`.
+/// can go back to the kernel (`arena_trim/2`, on a dirty scheduler), else `:ok`.
 #[rustler::nif]
 fn arena_release(lease: ResourceArc<Lease>) -> rustler::Atom {
     if lease.release() {
@@ -225,16 +225,17 @@ fn arena_release(lease: ResourceArc<Lease>) -> rustler::Atom {
     }
 }
 
-/// Gives the pages of the argument arena's free space above the retained size back to the
-/// kernel.
+/// Gives the pages of the argument arena's free space above the retained size (`all`: all
+/// its free space, the pool is idle) back to the kernel.
 #[rustler::nif(schedule = "DirtyIo")]
-fn arena_trim(arena: ResourceArc<Arena>) -> rustler::Atom {
+fn arena_trim(arena: ResourceArc<Arena>, all: bool) -> rustler::Atom {
+    let keep = if all { 0 } else { arena.retain };
     let mut alloc = arena.alloc.lock();
-    for (from, to) in alloc.surplus(arena.retain) {
+    for (from, to) in alloc.surplus(keep) {
         arena.punch(from, to);
     }
     let end = alloc.regions.iter().next_back().map_or(0, |(o, l)| o + l);
-    alloc.high = end.max(alloc.high.min(arena.retain));
+    alloc.high = end.max(alloc.high.min(keep));
     atoms::ok()
 }
 

@@ -197,8 +197,8 @@ def _open(path: str) -> Optional[mmap.mmap]:
 def configure_arena(spec: Optional[str]) -> None:
     """Reads ``args_path|results_path|retain`` (``SNAKEPIT_ARENA``); a path that is empty or
     cannot be opened leaves that arena off (files are used instead)."""
-    global _ARGS, _RESULTS, _ARGS_BASE
-    _ARGS, _RESULTS, _ARGS_BASE = None, None, None
+    global _ARGS, _RESULTS, _ARGS_BASE, _PATHS
+    _ARGS, _RESULTS, _ARGS_BASE, _PATHS = None, None, None, []
     if not spec:
         return
     try:
@@ -210,10 +210,31 @@ def configure_arena(spec: Optional[str]) -> None:
         _ARGS = _open(args_path)
         if _ARGS is not None:
             _ARGS_BASE = ctypes.c_char.from_buffer(_ARGS)
+            _PATHS.append(args_path)
     if results_path:
         mapping = _open(results_path)
         if mapping is not None:
             _RESULTS = _ResultArena(mapping, retain_bytes)
+            _PATHS.append(results_path)
+
+
+def trim() -> None:
+    """The pool has moved no large data for a while: the result arena's free pages go back to
+    the kernel (the argument arena is the pool's to trim)."""
+    if _RESULTS is not None:
+        _RESULTS.trim()
+
+
+def resident() -> int:
+    """Bytes of memory the arenas this worker maps hold (allocated pages, in use or kept for
+    the next large call)."""
+    total = 0
+    for path in _PATHS:
+        try:
+            total += os.stat(path).st_blocks * 512
+        except OSError:
+            pass
+    return total
 
 
 class _PyBuffer(ctypes.Structure):
@@ -242,6 +263,8 @@ _release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
 _release_buffer.restype = None
 #: The argument arena's address (a ctypes object over it, kept while the mapping lives).
 _ARGS_BASE: Any = None
+#: Where the arenas were opened (for :func:`resident`).
+_PATHS: List[str] = []
 
 
 def _argument_region(data: Any) -> Optional[str]:
@@ -394,6 +417,15 @@ class _ResultArena:
             with self.lock:
                 self._reclaim()
 
+    def trim(self) -> None:
+        """Gives every free page back to the kernel (the pool has been idle)."""
+        with self.lock:
+            retain, self.retain = self.retain, self.table
+            try:
+                self._reclaim(force=True)
+            finally:
+                self.retain = retain
+
     def _take(self, size: int) -> Optional[int]:
         size = -(-size // PAGE) * PAGE
         at = self.table
@@ -407,11 +439,11 @@ class _ResultArena:
         self.high = max(self.high, at + size)
         return at
 
-    def _reclaim(self) -> None:
+    def _reclaim(self, force: bool = False) -> None:
         table = self.map
         for offset in [o for o in self.regions if table[o // PAGE] == 0]:
             del self.regions[offset]
-        if self.high <= self.retain:
+        if self.high <= self.retain and not force:
             return
         at = self.retain
         for offset in sorted(self.regions):

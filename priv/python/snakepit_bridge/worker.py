@@ -36,6 +36,9 @@ kind   payload after the kind byte                  meaning
                                                     is gone: drop it from ``_refs.TABLE``
 9      ``<<call_id::32>>`` + a call/stream frame    a job of that ``elixir.call``'s chain, run by
                                                     the thread that waits for it
+11     (nothing)                                    the pool moved no large data for a while:
+                                                    give the result arena's free pages back
+                                                    (``_shm.trim``)
 =====  ===========================================  ==============================================
 
 Worker → Elixir:
@@ -112,6 +115,7 @@ __all__ = ["main"]
 
 # Frame kinds, Elixir -> worker.
 CALL, TOOLS, STOP, INIT, STREAM, DEMAND, CANCEL, DROP_REF = 0, 1, 2, 3, 4, 5, 6, 8
+TRIM = 11
 # Frame kinds, worker -> Elixir.
 REPLY_OK, REPLY_ERROR, READY, SEND, LOG, CHUNK, DONE = 0, 1, 2, 3, 4, 5, 6
 ARENA_KEPT = 12
@@ -650,6 +654,8 @@ class Worker:
                     self._jobs[job.id] = job
                 if not self.elixir.nested(_u32.unpack_from(frame, 1)[0], job):
                     self._queue.put(job)
+            elif kind == TRIM:
+                _shm.trim()
             elif kind == STOP:
                 break
             else:

@@ -73,3 +73,9 @@ class ShmAdapter(DataAdapter):
         with arena.lock:
             arena._reclaim()
             return len(arena.regions)
+
+    @tool(description="Bytes of pages this worker's arenas hold (snakepit_bridge._shm).")
+    def arena_pages(self):
+        from snakepit_bridge import _shm
+
+        return _shm.resident()

@@ -204,7 +204,7 @@ defmodule Snakepit.Pool.Process.Shm do
   # nil (arenas off, no NIF, no /proc).
   def new_arena(result?) do
     with {_dir, _min} <- config(),
-         {bytes, retain} when bytes > 0 <- Snakepit.Config.large_data_arena(),
+         {bytes, retain, _idle} when bytes > 0 <- Snakepit.Config.large_data_arena(),
          {:ok, arena, path} <- Snakepit.Native.arena_new(bytes, retain, result?),
          {:ok, fd} <- :file.open(path, [:read, :raw]) do
       :file.close(fd)
@@ -222,7 +222,7 @@ defmodule Snakepit.Pool.Process.Shm do
   def arena_env(nil, nil), do: []
 
   def arena_env(args, results) do
-    {_bytes, retain} = Snakepit.Config.large_data_arena()
+    {_bytes, retain, _idle} = Snakepit.Config.large_data_arena()
     path = fn a -> if a, do: elem(a, 1), else: "" end
     [{~c"SNAKEPIT_ARENA", String.to_charlist("#{path.(args)}|#{path.(results)}|#{retain}")}]
   end
@@ -235,7 +235,7 @@ defmodule Snakepit.Pool.Process.Shm do
       :trim ->
         case :erlang.get(:"$snakepit_arena") do
           nil -> :ok
-          arena -> Snakepit.Native.arena_trim(arena)
+          arena -> Snakepit.Native.arena_trim(arena, false)
         end
 
       :ok ->
