@@ -86,6 +86,28 @@ defmodule Snakepit.ConformanceDataCase do
           end
         end
 
+        test "writable results one after another each come back with their own bytes", ctx do
+          # Copies of writable results may reuse the memory of freed ones (native/snakepit/src/
+          # spare.rs): every result must still hold its own bytes, kept or freed meanwhile.
+          kept =
+            for i <- 1..60, reduce: [] do
+              acc ->
+                n = Enum.at([65_536, 300_000, 1_100_000], rem(i, 3))
+                kind = if rem(i, 2) == 0, do: "ndarray", else: "bytearray"
+                opts = if kind == "ndarray", do: [ndarray: :struct], else: []
+
+                {:ok, result} =
+                  call(ctx.profile, ctx.pool, "filled", %{n: n, byte: i, kind: kind}, opts)
+
+                bin = if kind == "ndarray", do: result.data, else: result
+                assert bin == :binary.copy(<<i>>, n)
+                :erlang.garbage_collect()
+                if rem(i, 5) == 0, do: [{i, bin} | acc], else: acc
+            end
+
+          for {i, bin} <- kept, do: assert(bin == :binary.copy(<<i>>, byte_size(bin)))
+        end
+
         test "large results survive garbage collection and many concurrent callers", ctx do
           results =
             1..200

@@ -125,7 +125,17 @@ pub fn memoryview<'py>(py: Python<'py>, bin: Term<'_>) -> Result<Bound<'py, PyAn
 #[allow(dead_code)]
 enum Owner {
     Python(Py<PyAny>),
-    Copy(Vec<u8>),
+    Copy(Copied),
+}
+
+/// A copy made for a binary, in a buffer of spare.rs (at least as long as the binary); given
+/// back as a spare when dropped (on the release thread).
+struct Copied(Vec<u8>);
+
+impl Drop for Copied {
+    fn drop(&mut self) {
+        crate::spare::give(std::mem::take(&mut self.0));
+    }
 }
 
 /// The owner of the bytes a resource binary points at.
@@ -212,10 +222,11 @@ pub fn view_to_term<'a>(
         }
     }
     if len >= ZERO_COPY_MIN {
-        let mut copy = vec![0u8; len];
-        buf.copy_to_slice(py, &mut copy)
+        // Into a spare buffer whose pages are mapped already, when one fits (spare.rs).
+        let mut copy = crate::spare::take(len);
+        buf.copy_to_slice(py, &mut copy[..len])
             .map_err(|e| Error::from_py(py, e))?;
-        return Ok(owned_binary(env, Owner::Copy(copy)));
+        return Ok(owned_binary(env, Copied(copy), len));
     }
     let mut bin = NewBinary::new(env, len);
     buf.copy_to_slice(py, bin.as_mut_slice())
@@ -240,12 +251,9 @@ fn held_binary<'a>(env: Env<'a>, owner: &Bound<'_, PyAny>, slice: &[u8]) -> Term
 }
 
 /// A resource binary over a copy made here.
-fn owned_binary<'a>(env: Env<'a>, copy: Owner) -> Term<'a> {
-    let (ptr, len) = match &copy {
-        Owner::Copy(v) => (v.as_ptr(), v.len()),
-        Owner::Python(_) => unreachable!("owned_binary takes a copy"),
-    };
-    resource_binary(env, copy, ptr, len)
+fn owned_binary<'a>(env: Env<'a>, copy: Copied, len: usize) -> Term<'a> {
+    let ptr = copy.0.as_ptr();
+    resource_binary(env, Owner::Copy(copy), ptr, len)
 }
 
 fn resource_binary<'a>(env: Env<'a>, owner: Owner, ptr: *const u8, len: usize) -> Term<'a> {

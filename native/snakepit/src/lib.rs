@@ -46,6 +46,7 @@ pub mod runtime;
 pub mod shm;
 #[cfg(feature = "nif")]
 pub mod slot;
+pub mod spare;
 #[cfg(feature = "nif")]
 pub mod stats;
 #[cfg(feature = "nif")]

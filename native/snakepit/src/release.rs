@@ -71,7 +71,16 @@ fn spawn() -> Sender<Item> {
 }
 
 fn run(rx: Receiver<Item>) {
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = match rx.recv_timeout(crate::spare::IDLE) {
+            Ok(item) => item,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                // Nothing to drop for a while: unmap the spare copy buffers (spare.rs).
+                crate::spare::expire();
+                continue;
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        };
         if !first.python {
             drop_item(first);
             continue;

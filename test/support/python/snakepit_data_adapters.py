@@ -54,6 +54,14 @@ class DataAdapter(TestAdapter):
             return memoryview(data)
         return data
 
+    @tool(description="A writable result of n bytes, all equal to byte: a bytearray or a NumPy array.")
+    def filled(self, n, byte, kind="bytearray"):
+        if kind == "ndarray":
+            import numpy
+
+            return numpy.full(n, byte, dtype=numpy.uint8)
+        return bytearray([byte]) * n
+
     @tool(description="Stream the list's length, then its first item.")
     def stream_len(self, items):
         yield len(items)
