@@ -166,35 +166,36 @@ defmodule Snakepit.ProcessShmCase do
         assert Shm.files(ctx.pid) == []
       end
 
-      if unquote(arena) do
-        test "a queued call that times out frees its arena region", ctx do
-          gate = gate()
+      test "a queued call that times out leaves no file or arena region", ctx do
+        # Every thread blocked, so the next call waits in the pool's queue.
+        gate = gate()
 
-          blocked =
-            for _ <- 1..2 do
-              Task.async(fn ->
-                call(ctx.profile, ctx.pool, "blocked_len", %{buf: "x", gate: gate})
-              end)
-            end
-
-          assert wait_for(fn -> busy(ctx.pool) == 2 end)
-          arg = {:buffer, pattern(2 * @min)}
-
-          queued =
+        blocked =
+          for _ <- 1..2 do
             Task.async(fn ->
-              call(ctx.profile, ctx.pool, "kind_of", %{value: arg}, timeout: 2_000)
+              call(ctx.profile, ctx.pool, "blocked_len", %{buf: "x", gate: gate})
             end)
+          end
 
-          # Its argument is in the arena while it waits.
-          assert wait_for(fn -> Shm.arena_usage(ctx.pid) == {1, 2 * @min} end)
-          assert {:error, %Snakepit.Error{category: :timeout}} = Task.await(queued, 30_000)
-          assert wait_for(fn -> Shm.arena_usage(ctx.pid) == {0, 0} end)
+        assert wait_for(fn -> busy(ctx.pool) == 2 end)
 
-          File.write!(gate, "")
-          for t <- blocked, do: assert({:ok, 1} = Task.await(t, 30_000))
-          assert Shm.files(ctx.pid) == []
-        end
+        queued =
+          Task.async(fn ->
+            call(ctx.profile, ctx.pool, "kind_of", %{value: {:buffer, pattern(2 * @min)}},
+              timeout: 2_000
+            )
+          end)
 
+        # Its argument is in the arena or a file while it waits.
+        assert wait_for(fn -> held(ctx.pid, @arena) == {1, 2 * @min} end)
+        assert {:error, %Snakepit.Error{category: :timeout}} = Task.await(queued, 30_000)
+        assert wait_for(fn -> held(ctx.pid, @arena) == {0, 0} end)
+
+        File.write!(gate, "")
+        for t <- blocked, do: assert({:ok, 1} = Task.await(t, 30_000))
+      end
+
+      if unquote(arena) do
         test "a view Python keeps holds its region, unchanged, until Python lets go", ctx do
           kept = pattern(2 * @min)
           assert {:ok, _} = call(ctx.profile, ctx.pool, "keep", %{buf: {:buffer, kept}})
@@ -322,37 +323,16 @@ defmodule Snakepit.ProcessShmCase do
           assert {:error, %Snakepit.Error{category: :worker}} = Task.await(task, 30_000)
           assert wait_for(fn -> Shm.files(ctx.pid) == [] end)
         end
-
-        test "a queued call that times out leaves no file", ctx do
-          # Every thread blocked, so the next call waits in the pool's queue.
-          gate = gate()
-
-          blocked =
-            for _ <- 1..2 do
-              Task.async(fn ->
-                call(ctx.profile, ctx.pool, "blocked_len", %{buf: "x", gate: gate})
-              end)
-            end
-
-          assert wait_for(fn -> busy(ctx.pool) == 2 end)
-
-          queued =
-            Task.async(fn ->
-              call(ctx.profile, ctx.pool, "kind_of", %{value: {:buffer, pattern(2 * @min)}},
-                timeout: 2_000
-              )
-            end)
-
-          # Its argument is in a file while it waits.
-          assert wait_for(fn -> Shm.files(ctx.pid) != [] end)
-          assert {:error, %Snakepit.Error{category: :timeout}} = Task.await(queued, 30_000)
-          assert Shm.files(ctx.pid) == []
-
-          File.write!(gate, "")
-          for t <- blocked, do: assert({:ok, 1} = Task.await(t, 30_000))
-        end
       end
     end
+  end
+
+  @doc "`{regions, bytes}` of large arguments the pool `pid` holds: in its arena, or in files."
+  def held(pid, true), do: Snakepit.Pool.Process.Shm.arena_usage(pid)
+
+  def held(pid, false) do
+    sizes = for path <- Snakepit.Pool.Process.Shm.files(pid), do: File.stat!(path).size
+    {length(sizes), Enum.sum(sizes)}
   end
 
   @doc "Its argument view's base: an arena region's exporter, or a file's mapping."

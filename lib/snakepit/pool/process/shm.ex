@@ -275,28 +275,17 @@ defmodule Snakepit.Pool.Process.Shm do
   # "&position:length": a view of an argument, in the argument arena at `position`: a binary
   # over the lease whose region holds it (no copy).
   defp map_file("&" <> region, _arena, leases) do
-    with {:ok, [pos, len]} <- parse_region(region),
-         {off, lease} <- Enum.find(Enum.sort(leases, :desc), fn {off, _} -> off <= pos end),
-         {:ok, _} = ok <- Snakepit.Native.arena_lease_binary(lease, pos - off, len) do
-      ok
-    else
-      _ -> :error
-    end
-  rescue
-    _ in [ArgumentError, ErlangError, UndefinedFunctionError] -> :error
+    region_binary(region, fn pos, len ->
+      case Enum.find(Enum.sort(leases, :desc), fn {off, _} -> off <= pos end) do
+        {off, lease} -> Snakepit.Native.arena_lease_binary(lease, pos - off, len)
+        nil -> :error
+      end
+    end)
   end
 
   # "@offset:length": a region of the worker's result arena.
-  defp map_file("@" <> region, arena, _leases) do
-    with {:ok, [off, len]} <- parse_region(region),
-         {:ok, _} = ok <- Snakepit.Native.arena_binary(arena, off, len) do
-      ok
-    else
-      _ -> :error
-    end
-  rescue
-    _ in [ArgumentError, ErlangError, UndefinedFunctionError] -> :error
-  end
+  defp map_file("@" <> region, arena, _leases),
+    do: region_binary(region, &Snakepit.Native.arena_binary(arena, &1, &2))
 
   defp map_file(path, _arena, _leases) do
     Snakepit.Native.shm_map(path)
@@ -308,11 +297,16 @@ defmodule Snakepit.Pool.Process.Shm do
       result
   end
 
-  defp parse_region(region) do
-    case :binary.split(region, ":") do
-      [a, b] -> {:ok, [String.to_integer(a), String.to_integer(b)]}
+  # `{:ok, binary}` from `make.(position, length)` of "position:length", or :error.
+  defp region_binary(region, make) do
+    with [a, b] <- :binary.split(region, ":"),
+         {:ok, _} = ok <- make.(String.to_integer(a), String.to_integer(b)) do
+      ok
+    else
       _ -> :error
     end
+  rescue
+    _ in [ArgumentError, ErlangError, UndefinedFunctionError] -> :error
   end
 
   @doc false
