@@ -22,8 +22,9 @@ def etf_atom(text: str) -> bytes:
     return bytes([119, len(raw)]) + raw
 
 
-def ndarray_term(data: bytes, kind: str, bits: int, shape: tuple) -> bytes:
-    """``%Snakepit.NDArray{}`` as term_to_binary writes it (a flatmap, keys in atom order)."""
+def ndarray_term(data: bytes, kind: str, bits: int, shape: tuple, data_first: bool = False) -> bytes:
+    """``%Snakepit.NDArray{}`` as term_to_binary writes it (a flatmap, keys in atom order; from
+    OTP 26 in atom-table order, where ``data`` may come before ``__struct__``)."""
     shape_term = bytes([104, len(shape)]) + b"".join(bytes([98]) + struct.pack(">i", s) for s in shape)
     pairs = [
         (etf_atom("__struct__"), etf_atom("Elixir.Snakepit.NDArray")),
@@ -31,6 +32,8 @@ def ndarray_term(data: bytes, kind: str, bits: int, shape: tuple) -> bytes:
         (etf_atom("dtype"), bytes([104, 2]) + etf_atom(kind) + bytes([97, bits])),
         (etf_atom("shape"), shape_term),
     ]
+    if data_first:
+        pairs.insert(0, pairs.pop(1))
     return bytes([131, 116]) + struct.pack(">I", len(pairs)) + b"".join(k + v for k, v in pairs)
 
 
@@ -51,6 +54,23 @@ def test_ndarray_struct_decodes_as_numpy_over_the_frame():
     assert arr.shape == (2, 3) and arr.dtype == np.float64
     assert not arr.flags.writeable
     assert arr.tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+
+
+def test_ndarray_data_before_its_struct_key_is_still_a_view_of_the_frame():
+    data = np.arange(4, dtype="<f8").tobytes()
+    frame = ndarray_term(data, "f", 64, (4,), data_first=True)
+    arr = decode(frame)
+    assert arr.tolist() == [0.0, 1.0, 2.0, 3.0]
+    base = arr
+    while isinstance(getattr(base, "base", None), np.ndarray):
+        base = base.base
+    assert isinstance(base.base, memoryview) and base.base.obj is frame  # not copied
+    # A map that is no NDArray: its "data" binary decodes as usual (str, else bytes).
+    plain = bytes([131, 116, 0, 0, 0, 2]) + etf_atom("data") + etf_binary(b"\xff\x00")
+    plain += etf_atom("text") + etf_binary(b"abc")
+    assert decode(plain) == {"data": b"\xff\x00", "text": "abc"}
+    text = bytes([131, 116, 0, 0, 0, 1]) + etf_atom("data") + etf_binary(b"hello")
+    assert decode(text) == {"data": "hello"}
 
 
 def test_ndarray_with_a_wrong_size_is_a_conversion_error():

@@ -403,18 +403,24 @@ def _decode_map(buf: memoryview, pos: int, depth: int) -> Tuple[Any, int]:
     mapset = False
     ndarray = False
     tensor = False
+    # A "data" binary read as a view before the map's __struct__ was seen: OTP 26 and later
+    # encode a small map's atom keys in atom-table order, not alphabetically, so an NDArray's
+    # data may come first. Made a str or bytes below if the map is no NDArray after all.
+    viewed = False
     child = depth + 1
     try:
         for _ in range(n):
             key_pos = pos
             key, pos = _decode(buf, pos, child)
             value_pos = pos
-            if ndarray and key == "data" and buf[pos] == BINARY_EXT:
+            if key == "data" and buf[pos] == BINARY_EXT and not (mapset or tensor):
                 # An NDArray's data: a view of the frame, for numpy.frombuffer (no copy).
                 size = _u32(buf, pos + 1)[0]
                 value, pos = _readonly(buf[pos + 5 : pos + 5 + size]), pos + 5 + size
-            elif ndarray and key == "data" and _is_shm(buf, pos):
+                viewed = True
+            elif key == "data" and not (mapset or tensor) and _is_shm(buf, pos):
                 value, pos = _shm_view(buf, pos)
+                viewed = True
             else:
                 value, pos = _decode(buf, pos, child)
             if key == "__struct__" and _is_atom(buf, key_pos, "__struct__"):
@@ -444,6 +450,9 @@ def _decode_map(buf: memoryview, pos: int, depth: int) -> Tuple[Any, int]:
             raise ConversionError(str(exc)) from None
     if ndarray:
         return _ndarray_from(result), pos
+    if viewed:
+        view = result["data"]
+        result["data"] = _binary(view, 0, len(view))
     if tensor:
         return _tensor_from(result), pos
     return result, pos
