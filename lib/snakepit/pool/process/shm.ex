@@ -113,7 +113,8 @@ defmodule Snakepit.Pool.Process.Shm do
     with {dir, min} <- config(),
          pid when is_pid(pid) <- GenServer.whereis(server),
          true <- node(pid) == node() do
-      arena = if arena?, do: Snakepit.Registry.extra(pid)
+      # The arena is looked up at the first large binary (most calls have none).
+      arena = if arena?, do: {:pool, pid}
       ctx = {min, Path.join(dir, prefix(pid) <> "a"), arena}
 
       try do
@@ -169,6 +170,9 @@ defmodule Snakepit.Pool.Process.Shm do
 
   # Into the arena (`{:"$snakepit_arena", offset, size}` crosses), or, when there is none or
   # it is full, into a file.
+  defp write(bin, {_min, _base, {:pool, pid}} = ctx, acc),
+    do: write(bin, put_elem(ctx, 2, Snakepit.Registry.extra(pid)), acc)
+
   defp write(bin, {_min, _base, arena} = ctx, acc) when arena != nil do
     case Snakepit.Native.arena_put(arena, bin) do
       {:ok, offset, lease} -> {{@arena_marker, offset, byte_size(bin)}, [{offset, lease} | acc]}
