@@ -161,22 +161,32 @@ defmodule Bench.LargeData do
   # after the last large call: the first large call of a quiet pool), then at once again (the
   # pages are there: a pool busy with large data).
   defp peak_rss_runs(%{profile: :process} = pool) do
+    cold = fn kind ->
+      trimmed(pool)
+      Map.put(peak_rss(pool, @mb64, kind), :arenas_before, :trimmed)
+    end
+
+    [cold.(:echo), cold.(:scale), peak_rss(pool, @mb64, :scale)]
+  end
+
+  defp peak_rss_runs(pool), do: [peak_rss(pool, @mb64, :echo), peak_rss(pool, @mb64, :scale)]
+
+  # Waits until the pool's arenas have given their pages back (large_data_arena_idle after the
+  # last large call, whenever that was).
+  defp trimmed(pool) do
     {_, _, idle} = Snakepit.Config.large_data_arena()
-    # Polled: the trim comes idle ms after the last large call, whenever that was.
+
     Enum.reduce_while(1..(div(idle, 100) + 50), nil, fn _, _ ->
       {:ok, pages} = Snakepit.execute(pool.name, "arena_pages", %{})
       if pages <= 65_536, do: {:halt, :ok}, else: {:cont, Process.sleep(100)}
     end)
-
-    [Map.put(peak_rss(pool, @mb64), :arenas_before, :trimmed), peak_rss(pool, @mb64)]
   end
 
-  defp peak_rss_runs(pool), do: [peak_rss(pool, @mb64)]
-
   # Peak resident memory (VmHWM, reset through /proc/<pid>/clear_refs) of the BEAM and the
-  # pool's workers during a round trip of a 64 MB NDArray that Python doubles (a new array,
-  # returned as a struct), above their RSS before the payload was built.
-  defp peak_rss(pool, size) do
+  # pool's workers during a round trip of a 64 MB NDArray that Python doubles (`kind` :scale: a
+  # new array) or returns as it came (:echo), returned as a struct, above their RSS before the
+  # payload was built.
+  defp peak_rss(pool, size, kind) do
     pids = [System.pid() |> String.to_integer() | Pools.os_pids(pool)]
     :erlang.garbage_collect()
     Snakepit.execute(pool.name, "settle", %{})
@@ -195,8 +205,11 @@ defmodule Bench.LargeData do
         {floats}
       )
 
+    {command, args} =
+      if kind == :scale, do: {"scale", %{value: array, k: 2}}, else: {"echo", %{value: array}}
+
     {:ok, %Snakepit.NDArray{} = out} =
-      Snakepit.execute(pool.name, "scale", %{value: array, k: 2}, ndarray: :struct, timeout: @long)
+      Snakepit.execute(pool.name, command, args, ndarray: :struct, timeout: @long)
 
     peak = Enum.sum(Enum.map(pids, &(Support.status_kb(&1, "VmHWM") || 0)))
     true = byte_size(out.data) == size
@@ -205,7 +218,7 @@ defmodule Bench.LargeData do
       if pool.profile == :process,
         do: with({:ok, n} <- Snakepit.execute(pool.name, "arena_pages", %{}), do: n)
 
-    %{profile: pool.profile, extra: peak - before, size: size, arenas: arenas}
+    %{profile: pool.profile, extra: peak - before, size: size, arenas: arenas, kind: kind}
   end
 
   # The pages the :process arenas hold after the round trip: resident before it too (earlier
@@ -281,7 +294,7 @@ defmodule Bench.LargeData do
     rss_lines =
       for m <- rss do
         "- #{m.profile}: peak resident memory during a #{Support.size_label(m.size)} NDArray round trip " <>
-          "(Python returns `a * 2`, a new array) = #{Support.fixed(m.extra / m.size, 2)}× the payload " <>
+          "(Python returns #{if m.kind == :scale, do: "`a * 2`, a new array", else: "the array as it came"}) = #{Support.fixed(m.extra / m.size, 2)}× the payload " <>
           "(BEAM#{if m.profile == :process, do: " + worker", else: ""}, VmHWM above the RSS before the payload was built)" <>
           arena_note(m) <> "."
       end
