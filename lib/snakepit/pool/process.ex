@@ -76,7 +76,7 @@ defmodule Snakepit.Pool.Process do
   @behaviour Snakepit.Pool
 
   alias Snakepit.{Caller, Config, Error}
-  alias Snakepit.Pool.Process.{OS, Reload, Shm}
+  alias Snakepit.Pool.Process.{Leases, OS, Reload, Shm}
 
   # Frame kinds, Elixir -> worker (priv/python/snakepit_bridge/worker.py).
   @call 0
@@ -346,24 +346,14 @@ defmodule Snakepit.Pool.Process do
     # Claim the name before any worker starts: a second pool of the same name stops here.
     with :ok <- Snakepit.Registry.claim(config.name),
          {:ok, python} <- OS.python_executable(config) do
-      # The argument arena callers copy large binaries into (Shm; arena.rs), or nil.
-      arena = Shm.new_arena(false)
-      if arena, do: Shm.own_arena(elem(arena, 0))
-
       state = %{
         config: config,
         name: config.name,
         threads: config.threads_per_worker,
         python: python,
         env: OS.worker_env(config) ++ Shm.worker_env(self()),
-        arena: arena,
-        # Large data moved lately (note_large/1): monotonic ms of the last, whether the idle
-        # check (:arena_idle) is armed, and after how long the arenas' free pages go back.
-        large_at: 0,
-        idle_armed: false,
-        idle_ms: if(arena, do: elem(Snakepit.Config.large_data_arena(), 2)),
-        # worker OS pid => %{offset => lease}: argument-arena regions its Python still holds
-        kept: %{},
+        # The argument arena callers copy large binaries into, and who holds its regions.
+        leases: Leases.new(Shm.new_arena(false)),
         workers: %{},
         ports: %{},
         # One entry per free thread: the index of its worker.
@@ -405,7 +395,7 @@ defmodule Snakepit.Pool.Process do
               {__MODULE__, self()},
               python_info(state),
               config.ndarray,
-              if(arena, do: elem(arena, 0))
+              Leases.arena(state)
             )
 
           {:ok, state}
@@ -447,7 +437,8 @@ defmodule Snakepit.Pool.Process do
     config = state.config
 
     results = Shm.new_arena(true)
-    {port, os_pid} = OS.open(state.python, state.env ++ Shm.arena_env(state.arena, results))
+    env = state.env ++ Shm.arena_env(Leases.path(state), results && elem(results, 1))
+    {port, os_pid} = OS.open(state.python, env)
     OS.send(port, [@init | :erlang.term_to_binary(init_term(state, index))])
     Process.send_after(self(), {:startup_timeout, port}, config.startup_timeout)
 
@@ -565,28 +556,21 @@ defmodule Snakepit.Pool.Process do
 
   # A call whose large binaries are in the argument arena: the job holds their leases.
   def handle_info({:"$snakepit_call", tag, caller, body, kind, leases}, state),
-    do: accept(note_large(state), %{new_job(tag, caller, body, kind) | leases: leases})
+    do: accept(Leases.note_large(state), %{new_job(tag, caller, body, kind) | leases: leases})
 
   def handle_info({:"$snakepit_call_to", tag, caller, body, kind, worker}, state) do
     {:noreply, Snakepit.Pool.Process.Pinned.submit(state, tag, caller, body, kind, worker)}
   end
 
-  # No large data for idle_ms: every free page of the arenas goes back to the kernel.
+  # No large data for a while: every free page of the arenas goes back to the kernel.
   def handle_info(:arena_idle, state) do
-    quiet = System.monotonic_time(:millisecond) - state.large_at
-
-    if quiet < state.idle_ms do
-      Process.send_after(self(), :arena_idle, state.idle_ms - quiet)
-      {:noreply, state}
-    else
-      Snakepit.Native.arena_trim(elem(state.arena, 0), true)
-
+    trim_workers = fn ->
       for {_, %{port: port, status: :ready}} <- state.workers,
           port != nil,
           do: OS.send(port, <<@trim>>)
-
-      {:noreply, %{state | idle_armed: false}}
     end
+
+    {:noreply, Leases.idle(state, trim_workers)}
   end
 
   def handle_info({:"$snakepit_drop_ref", index, os_pid, id}, state) do
@@ -719,7 +703,7 @@ defmodule Snakepit.Pool.Process do
       {os_pid, retiring} ->
         OS.close_port(port)
         OS.kill_os_pid(os_pid)
-        {:noreply, drop_kept(%{state | retiring: retiring}, os_pid)}
+        {:noreply, Leases.drop_kept(%{state | retiring: retiring}, os_pid)}
     end
   end
 
@@ -772,7 +756,7 @@ defmodule Snakepit.Pool.Process do
 
       nil when state.queued >= state.config.max_queue ->
         reply(tag, {:error, saturated(state)})
-        release_leases(job.leases)
+        Leases.release(job.leases)
 
         state =
           if kind != :tools,
@@ -793,31 +777,6 @@ defmodule Snakepit.Pool.Process do
              callers: Map.put(state.callers, job.mon, tag)
          }}
     end
-  end
-
-  # Large data crossed: the idle check is (still) armed.
-  defp note_large(%{arena: nil} = state), do: state
-
-  defp note_large(state) do
-    unless state.idle_armed, do: Process.send_after(self(), :arena_idle, state.idle_ms)
-    %{state | large_at: System.monotonic_time(:millisecond), idle_armed: true}
-  end
-
-  defp release_leases(leases),
-    do: Enum.each(leases, fn {_off, lease} -> Shm.release_lease(lease) end)
-
-  defp job_leases(state, w, id) do
-    case state.jobs[w.jobs[id]] do
-      %{leases: leases} -> leases
-      nil -> []
-    end
-  end
-
-  # The worker process `os_pid` has gone: the regions its Python held are free.
-  defp drop_kept(state, os_pid) do
-    {held, kept} = Map.pop(state.kept, os_pid, %{})
-    release_leases(Map.to_list(held))
-    %{state | kept: kept}
   end
 
   @doc false
@@ -961,7 +920,7 @@ defmodule Snakepit.Pool.Process do
         # Queued: dropped. A stream's consumer waits for its last message; a call's caller
         # waits for nothing.
         Process.demonitor(job.mon, [:flush])
-        release_leases(job.leases)
+        Leases.release(job.leases)
         if job.kind == :stream, do: reply(tag, :closed)
 
         %{
@@ -998,7 +957,7 @@ defmodule Snakepit.Pool.Process do
       {tag, jobs} ->
         {job, all} = Map.pop(state.jobs, tag)
         Process.demonitor(job.mon, [:flush])
-        release_leases(job.leases)
+        Leases.release(job.leases)
         counted = job.kind != :tools and not job.cancelled
 
         state =
@@ -1078,12 +1037,10 @@ defmodule Snakepit.Pool.Process do
   # Its files are mapped (and unlinked) here, whoever gets the reply (Shm.take_reply/3).
   defp worker_frame(state, index, @reply_shm, <<id::32, _::binary>> = bin) do
     w = state.workers[index]
-    # Its argument-arena regions, the job's and those Python kept (frame 12 came first).
-    leases = Map.to_list(Map.get(state.kept, w.os_pid, %{})) ++ job_leases(state, w, id)
 
-    case Shm.take_reply(bin, w.arena, leases) do
+    case Shm.take_reply(bin, w.arena, Leases.candidates(state, w, id)) do
       {id, etf, blobs} ->
-        state = reply_frame(note_large(state), index, @reply_ok, id, {:etf, etf, blobs})
+        state = reply_frame(Leases.note_large(state), index, @reply_ok, id, {:etf, etf, blobs})
         # Forget the binaries now (a small heap), not at some later collection: a region of
         # the worker's result arena is reused only once every process lets go of it.
         :erlang.garbage_collect()
@@ -1097,30 +1054,7 @@ defmodule Snakepit.Pool.Process do
 
   # Before a job's terminal frame: which of its argument-arena regions Python still holds
   # (they stay leased to the worker), and which it has let go of since.
-  defp worker_frame(state, index, @arena_kept, <<id::32, n::32, rest::binary>>) do
-    <<kept::binary-size(n * 8), released::binary>> = rest
-    kept = for <<off::64 <- kept>>, do: off
-    released = for <<off::64 <- released>>, do: off
-    w = state.workers[index]
-    held = Map.get(state.kept, w.os_pid, %{})
-
-    {state, held} =
-      with tag when tag != nil <- w.jobs[id],
-           %{leases: [_ | _] = leases} = job <- state.jobs[tag] do
-        {now, rest} = Enum.split_with(leases, fn {off, _} -> off in kept end)
-        job = %{job | leases: rest}
-        {%{state | jobs: Map.put(state.jobs, tag, job)}, Map.merge(held, Map.new(now))}
-      else
-        _ -> {state, held}
-      end
-
-    {gone, held} = Map.split(held, released)
-    release_leases(Map.to_list(gone))
-    # A lease a binary holds (a view of an argument returned) is freed with its last
-    # reference: drop this process's now.
-    if map_size(gone) > 0, do: :erlang.garbage_collect()
-    %{state | kept: Map.put(state.kept, w.os_pid, held)}
-  end
+  defp worker_frame(state, index, @arena_kept, bin), do: Leases.kept_frame(state, index, bin)
 
   defp worker_frame(state, index, @chunk, <<id::32, bin::binary>>) do
     with %{jobs: %{^id => tag}} <- state.workers[index],
@@ -1288,7 +1222,7 @@ defmodule Snakepit.Pool.Process do
       {nil, _} ->
         case Map.pop(state.retiring, port) do
           {nil, _} -> state
-          {os_pid, retiring} -> drop_kept(%{state | retiring: retiring}, os_pid)
+          {os_pid, retiring} -> Leases.drop_kept(%{state | retiring: retiring}, os_pid)
         end
 
       {index, ports} ->
@@ -1341,7 +1275,7 @@ defmodule Snakepit.Pool.Process do
 
   defp restart(state, index, why) do
     w = state.workers[index]
-    state = drop_kept(state, w.os_pid)
+    state = Leases.drop_kept(state, w.os_pid)
     # Result files the dead worker wrote for replies it never sent.
     if w.os_pid, do: Shm.remove_files(self(), w.os_pid)
     failures = if why == :failed_start, do: w.failures + 1, else: 0

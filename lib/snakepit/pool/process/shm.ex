@@ -221,14 +221,13 @@ defmodule Snakepit.Pool.Process.Shm do
   end
 
   @doc false
-  # The environment of a worker whose pool has the argument arena `args` and which gets the
-  # result arena `results` (each `{arena, path}` or nil): SNAKEPIT_ARENA=in|out|retain.
+  # The environment of a worker whose pool's argument arena and whose own result arena are at
+  # these paths (either nil): SNAKEPIT_ARENA=args|results|retain.
   def arena_env(nil, nil), do: []
 
   def arena_env(args, results) do
     {_bytes, retain, _idle} = Snakepit.Config.large_data_arena()
-    path = fn a -> if a, do: elem(a, 1), else: "" end
-    [{~c"SNAKEPIT_ARENA", String.to_charlist("#{path.(args)}|#{path.(results)}|#{retain}")}]
+    [{~c"SNAKEPIT_ARENA", String.to_charlist("#{args}|#{results}|#{retain}")}]
   end
 
   @doc false
