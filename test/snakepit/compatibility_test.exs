@@ -336,22 +336,16 @@ defmodule Snakepit.CompatibilityTest do
 
     test "puts the pool in the log metadata", %{once: once} do
       test_pid = self()
-      handler = :"compat_test_#{System.unique_integer([:positive])}"
-
-      :ok =
-        :logger.add_handler(handler, __MODULE__.Forward, %{
-          config: %{pid: test_pid},
-          level: :all
-        })
-
-      on_exit(fn -> :logger.remove_handler(handler) end)
+      Snakepit.LogTap.attach(fn %{meta: meta} -> meta[:pid] == test_pid end)
 
       capture_log(fn ->
         assert Compatibility.warn_if_gil(:meta_pool, @gil_313, 8, once) == :ok
       end)
 
-      assert_receive {:logged, :warning, msg, %{pool: :meta_pool}}, 30_000
-      assert msg =~ "snakepit: pool :meta_pool: Python 3.13.1 has a GIL"
+      assert_receive {:log_event, %{level: :warning, msg: msg, meta: %{pool: :meta_pool}}},
+                     30_000
+
+      assert text(msg) =~ "snakepit: pool :meta_pool: Python 3.13.1 has a GIL"
     end
 
     test "logs nothing when the GIL is off or the pool has one thread", %{once: once} do
@@ -372,16 +366,7 @@ defmodule Snakepit.CompatibilityTest do
     end
   end
 
-  defmodule Forward do
-    @moduledoc false
-    # An Erlang :logger handler that sends this test's own events to the test process.
-
-    def log(%{level: level, msg: msg, meta: meta}, %{config: %{pid: pid}}) do
-      if meta[:pid] == pid, do: send(pid, {:logged, level, text(msg), meta})
-    end
-
-    defp text({:string, chardata}), do: IO.chardata_to_string(chardata)
-    defp text({:report, report}), do: inspect(report)
-    defp text({format, args}), do: format |> :io_lib.format(args) |> IO.chardata_to_string()
-  end
+  defp text({:string, chardata}), do: IO.chardata_to_string(chardata)
+  defp text({:report, report}), do: inspect(report)
+  defp text({format, args}), do: format |> :io_lib.format(args) |> IO.chardata_to_string()
 end

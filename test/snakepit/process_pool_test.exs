@@ -6,15 +6,6 @@ defmodule Snakepit.ProcessPoolTest do
 
   alias Snakepit.{Error, ProcessPool}
 
-  defmodule Collector do
-    @moduledoc false
-    # An Erlang :logger handler that sends one pool's events to a test process.
-    def log(%{meta: %{pool: pool}} = event, %{config: %{to: pid, pool: pool}}),
-      do: send(pid, {:log_event, event})
-
-    def log(_event, _config), do: :ok
-  end
-
   @adapter "snakepit_process_adapters.ProcessAdapter"
 
   defp start(opts) do
@@ -614,16 +605,11 @@ defmodule Snakepit.ProcessPoolTest do
 
     test "Python logging reaches Logger" do
       name = :"proc_log_#{System.unique_integer([:positive])}"
-      handler = :"proc_log_handler_#{System.unique_integer([:positive])}"
-
-      :ok =
-        :logger.add_handler(handler, __MODULE__.Collector, %{config: %{to: self(), pool: name}})
-
-      on_exit(fn -> :logger.remove_handler(handler) end)
+      Snakepit.LogTap.attach(&match?(%{meta: %{pool: ^name}}, &1))
       pool = start!(name: name)
 
       assert {:ok, "heads up"} = exec(pool, "warn", %{message: "heads up"})
-      # The pool logs the record before it forwards the reply; the handler runs as it logs.
+      # The pool logs the record before it forwards the reply; the filter runs as it logs.
       assert_receive {:log_event, %{level: :warning, msg: {:string, text}, meta: meta}}, 30_000
       assert IO.chardata_to_string(text) =~ ~r/^\[snakepit-.*\] heads up$/
       assert meta.python_thread =~ "snakepit-"

@@ -185,16 +185,9 @@ defmodule Snakepit.SubinterpreterTest do
     assert elem(Snakepit.stats(pool), 1).completed >= 312
   end
 
-  defmodule LogCollector do
-    @moduledoc false
-    def log(event, %{config: %{to: pid}}), do: send(pid, {:log_event, event})
-  end
-
   @tag :subinterpreter
   test "Python logging in a worker reaches Logger with its thread and pool" do
-    handler = :"subinterp_log_#{System.unique_integer([:positive])}"
-    :ok = :logger.add_handler(handler, LogCollector, %{config: %{to: self()}})
-    on_exit(fn -> :logger.remove_handler(handler) end)
+    Snakepit.LogTap.attach()
     pool = start!(pool_size: 1, adapter: "snakepit_test_adapters.TestAdapter")
     text = "hello from a subinterpreter #{System.unique_integer([:positive])}"
     {:ok, thread} = Snakepit.execute(pool, "log", %{message: text, level: "warning"})
