@@ -608,7 +608,7 @@ defmodule Snakepit.Pool.Process do
 
       nil when state.queued >= state.config.max_queue ->
         reply(tag, {:error, saturated(state)})
-        Leases.release(job.leases)
+        Leases.release(state, job.leases)
 
         state =
           if kind != :tools,
@@ -772,7 +772,7 @@ defmodule Snakepit.Pool.Process do
         # Queued: dropped. A stream's consumer waits for its last message; a call's caller
         # waits for nothing.
         Process.demonitor(job.mon, [:flush])
-        Leases.release(job.leases)
+        Leases.release(state, job.leases)
         if job.kind == :stream, do: reply(tag, :closed)
 
         %{
@@ -809,7 +809,7 @@ defmodule Snakepit.Pool.Process do
       {tag, jobs} ->
         {job, all} = Map.pop(state.jobs, tag)
         Process.demonitor(job.mon, [:flush])
-        Leases.release(job.leases)
+        Leases.release(state, job.leases)
         counted = job.kind != :tools and not job.cancelled
 
         state =

@@ -40,26 +40,19 @@ pub fn take(len: usize) -> Vec<u8> {
 }
 
 /// Keeps `buf` for a later copy if there is room (the release thread calls it; what does not
-/// fit is dropped here, off the schedulers).
+/// fit is dropped here, off the schedulers). The spares unused for `IDLE` go now too, whatever
+/// else the release thread is busy with.
 pub fn give(buf: Vec<u8>) {
     let now = Instant::now();
     let mut dropped = Vec::new();
     {
         let mut spares = SPARES.lock();
-        // The ones unused for IDLE go now, whatever else the release thread is busy with.
-        let mut i = 0;
-        while i < spares.len() {
-            if now.duration_since(spares[i].since) >= IDLE {
-                dropped.push(spares.swap_remove(i).buf);
-            } else {
-                i += 1;
-            }
-        }
+        dropped.extend(expired(&mut spares, now));
         let held: usize = spares.iter().map(|s| s.buf.len()).sum();
         if held + buf.len() <= KEEP {
             spares.push(Spare { buf, since: now });
         } else {
-            dropped.push(buf);
+            dropped.push(Spare { buf, since: now });
         }
     }
     drop(dropped);
@@ -67,16 +60,17 @@ pub fn give(buf: Vec<u8>) {
 
 /// Unmaps the spares unused for `IDLE` (the release thread, when it has been idle).
 pub fn expire() {
-    let now = Instant::now();
-    let old: Vec<Spare> = {
-        let mut spares = SPARES.lock();
-        let (old, keep) = std::mem::take(&mut *spares)
-            .into_iter()
-            .partition(|s| now.duration_since(s.since) >= IDLE);
-        *spares = keep;
-        old
-    };
+    let old = expired(&mut SPARES.lock(), Instant::now());
     drop(old);
+}
+
+/// Takes the spares unused for `IDLE` out of `spares` (dropped by the caller, after the lock).
+fn expired(spares: &mut Vec<Spare>, now: Instant) -> Vec<Spare> {
+    let (old, keep) = std::mem::take(spares)
+        .into_iter()
+        .partition(|s| now.duration_since(s.since) >= IDLE);
+    *spares = keep;
+    old
 }
 
 /// Bytes of spare buffers held now (tests, stats).

@@ -225,6 +225,13 @@ def trim() -> None:
         _RESULTS.trim()
 
 
+def tidy() -> None:
+    """A job ended: reclaim the result regions the BEAM freed, and give the pages above the
+    retained size back."""
+    if _RESULTS is not None:
+        _RESULTS.tidy()
+
+
 def resident() -> int:
     """Bytes of memory the arenas this worker maps hold (allocated pages, in use or kept for
     the next large call)."""

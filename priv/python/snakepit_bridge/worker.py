@@ -297,8 +297,7 @@ class Worker:
                     + b"".join(_u64.pack(offset) for offset in kept + gone)
                 )
             )
-        if _shm._RESULTS is not None:
-            _shm._RESULTS.tidy()
+        _shm.tidy()
 
     def send(self, pid: Any, term: Any) -> None:
         """``snakepit_bridge.send`` inside a worker: a send frame Elixir delivers."""

@@ -19,7 +19,6 @@ defmodule Snakepit.Pool.Process.Leases do
   def new(nil), do: %{arena: nil, path: nil, kept: %{}, large_at: 0, armed: false, idle_ms: nil}
 
   def new({arena, path}) do
-    Shm.own_arena(arena)
     {_bytes, _retain, idle} = Snakepit.Config.large_data_arena()
     %{arena: arena, path: path, kept: %{}, large_at: 0, armed: false, idle_ms: idle}
   end
@@ -76,7 +75,7 @@ defmodule Snakepit.Pool.Process.Leases do
       end
 
     {gone, held} = Map.split(held, released)
-    release(Map.to_list(gone))
+    release(state, Map.to_list(gone))
     # A lease a binary holds (a view of an argument returned) is freed with its last
     # reference: drop this process's now.
     if map_size(gone) > 0, do: :erlang.garbage_collect()
@@ -100,12 +99,14 @@ defmodule Snakepit.Pool.Process.Leases do
   # The worker process `os_pid` has gone: the regions its Python held are free.
   def drop_kept(state, os_pid) do
     {held, kept} = Map.pop(state.leases.kept, os_pid, %{})
-    release(Map.to_list(held))
+    release(state, Map.to_list(held))
     put_kept(state, kept)
   end
 
   @doc false
-  def release(leases), do: Enum.each(leases, fn {_off, lease} -> Shm.release_lease(lease) end)
+  # Frees `leases` ({offset, lease}) of the pool's argument arena.
+  def release(state, leases),
+    do: Enum.each(leases, fn {_off, lease} -> Shm.release_lease(lease, state.leases.arena) end)
 
   defp put_kept(%{leases: l} = state, kept), do: %{state | leases: %{l | kept: kept}}
 end

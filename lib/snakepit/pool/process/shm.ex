@@ -197,7 +197,7 @@ defmodule Snakepit.Pool.Process.Shm do
   defp release(moved) do
     Enum.each(moved, fn
       path when is_binary(path) -> :file.delete(path)
-      {_offset, lease} -> release_lease(lease)
+      {_offset, lease} -> release_lease(lease, nil)
     end)
   end
 
@@ -231,19 +231,14 @@ defmodule Snakepit.Pool.Process.Shm do
   end
 
   @doc false
-  # Frees a lease of the pool's argument arena, and gives the arena's surplus pages back to
-  # the kernel when that left any (a dirty NIF: punching holes in tens of MB takes ms).
-  def release_lease(lease) do
-    case Snakepit.Native.arena_release(lease) do
-      :trim ->
-        case :erlang.get(:"$snakepit_arena") do
-          nil -> :ok
-          arena -> Snakepit.Native.arena_trim(arena, false)
-        end
+  # Frees a lease of the argument arena `arena`, and gives the arena's surplus pages back to
+  # the kernel when that left any (a dirty NIF: punching holes in tens of MB takes ms; a
+  # caller that gives no arena leaves that to the pool).
+  def release_lease(lease, arena) do
+    if Snakepit.Native.arena_release(lease) == :trim and arena != nil,
+      do: Snakepit.Native.arena_trim(arena, false)
 
-      :ok ->
-        :ok
-    end
+    :ok
   end
 
   @doc false
@@ -254,10 +249,6 @@ defmodule Snakepit.Pool.Process.Shm do
       arena -> Snakepit.Native.arena_usage(arena)
     end
   end
-
-  @doc false
-  # Remembered in the pool process, for release_lease/1.
-  def own_arena(arena), do: :erlang.put(:"$snakepit_arena", arena)
 
   ## Results
 
